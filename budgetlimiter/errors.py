@@ -1,0 +1,55 @@
+"""Typed errors. Every error raised for bad input is raised before any I/O."""
+
+from __future__ import annotations
+
+
+class BudgetLimiterError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class InvalidInput(BudgetLimiterError, ValueError):
+    """A caller passed something that cannot be accepted (nothing was changed)."""
+
+
+class InvalidId(InvalidInput):
+    """An org/team/user/agent id is empty, too long or not encodable."""
+
+
+class InvalidAmount(InvalidInput):
+    """A usage amount is negative, NaN, infinite, fractional where it must not be, or too big."""
+
+
+class UnknownScope(InvalidInput):
+    """A scope string could not be parsed or names an unknown level."""
+
+
+class UnknownAgent(InvalidInput):
+    """The agent has no pricing and the policy declares no default pricing."""
+
+
+class PolicyError(BudgetLimiterError, ValueError):
+    """A policy file or object is invalid. The message names file, line, path and field."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 path: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.line = line
+        self.path = path
+        self.field = field
+
+
+class ReservationNotFound(BudgetLimiterError, LookupError):
+    """A commit or release named a reservation Redis does not know (never made, or forgotten)."""
+
+
+class BackendUnavailable(BudgetLimiterError, ConnectionError):
+    """Redis could not be reached within the configured timeout."""
+
+
+class BudgetExceeded(BudgetLimiterError):
+    """Raised by guards when a check is denied; carries the decision."""
+
+    def __init__(self, decision: object) -> None:
+        super().__init__(str(decision))
+        self.decision = decision

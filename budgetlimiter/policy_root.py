@@ -1,0 +1,138 @@
+"""The top-level :class:`Policy` model (import it from :mod:`budgetlimiter.policy`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, PrivateAttr, StrictInt, field_validator
+from typing_extensions import Self
+
+from .errors import UnknownAgent
+from .periods import parse_timezone
+from .policy_model import (
+    AgentId,
+    OrgId,
+    OrgSpec,
+    OutagePolicy,
+    Pricing,
+    TopDefaults,
+    _Model,
+)
+from .policy_resolve import EffectivePolicy, declared_scopes, resolve_subject
+from .subject import Scope, Subject
+
+WEEKDAYS: tuple[str, ...] = (
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+)
+RESOLVE_CACHE_SIZE = 50_000
+
+
+class _Cache(dict[Any, Any]):
+    """Per-instance memo; never part of equality (two equal policies may differ in cache)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Cache)
+
+    def __ne__(self, other: object) -> bool:
+        return not isinstance(other, _Cache)
+
+    __hash__ = None
+
+
+class Policy(_Model):
+    """A complete budget policy: global settings, pricing, defaults and the declared orgs."""
+
+    version: Literal[1] = 1
+    timezone: str = "UTC"
+    week_start: Literal[
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
+    ] = "monday"
+    reservation_ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86_400)] = 600
+    retention_seconds: Annotated[StrictInt, Field(ge=0, le=10 * 366 * 86_400)] = 7 * 86_400
+    outage: OutagePolicy = OutagePolicy.FAIL_CLOSED
+    strict: bool = False
+    pricing: dict[AgentId, Pricing] = Field(default_factory=dict)
+    default_pricing: Pricing | None = None
+    defaults: TopDefaults = Field(default_factory=TopDefaults)
+    orgs: dict[OrgId, OrgSpec] = Field(default_factory=dict)
+
+    _memo: _Cache = PrivateAttr(default_factory=_Cache)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        parse_timezone(value)
+        return value
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Copy like pydantic (``update`` is not validated); the copy gets its own cache."""
+        copy = super().model_copy(update=update, deep=deep)
+        object.__setattr__(copy, "__pydantic_private__", {"_memo": _Cache()})
+        return copy
+
+    def pricing_for(self, agent: str) -> Pricing:
+        """Pricing of ``agent``, else ``default_pricing``; raises :class:`UnknownAgent`."""
+        found = self.pricing.get(agent)
+        if found is not None:
+            return found
+        if self.default_pricing is not None:
+            return self.default_pricing
+        known = ", ".join(sorted(self.pricing)[:20]) or "none"
+        raise UnknownAgent(
+            f"agent {agent!r} has no pricing in the policy (priced agents: {known}) and the "
+            "policy sets no default_pricing"
+        )
+
+    def timezone_for(self, org: str) -> ZoneInfo:
+        """The org's timezone if it declares one, else the policy timezone."""
+        key = ("tz", org)
+        tz = self._cache().get(key)
+        if tz is None:
+            spec = self.orgs.get(org)
+            name = spec.timezone if spec is not None and spec.timezone else self.timezone
+            tz = parse_timezone(name)
+            self._remember(key, tz)
+        return tz
+
+    def week_start_index(self) -> int:
+        """``week_start`` as 0=Monday .. 6=Sunday."""
+        return WEEKDAYS.index(self.week_start)
+
+    def resolve(self, subject: Subject) -> EffectivePolicy:
+        """The effective limits of every scope of ``subject`` (memoised per policy)."""
+        # (pydantic's private-attribute lookup costs ~3 us; read the private dict directly)
+        hit: EffectivePolicy | None = self.__pydantic_private__["_memo"].get(  # type: ignore[index]
+            subject
+        )
+        if hit is None:
+            hit = resolve_subject(self, subject, self.timezone_for(subject.org))
+            self._remember(subject, hit)
+        return hit
+
+    def declared_orgs(self) -> tuple[str, ...]:
+        """Ids of the explicitly declared orgs, in declaration order."""
+        return tuple(self.orgs)
+
+    def declared_scopes(self) -> tuple[Scope, ...]:
+        """Every explicitly declared scope (orgs, teams, users and their agent scopes)."""
+        return declared_scopes(self)
+
+    def _cache(self) -> _Cache:
+        private = self.__pydantic_private__
+        assert private is not None
+        memo: _Cache = private["_memo"]
+        return memo
+
+    def _remember(self, key: object, value: object) -> None:
+        memo = self._cache()
+        if len(memo) >= RESOLVE_CACHE_SIZE:
+            memo.clear()
+        memo[key] = value
