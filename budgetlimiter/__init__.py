@@ -1,0 +1,51 @@
+"""budgetlimiter: atomic hierarchical token, cost and rate budgets for AI agent invocations."""
+
+from __future__ import annotations
+
+from .aio import AsyncBudgetLimiter
+from .client import BudgetLimiter
+from .errors import (
+    BackendUnavailable,
+    BudgetExceeded,
+    BudgetLimiterError,
+    InvalidAmount,
+    InvalidId,
+    InvalidInput,
+    PolicyError,
+    ReservationNotFound,
+    UnknownAgent,
+    UnknownScope,
+)
+from .policy import Policy, load_policy, parse_policy
+from .results import Decision, LimitStatus, Reservation, SettleResult, ThresholdCrossing
+from .subject import Scope, Subject
+from .usage import Metric, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncBudgetLimiter",
+    "BackendUnavailable",
+    "BudgetExceeded",
+    "BudgetLimiter",
+    "BudgetLimiterError",
+    "Decision",
+    "InvalidAmount",
+    "InvalidId",
+    "InvalidInput",
+    "LimitStatus",
+    "Metric",
+    "Policy",
+    "PolicyError",
+    "Reservation",
+    "ReservationNotFound",
+    "Scope",
+    "SettleResult",
+    "Subject",
+    "ThresholdCrossing",
+    "UnknownAgent",
+    "UnknownScope",
+    "Usage",
+    "load_policy",
+    "parse_policy",
+]

@@ -1,0 +1,148 @@
+"""The asyncio client: the same core as :class:`~budgetlimiter.client.BudgetLimiter`, awaited."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .backends import DEFAULT_TIMEOUT, connect_async, parse_backend
+from .coalesce import Coalescer, pipeline_replies
+from .core import ScriptCall
+from .guard import AsyncGuard, Extractor
+from .keys import DEFAULT_PREFIX
+from .policy import Policy
+from .results import Decision, LimitStatus, Reservation, SettleResult
+from .scripts import Registry, run_async
+from .shell import UNAVAILABLE, ClientBase, Clock
+from .subject import Subject
+from .usage import Usage
+
+
+class AsyncBudgetLimiter(ClientBase):
+    """Asyncio twin of :class:`~budgetlimiter.client.BudgetLimiter` (same arguments).
+
+    With ``coalesce`` (the default) concurrent calls from many tasks share pipelines over at
+    most ``max_inflight`` connections, ``max_batch`` calls per pipeline; see
+    :mod:`budgetlimiter.coalesce`.
+    """
+
+    def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
+                 prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
+                 coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4) -> None:
+        if isinstance(redis, str):
+            backend = parse_backend(redis)
+            self.redis = connect_async(redis, timeout=timeout)
+            is_cluster = backend.cluster
+        else:
+            self.redis = redis
+            is_cluster = type(redis).__name__ == "RedisCluster"
+        super().__init__(policy, cluster=is_cluster if cluster is None else cluster,
+                         prefix=prefix, clock=clock)
+        self.scripts = Registry.default()
+        self.coalescer = Coalescer(self.redis, self.scripts, max_batch=max_batch,
+                                   max_inflight=max_inflight) if coalesce else None
+
+    async def _run(self, call: ScriptCall) -> Any:
+        if self.coalescer is not None:
+            return await self.coalescer.run(call)
+        return await run_async(self.redis, self.scripts[call.script], call.keys, call.args)
+
+    async def _settle(self, call: ScriptCall) -> SettleResult:
+        reply = await self._run(call)
+        if self._dirty_follow_up(call, reply):
+            await self.redis.sadd(self.core.keys.dirty_orgs, call.org)
+        result: SettleResult = call.parse(reply)
+        return result
+
+    async def flush_local(self) -> int:
+        """Record usage admitted under ``fail_open`` while Redis was down."""
+        done = 0
+        while self.pending_local:
+            subject, actual, request_id = self.pending_local[0]
+            await self.record(subject, actual, request_id=request_id)
+            self.pending_local.pop(0)
+            done += 1
+        return done
+
+    async def check(self, subject: Subject, estimate: Usage | None = None, *,
+                    reservation_id: str | None = None, ttl: float | None = None) -> Decision:
+        """See :meth:`BudgetLimiter.check`."""
+        est = estimate if estimate is not None else Usage()
+        call = self.core.plan_check(subject, est, self.clock(), reservation_id=reservation_id,
+                                    ttl_seconds=ttl)
+        try:
+            reply = await self._run(call)
+        except UNAVAILABLE as exc:
+            return self._unavailable_decision(call, subject, est, exc)
+        if self.pending_local:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.flush_local()
+        decision: Decision = call.parse(reply)
+        return decision
+
+    async def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
+        """See :meth:`BudgetLimiter.commit`."""
+        call = self.core.plan_commit(reservation, actual, self.clock())
+        if reservation.local:
+            return self._local_commit(reservation, actual)
+        return await self._settle(call)
+
+    async def release(self, reservation: Reservation | str, *,
+                      org: str | None = None) -> SettleResult:
+        """See :meth:`BudgetLimiter.release`."""
+        if isinstance(reservation, Reservation):
+            if reservation.local:
+                return SettleResult(status="released", id=reservation.id)
+            org, rid = reservation.subject.org, reservation.id
+        else:
+            if org is None:
+                raise TypeError("release by id needs org=")
+            rid = reservation
+        return await self._settle(self.core.plan_release(org, rid, self.clock()))
+
+    async def record(self, subject: Subject, actual: Usage, *,
+                     request_id: str | None = None) -> SettleResult:
+        """See :meth:`BudgetLimiter.record`."""
+        rid = request_id if request_id is not None else uuid.uuid4().hex
+        return await self._settle(self.core.plan_record(subject, actual, self.clock(), rid))
+
+    async def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
+        """See :meth:`BudgetLimiter.status`."""
+        call = self.core.plan_status(subject, self.clock())
+        decision: Decision = call.parse(await self._run(call))
+        return decision.limits
+
+    async def check_batch(self, items: Iterable[tuple[Subject, Usage]], *,
+                          ttl: float | None = None) -> list[Decision]:
+        """See :meth:`BudgetLimiter.check_batch`."""
+        now = self.clock()
+        calls = [self.core.plan_check(s, u, now, ttl_seconds=ttl) for s, u in items]
+        if not calls:
+            return []
+        replies = await self._pipeline(calls)
+        return [call.parse(reply) for call, reply in zip(calls, replies, strict=False)]
+
+    async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
+        replies = await pipeline_replies(self.redis, self.scripts, calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def guard(self, subject: Subject, estimate: Usage | None = None, *,
+              extract: Extractor | None = None, ttl: float | None = None) -> AsyncGuard:
+        """``async with`` block or decorator of coroutine functions; see :class:`AsyncGuard`."""
+        return AsyncGuard(self, subject, estimate or Usage(), extract=extract, ttl=ttl)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> AsyncBudgetLimiter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

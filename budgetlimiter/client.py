@@ -1,0 +1,163 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from .backends import DEFAULT_TIMEOUT, connect_sync, parse_backend
+from .core import ScriptCall
+from .guard import Extractor, Guard
+from .keys import DEFAULT_PREFIX
+from .policy import Policy
+from .results import Decision, LimitStatus, Reservation, SettleResult
+from .scripts import Registry, is_noscript, run_sync
+from .shell import UNAVAILABLE, ClientBase, Clock
+from .subject import Subject
+from .usage import Usage
+
+
+class BudgetLimiter(ClientBase):
+    """Check, reserve, commit and record usage against a policy, on Redis.
+
+    ``redis`` is a URL (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+    ``redis+cluster://``, ``memory://``) or an existing redis-py client.
+    """
+
+    def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
+                 prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None) -> None:
+        if isinstance(redis, str):
+            backend = parse_backend(redis)
+            self.redis = connect_sync(redis, timeout=timeout)
+            is_cluster = backend.cluster
+        else:
+            self.redis = redis
+            is_cluster = type(redis).__name__ == "RedisCluster"
+        super().__init__(policy, cluster=is_cluster if cluster is None else cluster,
+                         prefix=prefix, clock=clock)
+        self.scripts = Registry.default()
+
+    # plumbing ------------------------------------------------------------------
+    def _run(self, call: ScriptCall) -> Any:
+        return run_sync(self.redis, self.scripts[call.script], call.keys, call.args)
+
+    def _settle(self, call: ScriptCall) -> SettleResult:
+        reply = self._run(call)
+        if self._dirty_follow_up(call, reply):
+            self.redis.sadd(self.core.keys.dirty_orgs, call.org)
+        result: SettleResult = call.parse(reply)
+        return result
+
+    def flush_local(self) -> int:
+        """Record usage admitted under ``fail_open`` while Redis was down. Returns how many."""
+        done = 0
+        while self.pending_local:
+            subject, actual, request_id = self.pending_local[0]
+            self.record(subject, actual, request_id=request_id)
+            self.pending_local.pop(0)
+            done += 1
+        return done
+
+    # API -------------------------------------------------------------------------
+    def check(self, subject: Subject, estimate: Usage | None = None, *,
+              reservation_id: str | None = None, ttl: float | None = None) -> Decision:
+        """Check every limit of ``subject`` and reserve ``estimate`` on all of them, or on none.
+
+        The returned :class:`Decision` carries a :class:`Reservation` when allowed; commit it
+        with the actual usage or release it. Bad input raises before anything is sent.
+        """
+        est = estimate if estimate is not None else Usage()
+        call = self.core.plan_check(subject, est, self.clock(), reservation_id=reservation_id,
+                                    ttl_seconds=ttl)
+        try:
+            reply = self._run(call)
+        except UNAVAILABLE as exc:
+            return self._unavailable_decision(call, subject, est, exc)
+        if self.pending_local:
+            self._try_flush_local()
+        decision: Decision = call.parse(reply)
+        return decision
+
+    def _try_flush_local(self) -> None:
+        with contextlib.suppress(*UNAVAILABLE):
+            self.flush_local()
+
+    def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
+        """Replace the reservation's estimate by ``actual``. Retrying is safe (idempotent)."""
+        call = self.core.plan_commit(reservation, actual, self.clock())
+        if reservation.local:
+            return self._local_commit(reservation, actual)
+        return self._settle(call)
+
+    def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
+        """Refund a reservation that will not be used. Retrying is safe."""
+        if isinstance(reservation, Reservation):
+            if reservation.local:
+                return SettleResult(status="released", id=reservation.id)
+            org, rid = reservation.subject.org, reservation.id
+        else:
+            if org is None:
+                raise TypeError("release by id needs org=")
+            rid = reservation
+        return self._settle(self.core.plan_release(org, rid, self.clock()))
+
+    def record(self, subject: Subject, actual: Usage, *,
+               request_id: str | None = None) -> SettleResult:
+        """Count usage that had no reservation. Idempotent by ``request_id``."""
+        rid = request_id if request_id is not None else uuid.uuid4().hex
+        return self._settle(self.core.plan_record(subject, actual, self.clock(), rid))
+
+    def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
+        """Live used / reserved / limit of every limit that applies to ``subject``."""
+        call = self.core.plan_status(subject, self.clock())
+        decision: Decision = call.parse(self._run(call))
+        return decision.limits
+
+    def check_batch(self, items: Iterable[tuple[Subject, Usage]], *,
+                    ttl: float | None = None) -> list[Decision]:
+        """Many independent checks in one pipelined round trip (each all-or-nothing)."""
+        now = self.clock()
+        calls = [self.core.plan_check(s, u, now, ttl_seconds=ttl) for s, u in items]
+        if not calls:
+            return []
+        replies = self._pipeline(calls)
+        return [call.parse(reply) for call, reply in zip(calls, replies, strict=False)]
+
+    def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for call in calls:
+                script = self.scripts[call.script]
+                pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            missing = {c.script for c, r in zip(calls, replies, strict=False) if is_noscript(r)}
+            if not missing or attempt == 2:
+                break
+            for name in missing:
+                self.redis.script_load(self.scripts[name].source)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if is_noscript(reply):
+                    raise NoScriptError(str(reply))
+                raise reply
+        return replies
+
+    def guard(self, subject: Subject, estimate: Usage | None = None, *,
+              extract: Extractor | None = None, ttl: float | None = None) -> Guard:
+        """Check before, commit after, release on error: as ``with`` block or decorator."""
+        return Guard(self, subject, estimate or Usage(), extract=extract, ttl=ttl)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> BudgetLimiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,105 @@
+"""Auto-pipelining for the asyncio client.
+
+Calls made by many tasks in the same event-loop turn are written to Redis as one pipeline; while
+``max_inflight`` pipelines are on the wire, new calls wait and join the next batch. At low load
+a call goes out on the next loop iteration, alone (no timer, so no added latency). Each call
+gets its own reply or its own exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .core import ScriptCall
+from .scripts import Registry, is_noscript
+
+
+async def pipeline_replies(redis: Any, scripts: Registry, calls: list[ScriptCall]) -> list[Any]:
+    """Run calls as one non-transactional pipeline; errors are returned in place, and scripts
+    missing on the server (NOSCRIPT) are loaded and those calls retried once."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in (1, 2):
+        pipe = redis.pipeline(transaction=False)
+        for i in todo:
+            call = calls[i]
+            pipe.evalsha(scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
+        results = await pipe.execute(raise_on_error=False)
+        retry = []
+        for i, result in zip(todo, results, strict=False):
+            replies[i] = result
+            if is_noscript(result):
+                retry.append(i)
+        if not retry or attempt == 2:
+            break
+        for name in {calls[i].script for i in retry}:
+            await redis.script_load(scripts[name].source)
+        todo = retry
+    return replies
+
+
+class Coalescer:
+    """Batches concurrent script calls into pipelines over a few connections."""
+
+    def __init__(self, redis: Any, scripts: Registry, *, max_batch: int = 128,
+                 max_inflight: int = 4) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self._queue: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: counters for metrics: pipelines sent and calls carried
+        self.pipelines = 0
+        self.calls = 0
+
+    def submit(self, call: ScriptCall) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((call, fut))
+        if not self._scheduled and self._inflight < self.max_inflight:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+        return fut
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        while self._queue and self._inflight < self.max_inflight:
+            batch = self._queue[: self.max_batch]
+            del self._queue[: self.max_batch]
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
+        calls = [c for c, _ in batch]
+        self.pipelines += 1
+        self.calls += len(calls)
+        try:
+            replies = await pipeline_replies(self.redis, self.scripts, calls)
+        except BaseException as exc:  # connection errors hit every call of the batch
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, fut), reply in zip(batch, replies, strict=False):
+                if fut.done():
+                    continue
+                if isinstance(reply, Exception):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        finally:
+            self._inflight -= 1
+            if self._queue and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._drain)
+
+    async def run(self, call: ScriptCall) -> Any:
+        return await self.submit(call)

@@ -1,0 +1,377 @@
+"""The sans-I/O core: turns a request into (script, KEYS, ARGV) and a reply into a result.
+
+Nothing here talks to Redis or reads a clock; the sync and asyncio clients are thin shells that
+execute :class:`ScriptCall` objects. The rules themselves live in ``lua/``; this module only
+builds their arguments and reads their replies.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidId, InvalidInput
+from .keys import KeySpace
+from .periods import PeriodKind, Window, previous_window, window_at
+from .policy import LimitSpec, Mode, Policy, RateSpec, Rollover, ScopeLimits
+from .results import (
+    Decision,
+    LimitState,
+    LimitStatus,
+    Reservation,
+    SettleResult,
+    SettleStatus,
+    ThresholdCrossing,
+    ms_to_datetime,
+)
+from .subject import Subject, validate_id
+from .usage import METRIC_BY_CODE, Amounts, Usage
+
+IDEMPOTENCY_MS = 24 * 3600 * 1000
+_SETTLE_STATUS: dict[int, SettleStatus] = {1: "committed", 2: "duplicate", 3: "late"}
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One script invocation and how to read its reply."""
+
+    script: str
+    keys: list[str]
+    args: list[str | int]
+    parse: Callable[[Any], Any] = field(repr=False)
+    org: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    scopelimits: ScopeLimits
+    spec: LimitSpec
+    window: Window
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Rate:
+    scopelimits: ScopeLimits
+    spec: RateSpec
+    origin: str
+
+
+def _bytes_to_str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Core:
+    """Builds script calls for one policy and key space."""
+
+    def __init__(self, policy: Policy, keys: KeySpace | None = None, *,
+                 cluster: bool = False, idempotency_ms: int = IDEMPOTENCY_MS) -> None:
+        self.policy = policy
+        self.keys = keys or KeySpace()
+        self.cluster = cluster
+        self.idempotency_ms = idempotency_ms
+        self._week_start = policy.week_start_index()
+
+    # amounts -------------------------------------------------------------------
+    def amounts(self, subject: Subject, usage: Usage) -> Amounts:
+        """Integer amounts of a usage; cost from the agent's pricing unless given."""
+        if not isinstance(usage, Usage):
+            raise InvalidInput(f"usage must be a budgetlimiter.Usage, got {type(usage).__name__}")
+        if usage.cost is not None:
+            from .usage import usd_to_micros
+
+            cost = usd_to_micros("cost", usage.cost)
+        else:
+            cost = self.policy.pricing_for(subject.agent).cost_micros(usage)
+        return Amounts(
+            invocations=usage.invocations,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+            cost=cost,
+        )
+
+    # planning helpers ----------------------------------------------------------
+    def _limits(self, subject: Subject, now_ms: int) -> tuple[list[_Budget], list[_Rate]]:
+        eff = self.policy.resolve(subject)
+        budgets: list[_Budget] = []
+        rates: list[_Rate] = []
+        for sl in eff.scopes:
+            n = len(sl.limits)
+            for i, spec in enumerate(sl.limits):
+                window = window_at(spec.period, now_ms, eff.timezone, self._week_start)
+                budgets.append(_Budget(sl, spec, window, sl.origins[i] if sl.origins else ""))
+            for i, rspec in enumerate(sl.rates):
+                rates.append(_Rate(sl, rspec, sl.origins[n + i] if sl.origins else ""))
+        return budgets, rates
+
+    def _plan_lines(self, budgets: list[_Budget], amounts: Amounts) -> str:
+        """Plan lines for the settle script (see the format in ``lua/lib.lua``)."""
+        retention = self.policy.retention_seconds * 1000
+        lines = []
+        for b in budgets:
+            spec = b.spec
+            carry = "-1" if spec.rollover is Rollover.ACCUMULATE else "0"
+            ths = ",".join(str(t) for t in spec.thresholds)
+            key = self.keys.counter(b.scopelimits.scope, b.window)
+            lines.append(
+                f"c\t{key}\t{spec.metric.code}\t{amounts.get(spec.metric)}\t{spec.units}"
+                f"\t{carry}\t{ths}\t{b.window.end_ms + retention}\n"
+            )
+        return "".join(lines)
+
+    def _ledger(self, subject: Subject, now_ms: int) -> tuple[str, int]:
+        tz = self.policy.timezone_for(subject.org)
+        day = window_at(PeriodKind.DAY, now_ms, tz, self._week_start)
+        return self.keys.ledger(subject, day.id), day.end_ms + self.policy.retention_seconds * 1000
+
+    # check ---------------------------------------------------------------------
+    def plan_check(self, subject: Subject, estimate: Usage, now_ms: int, *,
+                   reservation_id: str | None = None, ttl_seconds: float | None = None,
+                   dry_run: bool = False) -> ScriptCall:
+        """Plan an all-or-nothing check-and-reserve (or, with ``dry_run``, a status read)."""
+        if not isinstance(subject, Subject):
+            raise InvalidInput(
+                f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
+        amounts = self.amounts(subject, estimate)
+        rid = reservation_id if reservation_id is not None else uuid.uuid4().hex
+        validate_reservation_id(rid)
+        ttl = self.policy.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
+        if not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and 0 < ttl <= 7 * 86400):
+            raise InvalidInput(f"reservation ttl must be in (0, 604800] seconds, got {ttl!r}")
+        ttl_ms = int(ttl * 1000)
+        budgets, rates = self._limits(subject, now_ms)
+        org = subject.org
+        ks = self.keys
+        keys = [ks.reservations_by_expiry(org), ks.reservation(org, rid)]
+        index: dict[str, int] = {}
+
+        def key_index(key: str) -> int:
+            pos = index.get(key)
+            if pos is None:
+                keys.append(key)
+                pos = index[key] = len(keys)
+            return pos
+
+        retention = self.policy.retention_seconds * 1000
+        args: list[str | int] = []
+        tz = self.policy.timezone_for(org)
+        for b in budgets:
+            spec = b.spec
+            prev = 0
+            if spec.rollover is Rollover.RESET:
+                cap = -1
+            else:
+                cap = -2 if spec.cap_units is None else spec.cap_units
+                pw = previous_window(b.window, tz, self._week_start)
+                prev = key_index(ks.counter(b.scopelimits.scope, pw))
+            args += [
+                key_index(ks.counter(b.scopelimits.scope, b.window)),
+                spec.metric.code,
+                amounts.get(spec.metric),
+                spec.units,
+                1 if spec.mode is Mode.HARD else 0,
+                b.window.end_ms + retention,
+                cap,
+                prev,
+            ]
+        for r in rates:
+            rs = r.spec
+            interval = math.ceil(rs.per_ms * 1000 / rs.limit)
+            args += [
+                key_index(ks.rate(r.scopelimits.scope, rs.metric, rs.per)),
+                amounts.get(rs.metric),
+                interval,
+                rs.burst_units * interval,
+            ]
+        ledger, _ = self._ledger(subject, now_ms)
+        expires = now_ms + ttl_ms
+        plan = f"|{expires}|{ledger}\n{self._plan_lines(budgets, amounts)}"
+        head: list[str | int] = [
+            now_ms,
+            0 if dry_run else expires,
+            ttl_ms + self.idempotency_ms,
+            1 if dry_run else 0,
+            ks.reservation_prefix(org),
+            plan,
+            len(budgets),
+            len(rates),
+        ]
+        reservation = None if dry_run else Reservation(
+            id=rid, subject=subject, estimate=amounts, created_ms=now_ms, expires_ms=expires,
+            plan=plan,
+        )
+
+        def parse(reply: Any) -> Decision:
+            return self._parse_check(subject, reservation, budgets, rates, now_ms, reply, dry_run)
+
+        return ScriptCall("check", keys, head + args, parse, org)
+
+    def _parse_check(self, subject: Subject, reservation: Reservation | None,
+                     budgets: list[_Budget], rates: list[_Rate], now_ms: int, reply: Any,
+                     dry_run: bool) -> Decision:
+        vals = [int(v) for v in reply]
+        allowed = vals[0] == 1
+        blocker = vals[1]
+        statuses: list[LimitStatus] = []
+        pos = 3
+        for j, b in enumerate(budgets, start=1):
+            used, reserved, carry = vals[pos], vals[pos + 1], vals[pos + 2]
+            pos += 3
+            spec = b.spec
+            eff = spec.units + carry
+            state = _budget_state(spec.mode, used, reserved, eff, j == blocker, dry_run)
+            statuses.append(LimitStatus(
+                scope=b.scopelimits.scope, kind="budget", metric=spec.metric,
+                period=spec.period.value, mode=spec.mode.value, limit=eff, used=used,
+                reserved=reserved, carry=carry, resets_at=ms_to_datetime(b.window.end_ms),
+                state=state, origin=b.origin,
+            ))
+        for j, r in enumerate(rates, start=len(budgets) + 1):
+            ahead_us = vals[pos]
+            pos += 1
+            rs = r.spec
+            interval = math.ceil(rs.per_ms * 1000 / rs.limit)
+            taken = min(rs.burst_units, math.ceil(ahead_us / interval)) if ahead_us > 0 else 0
+            statuses.append(LimitStatus(
+                scope=r.scopelimits.scope, kind="rate", metric=rs.metric,
+                period=f"per {rs.per}", mode="hard", limit=rs.burst_units, used=taken,
+                reserved=0, carry=0, resets_at=None,
+                state="blocked" if j == blocker else "ok", origin=r.origin,
+            ))
+        blocked_by = statuses[blocker - 1] if blocker > 0 else None
+        retry_after: float | None = None
+        if blocked_by is not None:
+            if blocked_by.kind == "rate":
+                retry_after = vals[2] / 1_000_000
+            elif blocked_by.resets_at is not None:
+                retry_after = max(0.0, blocked_by.resets_at.timestamp() - now_ms / 1000)
+        return Decision(
+            allowed=allowed,
+            subject=subject,
+            reservation=reservation if allowed else None,
+            limits=tuple(statuses),
+            blocked_by=blocked_by,
+            retry_after=retry_after,
+            reason="" if allowed else (
+                f"{blocked_by.kind}_exceeded" if blocked_by else "denied"),
+        )
+
+
+    # settle ----------------------------------------------------------------------
+    def _settle(self, op: str, org: str, marker_key: str, rid: str, now_ms: int,
+                fallback: str, ledger_exp: int, actual: Amounts | None,
+                status_ok: SettleStatus) -> ScriptCall:
+        ks = self.keys
+        keys = [marker_key, ks.reservations_by_expiry(org), ks.dirty(org), ks.events(org)]
+        if not self.cluster:
+            keys.append(ks.dirty_orgs)
+        vec = actual.as_list() if actual is not None else [0, 0, 0, 0, 0]
+        args: list[str | int] = [
+            now_ms, op, self.idempotency_ms, 1 if self.policy.strict else 0, org, fallback,
+            ledger_exp, *vec,
+        ]
+
+        def parse(reply: Any) -> SettleResult:
+            return self._parse_settle(rid, reply, actual, status_ok)
+
+        return ScriptCall("settle", keys, args, parse, org)
+
+    def plan_commit(self, reservation: Reservation, actual: Usage, now_ms: int) -> ScriptCall:
+        """Replace a reservation's estimate by the actual usage (idempotent by id)."""
+        if not isinstance(reservation, Reservation):
+            raise InvalidInput("commit needs the Reservation returned by check()")
+        amounts = self.amounts(reservation.subject, actual)
+        subject = reservation.subject
+        _, ledger_exp = self._ledger(subject, reservation.created_ms)
+        return self._settle("commit", subject.org,
+                            self.keys.reservation(subject.org, reservation.id), reservation.id,
+                            now_ms, reservation.plan, ledger_exp, amounts, "committed")
+
+    def plan_commit_by_id(self, org: str, reservation_id: str, actual: Amounts,
+                          now_ms: int) -> ScriptCall:
+        """Commit knowing only the id (sidecar): the plan stored in Redis is the only source."""
+        validate_id("org", org)
+        validate_reservation_id(reservation_id)
+        ledger_exp = now_ms + (86400 + self.policy.retention_seconds) * 1000
+        return self._settle("commit", org, self.keys.reservation(org, reservation_id),
+                            reservation_id, now_ms, "", ledger_exp, actual, "committed")
+
+    def plan_release(self, org: str, reservation_id: str, now_ms: int) -> ScriptCall:
+        """Refund a reservation that will not be used (idempotent)."""
+        validate_id("org", org)
+        validate_reservation_id(reservation_id)
+        return self._settle("release", org, self.keys.reservation(org, reservation_id),
+                            reservation_id, now_ms, "", 0, None, "released")
+
+    def plan_record(self, subject: Subject, actual: Usage, now_ms: int,
+                    request_id: str) -> ScriptCall:
+        """Post-hoc usage without a reservation, idempotent by ``request_id``."""
+        if not isinstance(subject, Subject):
+            raise InvalidInput(
+                f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
+        validate_reservation_id(request_id)
+        amounts = self.amounts(subject, actual)
+        budgets, _ = self._limits(subject, now_ms)
+        ledger, ledger_exp = self._ledger(subject, now_ms)
+        zero = Amounts()
+        plan = f"|0|{ledger}\n{self._plan_lines(budgets, zero)}"
+        return self._settle("record", subject.org, self.keys.request(subject.org, request_id),
+                            request_id, now_ms, plan, ledger_exp, amounts, "recorded")
+
+    def _parse_settle(self, rid: str, reply: Any, actual: Amounts | None,
+                      status_ok: SettleStatus) -> SettleResult:
+        code = int(reply[0])
+        if code == -1:
+            from .errors import ReservationNotFound
+
+            raise ReservationNotFound(
+                f"reservation {rid!r} is unknown (never made, settled more than the "
+                "idempotency window ago, or lost with Redis data)"
+            )
+        status: SettleStatus = status_ok if code == 1 else _SETTLE_STATUS[code]
+        crossings: list[ThresholdCrossing] = []
+        rest = reply[3:]
+        for i in range(0, len(rest), 5):
+            key = _bytes_to_str(rest[i])
+            ck = self.keys.parse_counter(key)
+            crossings.append(ThresholdCrossing(
+                scope=ck.scope, metric=METRIC_BY_CODE[_bytes_to_str(rest[i + 1])],
+                period=ck.period.value, period_id=ck.period_id,
+                threshold=int(rest[i + 2]), used=int(rest[i + 3]), limit=int(rest[i + 4]),
+            ))
+        return SettleResult(
+            status=status, id=rid, actual=actual if code != 2 else None,
+            overshoot=bool(int(reply[2])), thresholds=tuple(crossings),
+        )
+
+    # status ------------------------------------------------------------------------
+    def plan_status(self, subject: Subject, now_ms: int) -> ScriptCall:
+        """A read of every limit of a subject (expired reservations are swept first)."""
+        return self.plan_check(subject, Usage(invocations=0), now_ms, dry_run=True,
+                               reservation_id="status")
+
+
+def _budget_state(mode: Mode, used: int, reserved: int, eff: int, blocking: bool,
+                  status_read: bool) -> LimitState:
+    if blocking:
+        return "blocked"
+    taken = used + reserved
+    if mode is Mode.SOFT:
+        return "soft_exceeded" if taken > eff else "ok"
+    if status_read and taken >= eff:
+        return "blocked"  # exhausted: the next request would be refused
+    return "ok"
+
+
+def validate_reservation_id(rid: object) -> str:
+    """Reservation and request ids follow the same rules as scope ids."""
+    try:
+        return validate_id("reservation", rid)
+    except InvalidId:
+        raise
+    except Exception as exc:  # pragma: no cover - validate_id raises InvalidId only
+        raise InvalidId(str(exc)) from exc

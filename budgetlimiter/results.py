@@ -1,0 +1,202 @@
+"""Typed results of the hot path: decisions, reservations, settle results, statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+from .subject import Scope, Subject
+from .usage import Amounts, Metric, micros_to_usd
+
+LimitState = Literal["ok", "soft_exceeded", "blocked"]
+SettleStatus = Literal["committed", "recorded", "released", "duplicate", "late", "local"]
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def _money(metric: Metric, units: int) -> str | int:
+    return str(micros_to_usd(units)) if metric is Metric.COST else units
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatus:
+    """One limit of one scope as Redis saw it during the decision.
+
+    Amounts are integers in the metric's unit (micro-USD for cost). For budgets ``limit`` is
+    the effective limit (declared amount plus carried-over budget). For rate limits ``used``
+    is how much of the burst is currently taken and ``period`` is ``per <second|minute|hour>``.
+    """
+
+    scope: Scope
+    kind: Literal["budget", "rate"]
+    metric: Metric
+    period: str
+    mode: Literal["hard", "soft"]
+    limit: int
+    used: int
+    reserved: int
+    carry: int
+    resets_at: datetime | None
+    state: LimitState
+    origin: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used - self.reserved)
+
+    @property
+    def percent(self) -> float:
+        """Share of the limit used or reserved, for display only."""
+        if self.limit <= 0:
+            return 100.0 if self.used + self.reserved > 0 else 0.0
+        return 100.0 * (self.used + self.reserved) / self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.metric
+        return {
+            "scope": str(self.scope),
+            "kind": self.kind,
+            "metric": m.value,
+            "period": self.period,
+            "mode": self.mode,
+            "limit": _money(m, self.limit),
+            "used": _money(m, self.used),
+            "reserved": _money(m, self.reserved),
+            "remaining": _money(m, self.remaining),
+            "carry": _money(m, self.carry),
+            "percent": round(self.percent, 2),
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+            "state": self.state,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What a successful check reserved; pass it to ``commit`` or ``release``.
+
+    ``plan`` is the reservation's refund/commit plan as built by this process; it lets a
+    commit still count the usage if Redis lost the reservation (e.g. after a restart).
+    """
+
+    id: str
+    subject: Subject
+    estimate: Amounts
+    created_ms: int
+    expires_ms: int
+    plan: str = field(repr=False, default="")
+    local: bool = False
+
+    @property
+    def expires_at(self) -> datetime:
+        return ms_to_datetime(self.expires_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to a check. ``allowed`` is the only field a caller must read."""
+
+    allowed: bool
+    subject: Subject
+    reservation: Reservation | None
+    limits: tuple[LimitStatus, ...]
+    blocked_by: LimitStatus | None = None
+    retry_after: float | None = None
+    reason: str = ""
+    degraded: bool = False
+    cached: bool = False
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @property
+    def warnings(self) -> tuple[LimitStatus, ...]:
+        """Soft limits this request exceeds (allowed, but someone should know)."""
+        return tuple(s for s in self.limits if s.state == "soft_exceeded")
+
+    @property
+    def resets_at(self) -> datetime | None:
+        return self.blocked_by.resets_at if self.blocked_by else None
+
+    def remaining(self, scope: Scope | str, metric: Metric | str) -> int | None:
+        """Smallest remaining amount of ``metric`` over the limits of ``scope``."""
+        key = str(scope)
+        met = Metric(metric)
+        values = [s.remaining for s in self.limits if str(s.scope) == key and s.metric is met]
+        return min(values) if values else None
+
+    def __str__(self) -> str:
+        if self.allowed:
+            return f"allowed {self.subject}"
+        if self.blocked_by is not None:
+            b = self.blocked_by
+            return (
+                f"denied {self.subject}: {b.kind} {b.metric.value} per {b.period} of {b.scope} "
+                f"(limit {_money(b.metric, b.limit)}, used {_money(b.metric, b.used)}, "
+                f"reserved {_money(b.metric, b.reserved)})"
+            )
+        return f"denied {self.subject}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "subject": str(self.subject),
+            "reservation_id": self.reservation.id if self.reservation else None,
+            "expires_at": self.reservation.expires_at.isoformat() if self.reservation else None,
+            "blocked_by": self.blocked_by.to_dict() if self.blocked_by else None,
+            "retry_after": self.retry_after,
+            "reason": self.reason,
+            "degraded": self.degraded,
+            "limits": [s.to_dict() for s in self.limits],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossing:
+    """A soft threshold crossed by committed usage (fires once per scope/metric/period)."""
+
+    scope: Scope
+    metric: Metric
+    period: str
+    period_id: str
+    threshold: int
+    used: int
+    limit: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": str(self.scope),
+            "metric": self.metric.value,
+            "period": self.period,
+            "period_id": self.period_id,
+            "threshold": self.threshold,
+            "used": _money(self.metric, self.used),
+            "limit": _money(self.metric, self.limit),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """Result of commit, release or record."""
+
+    status: SettleStatus
+    id: str
+    actual: Amounts | None = None
+    overshoot: bool = False
+    thresholds: tuple[ThresholdCrossing, ...] = ()
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        return self.actual.cost_usd if self.actual else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "id": self.id,
+            "cost": str(self.actual.cost_usd) if self.actual else None,
+            "overshoot": self.overshoot,
+            "thresholds": [t.to_dict() for t in self.thresholds],
+        }

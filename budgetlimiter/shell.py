@@ -1,0 +1,88 @@
+"""What the sync and asyncio clients share besides the core: configuration, the clock, and the
+handling of Redis outages. No I/O here either."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .core import Core, ScriptCall
+from .keys import DEFAULT_PREFIX, KeySpace
+from .policy import OutagePolicy, Policy, load_policy
+from .results import Decision, Reservation, SettleResult
+from .subject import Subject
+from .usage import Usage
+
+log = logging.getLogger("budgetlimiter")
+
+Clock = Callable[[], int]
+#: Exceptions that mean "Redis is not there" (as opposed to a bug or bad input).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError,
+)
+
+
+def system_clock_ms() -> int:
+    """Wall-clock time in epoch milliseconds (the clock periods are computed from)."""
+    return time.time_ns() // 1_000_000
+
+
+def as_policy(policy: Policy | str | Path) -> Policy:
+    if isinstance(policy, Policy):
+        return policy
+    return load_policy(Path(policy))
+
+
+class ClientBase:
+    """Configuration and outage behaviour common to both clients."""
+
+    def __init__(self, policy: Policy | str | Path, *, cluster: bool, prefix: str,
+                 clock: Clock | None) -> None:
+        self.core = Core(as_policy(policy), KeySpace(prefix or DEFAULT_PREFIX), cluster=cluster)
+        self.clock: Clock = clock or system_clock_ms
+        #: usage admitted while Redis was down under fail_open, recorded once it is back
+        self.pending_local: list[tuple[Subject, Usage, str]] = []
+
+    @property
+    def policy(self) -> Policy:
+        return self.core.policy
+
+    def set_policy(self, policy: Policy | str | Path) -> None:
+        """Swap the policy atomically (requests see the old or the new one, never a mix)."""
+        new = as_policy(policy)
+        self.core = Core(new, self.core.keys, cluster=self.core.cluster,
+                         idempotency_ms=self.core.idempotency_ms)
+
+    def _unavailable_decision(self, call: ScriptCall, subject: Subject, estimate: Usage,
+                              exc: BaseException) -> Decision:
+        log.warning("redis unavailable during check of %s: %s", subject, exc)
+        if self.core.policy.outage is OutagePolicy.FAIL_OPEN:
+            now = self.clock()
+            reservation = None
+            if call.args[3] != 1:  # not a dry run
+                rid = call.keys[1].rsplit(":r:", 1)[1]
+                reservation = Reservation(id=rid, subject=subject,
+                                          estimate=self.core.amounts(subject, estimate),
+                                          created_ms=now, expires_ms=now, local=True)
+            return Decision(allowed=True, subject=subject, reservation=reservation, limits=(),
+                            reason="backend_unavailable", degraded=True)
+        return Decision(allowed=False, subject=subject, reservation=None, limits=(),
+                        reason="backend_unavailable", degraded=True)
+
+    def _local_commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
+        from urllib.parse import unquote
+
+        self.pending_local.append((reservation.subject, actual, "local-" + unquote(reservation.id)))
+        return SettleResult(status="local", id=reservation.id,
+                            actual=self.core.amounts(reservation.subject, actual))
+
+    def _dirty_follow_up(self, call: ScriptCall, reply: Any) -> bool:
+        """On Redis Cluster the settle script cannot add the org to the global dirty set
+        (another slot); this says whether the client must."""
+        return self.core.cluster and int(reply[0]) in (1, 3) and int(reply[1]) == 1

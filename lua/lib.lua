@@ -1,0 +1,83 @@
+-- budgetlimiter shared Lua prelude. Prepended to every script by the Python registry, so the
+-- rules live in one place. Runs on Redis (Lua 5.1) and on lupa (fakeredis): every number
+-- handed to Redis goes through I(), because Lua 5.1 would print 1e15 as "1e+15".
+--
+-- Reservation plan format (a string value under P:{org}:r:<id>):
+--   <state>|<expiry ms>|<ledger key>\n  then one line per entry:
+--   c\t<counter key>\t<metric code>\t<estimate>\t<limit>\t<carry>\t<thresholds csv>\t<expire-at ms>\n
+--   g\t<rate key>\t<metric code>\t<estimate>\t<interval us>\n
+-- state: R live reservation, X expired (already refunded), D settled (commit/release done).
+
+local function I(n)
+  return string.format('%d', n)
+end
+
+-- Expiry relative to the caller's clock (the one periods are computed from), so that a skewed
+-- or simulated client clock never makes a key expire at once.
+local function expire_at(key, at_ms, now_ms)
+  local ttl = tonumber(at_ms) - now_ms
+  if ttl < 1000 then
+    ttl = 1000
+  end
+  redis.call('PEXPIRE', key, I(ttl))
+end
+
+local function plan_lines(plan)
+  local nl = string.find(plan, '\n', 1, true)
+  local head = string.sub(plan, 1, nl - 1)
+  local body = string.sub(plan, nl + 1)
+  return head, body
+end
+
+-- Undo the reserved amounts of a plan (counters only; rate limits are charged at admission).
+local function refund(body)
+  for key, m, est in string.gmatch(body, 'c\t([^\t]+)\t(%a)\t(%d+)\t[^\n]*\n') do
+    if est ~= '0' then
+      redis.call('HINCRBY', key, 'r:' .. m, '-' .. est)
+    end
+  end
+end
+
+-- Refund reservations of this org whose TTL passed. Lazy: runs inside the org's own scripts,
+-- so no background job is needed for limits to stay correct.
+local function sweep(zkey, res_prefix, now)
+  -- Bounded work per call (at most 1000 reservations); the next call continues.
+  for _ = 1, 10 do
+    local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 100)
+    for i = 1, #ids do
+      local rkey = res_prefix .. ids[i]
+      local plan = redis.call('GET', rkey)
+      if plan and string.sub(plan, 1, 1) == 'R' then
+        local _, body = plan_lines(plan)
+        refund(body)
+        redis.call('SET', rkey, 'X' .. string.sub(plan, 2), 'KEEPTTL')
+      end
+    end
+    if #ids > 0 then
+      redis.call('ZREM', zkey, unpack(ids))
+    end
+    if #ids < 100 then
+      return
+    end
+  end
+end
+
+-- Unused budget carried from the previous period (rollover = accumulate).
+-- A previous period with no key at all carries nothing (it cannot be told from "did not exist").
+local function carry_from(prev_key, m, limit, cap)
+  if prev_key == nil then
+    return 0
+  end
+  local f = redis.call('HMGET', prev_key, 'u:' .. m, 'r:' .. m, 'c:' .. m)
+  if not f[1] and not f[2] and not f[3] then
+    return 0
+  end
+  local unused = limit + (tonumber(f[3]) or 0) - (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0)
+  if unused < 0 then
+    unused = 0
+  end
+  if cap >= 0 and unused > cap then
+    unused = cap
+  end
+  return unused
+end

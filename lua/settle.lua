@@ -1,0 +1,130 @@
+-- settle: commit (actual replaces estimate), release (refund) and record (post-hoc usage).
+-- Idempotent: the first settle of an id leaves a 'D' marker; later ones change nothing.
+--
+-- KEYS[1]  marker key: P:{org}:r:<reservation id> (commit/release) or P:{org}:d:<request id>
+-- KEYS[2]  P:{org}:rx    KEYS[3] P:{org}:dirty    KEYS[4] P:{org}:ev
+-- KEYS[5]  P:dirty-orgs (optional; omitted on Redis Cluster, where the client adds the org)
+-- ARGV[1]  now (ms)        ARGV[2] op: 'commit' | 'release' | 'record'
+-- ARGV[3]  marker TTL (ms) ARGV[4] strict (1/0)  ARGV[5] org id (member of P:dirty-orgs)
+-- ARGV[6]  fallback plan (without state letter), used when the marker key holds nothing:
+--          record always; commit when Redis forgot the reservation (its counters were lost
+--          with it, so nothing is refunded). '' = none.
+-- ARGV[7]  ledger expire-at (ms)
+-- ARGV[8..12] actual amounts: invocations, input, output, total tokens, cost (micro-USD)
+--
+-- Returns {status, newly dirty (1/0), overshoot flag, then 5 values per threshold crossed:
+--          counter key, metric code, threshold percent, used, effective limit}
+-- status: 1 applied, 2 duplicate (already settled), 3 applied to a reservation that had
+--         expired (its estimate was already refunded), -1 unknown reservation.
+
+local now = tonumber(ARGV[1])
+local op = ARGV[2]
+local strict = ARGV[4] == '1'
+local actual = {n = ARGV[8], i = ARGV[9], o = ARGV[10], t = ARGV[11], c = ARGV[12]}
+
+local marker = redis.call('GET', KEYS[1])
+local status = 1
+local plan
+local live = false
+if marker then
+  local state = string.sub(marker, 1, 1)
+  if state == 'D' then
+    return {2, 0, 0}
+  end
+  plan = string.sub(marker, 2)
+  live = state == 'R'
+  if state == 'X' then
+    status = 3
+  end
+elseif ARGV[6] ~= '' then
+  plan = ARGV[6]
+else
+  return {-1, 0, 0}
+end
+
+local head, body = plan_lines(plan)
+local ledger = string.match(head, '^|%d+|(.*)$')
+if live then
+  refund(body)
+  redis.call('ZREM', KEYS[2], string.match(KEYS[1], ':r:([^:]*)$'))
+end
+if op == 'release' then
+  redis.call('SET', KEYS[1], 'D', 'PX', ARGV[3])
+  return {1, 0, 0}
+end
+
+local out = {status, 0, 0}
+for key, m, est, limit, carry, ths, exp in string.gmatch(body,
+    'c\t([^\t]+)\t(%a)\t(%d+)\t(%d+)\t(%-?%d+)\t([^\t]*)\t(%d+)\n') do
+  local a = tonumber(actual[m])
+  if a > tonumber(est) and op == 'commit' then
+    out[3] = 1
+    if strict then
+      a = tonumber(est)
+    end
+  end
+  if a > 0 then
+    local u = redis.call('HINCRBY', key, 'u:' .. m, I(a))
+    if u == a then
+      expire_at(key, exp, now)
+    end
+    if ths ~= '' then
+      local c = tonumber(carry)
+      if c < 0 then
+        c = tonumber(redis.call('HGET', key, 'c:' .. m)) or 0
+      end
+      local eff = tonumber(limit) + c
+      -- highest threshold reached by committed usage
+      local reached = 0
+      local n = 0
+      for th in string.gmatch(ths, '%d+') do
+        n = n + 1
+        if u * 100 >= tonumber(th) * eff then
+          reached = n
+        end
+      end
+      if reached > 0 then
+        local fired = tonumber(redis.call('HGET', key, 'a:' .. m)) or 0
+        if reached > fired then
+          redis.call('HSET', key, 'a:' .. m, I(reached))
+          n = 0
+          for th in string.gmatch(ths, '%d+') do
+            n = n + 1
+            if n > fired and n <= reached then
+              redis.call('XADD', KEYS[4], 'MAXLEN', '~', '100000', '*',
+                'k', key, 'm', m, 'th', th, 'u', I(u), 'l', I(eff), 't', ARGV[1])
+              out[#out + 1] = key
+              out[#out + 1] = m
+              out[#out + 1] = tonumber(th)
+              out[#out + 1] = u
+              out[#out + 1] = eff
+            end
+          end
+        end
+      end
+    end
+  end
+end
+
+-- Ledger: the durable record's source (flushed to SQL by the reconciler).
+local ledger_new = false
+for _, m in ipairs({'n', 'i', 'o', 't', 'c'}) do
+  local a = actual[m]
+  if a ~= '0' then
+    local v = redis.call('HINCRBY', ledger, m, a)
+    if v == tonumber(a) then
+      ledger_new = true
+    end
+  end
+end
+if ledger_new then
+  expire_at(ledger, ARGV[7], now)
+end
+if redis.call('SADD', KEYS[3], ledger) == 1 and redis.call('SCARD', KEYS[3]) == 1 then
+  out[2] = 1
+  if KEYS[5] then
+    redis.call('SADD', KEYS[5], ARGV[5])
+  end
+end
+redis.call('SET', KEYS[1], 'D', 'PX', ARGV[3])
+return out
