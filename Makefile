@@ -18,7 +18,7 @@ demo: venv
 	$(BIN)/budgetlimiter demo
 
 lint: venv
-	$(BIN)/ruff check budgetlimiter tests benchmarks examples
+	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy

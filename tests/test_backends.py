@@ -1,0 +1,67 @@
+"""Backends by URL, and the wheel: the package works installed, without the checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.backends import parse_backend
+
+from .policies import BASIC
+from .servers import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("url,kind", [
+    ("redis://127.0.0.1:6379/0", "redis"), ("rediss://h:6380", "redis"),
+    ("unix:///tmp/r.sock", "redis"), ("redis+sentinel://h:26379/mymaster", "sentinel"),
+    ("redis+cluster://h:7000", "cluster"), ("memory://", "memory"),
+])
+def test_backend_urls(url, kind):
+    assert parse_backend(url).kind == kind
+
+
+def test_unknown_scheme_is_a_clear_error():
+    with pytest.raises(ValueError, match="unsupported backend URL scheme 'http'"):
+        parse_backend("http://localhost")
+
+
+@pytest.mark.redis
+def test_unix_socket_backend(tmp_path):
+    sock = tmp_path / "redis.sock"
+    server = RedisServer("--unixsocket", str(sock), "--unixsocketperm", "700").start()
+    try:
+        bl = BudgetLimiter(parse_policy(BASIC), f"unix://{sock}", timeout=2)
+        assert bl.check(Subject("acme", "gpt", team="eng"), Usage(input_tokens=10)).allowed
+        bl.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_installed_wheel_works_without_the_checkout(tmp_path):
+    wheel_dir = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheel_dir), str(ROOT)], check=True)
+    wheel = next(wheel_dir.glob("budgetlimiter-*.whl"))
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), str(wheel)], check=True)
+    assert (target / "budgetlimiter" / "lua" / "check.lua").is_file()
+    assert (target / "budgetlimiter" / "data" / "policy.yaml").is_file()
+    code = (
+        "import budgetlimiter, pathlib; "
+        "assert 'site' in budgetlimiter.__file__, budgetlimiter.__file__; "
+        "from budgetlimiter.demo import run_demo; r = run_demo(50); "
+        "print(r.invocations, r.admitted > 0)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["50", "True"]
