@@ -30,7 +30,8 @@ def test_demo_reports_admitted_blocked_and_thresholds():
 def test_policy_validate_ok_and_broken(tmp_path):
     assert invoke("policy", "validate", POLICY).exit_code == 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text("orgs:\n  acme:\n    limits:\n      - {metric: cost, amount: '-5', period: day}\n")
+    bad.write_text(
+        "orgs:\n  acme:\n    limits:\n      - {metric: cost, amount: '-5', period: day}\n")
     result = CliRunner().invoke(main, ["policy", "validate", str(bad)])
     assert result.exit_code == 2
     assert "bad.yaml:4" in result.output and "orgs.acme.limits[0].amount" in result.output

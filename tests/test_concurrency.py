@@ -96,7 +96,7 @@ def test_processes_never_overshoot_and_never_refuse_what_fits(fresh_redis):
     # the budget was really used: what is left is smaller than the biggest request
     limiter = BudgetLimiter(parse_policy(POLICY), fresh_redis.url, timeout=5)
     check_totals(limiter)
-    org = [s for s in limiter.status(subjects()[0]) if str(s.scope) == "org:acme"][0]
+    org = next(s for s in limiter.status(subjects()[0]) if str(s.scope) == "org:acme")
     assert org.used == sum(by_team.values())
     assert org.remaining < 40_000
     limiter.close()

@@ -50,7 +50,7 @@ def test_dst_day_has_25_hours(make_limiter, clock):
     # 2026-11-01 is the fall-back day in New York: 00:00 EDT to 00:00 EST is 25 hours
     clock.set(datetime(2026, 11, 1, 0, 30, tzinfo=NY))
     d = spend(bl)[0]
-    day = [s for s in d.limits if s.period == "day"][0]
+    day = next(s for s in d.limits if s.period == "day")
     assert day.resets_at == datetime(2026, 11, 2, 5, 0, tzinfo=timezone.utc)
     clock.set(datetime(2026, 11, 1, 23, 59, tzinfo=NY))
     later = bl.status(S)
