@@ -17,7 +17,7 @@ from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import Registry, run_async
 from .shell import UNAVAILABLE, ClientBase, Clock
-from .subject import Subject
+from .subject import Scope, Subject
 from .usage import Usage
 
 
@@ -113,6 +113,13 @@ class AsyncBudgetLimiter(ClientBase):
     async def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
         """See :meth:`BudgetLimiter.status`."""
         call = self.core.plan_status(subject, self.clock())
+        decision: Decision = call.parse(await self._run(call))
+        return decision.limits
+
+    async def scope_status(self, scope: Scope | str) -> tuple[LimitStatus, ...]:
+        """Live counters of the limits declared for one scope, e.g. ``"org:acme/team:eng"``."""
+        target = scope if isinstance(scope, Scope) else Scope.parse(scope)
+        call = self.core.plan_scope_status(target, self.clock())
         decision: Decision = call.parse(await self._run(call))
         return decision.limits
 

@@ -18,7 +18,7 @@ from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import Registry, is_noscript, run_sync
 from .shell import UNAVAILABLE, ClientBase, Clock
-from .subject import Subject
+from .subject import Scope, Subject
 from .usage import Usage
 
 
@@ -116,6 +116,13 @@ class BudgetLimiter(ClientBase):
     def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
         """Live used / reserved / limit of every limit that applies to ``subject``."""
         call = self.core.plan_status(subject, self.clock())
+        decision: Decision = call.parse(self._run(call))
+        return decision.limits
+
+    def scope_status(self, scope: Scope | str) -> tuple[LimitStatus, ...]:
+        """Live counters of the limits declared for one scope, e.g. ``"org:acme/team:eng"``."""
+        target = scope if isinstance(scope, Scope) else Scope.parse(scope)
+        call = self.core.plan_scope_status(target, self.clock())
         decision: Decision = call.parse(self._run(call))
         return decision.limits
 

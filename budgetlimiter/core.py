@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .errors import InvalidId, InvalidInput
 from .keys import KeySpace
@@ -27,7 +28,7 @@ from .results import (
     ThresholdCrossing,
     ms_to_datetime,
 )
-from .subject import Subject, validate_id
+from .subject import Scope, Subject, validate_id
 from .usage import METRIC_BY_CODE, Amounts, Usage
 
 IDEMPOTENCY_MS = 24 * 3600 * 1000
@@ -97,16 +98,29 @@ class Core:
     # planning helpers ----------------------------------------------------------
     def _limits(self, subject: Subject, now_ms: int) -> tuple[list[_Budget], list[_Rate]]:
         eff = self.policy.resolve(subject)
+        return self._limits_of(eff.scopes, eff.timezone, now_ms)
+
+    def _limits_of(self, scopes: Sequence[ScopeLimits], tz: ZoneInfo,
+                   now_ms: int) -> tuple[list[_Budget], list[_Rate]]:
         budgets: list[_Budget] = []
         rates: list[_Rate] = []
-        for sl in eff.scopes:
+        for sl in scopes:
             n = len(sl.limits)
             for i, spec in enumerate(sl.limits):
-                window = window_at(spec.period, now_ms, eff.timezone, self._week_start)
+                window = window_at(spec.period, now_ms, tz, self._week_start)
                 budgets.append(_Budget(sl, spec, window, sl.origins[i] if sl.origins else ""))
             for i, rspec in enumerate(sl.rates):
                 rates.append(_Rate(sl, rspec, sl.origins[n + i] if sl.origins else ""))
         return budgets, rates
+
+    def scope_limits(self, scope: Scope) -> ScopeLimits | None:
+        """The effective limits of one scope (``None`` when it has none)."""
+        # limits of an org/team/user scope do not depend on the agent: any id resolves them
+        subject = Subject(scope.org, scope.agent or "-", team=scope.team, user=scope.user)
+        for sl in self.policy.resolve(subject).scopes:
+            if sl.scope == scope:
+                return sl
+        return None
 
     def _plan_lines(self, budgets: list[_Budget], amounts: Amounts) -> str:
         """Plan lines for the settle script (see the format in ``lua/lib.lua``)."""
@@ -128,25 +142,10 @@ class Core:
         day = window_at(PeriodKind.DAY, now_ms, tz, self._week_start)
         return self.keys.ledger(subject, day.id), day.end_ms + self.policy.retention_seconds * 1000
 
-    # check ---------------------------------------------------------------------
-    def plan_check(self, subject: Subject, estimate: Usage, now_ms: int, *,
-                   reservation_id: str | None = None, ttl_seconds: float | None = None,
-                   dry_run: bool = False) -> ScriptCall:
-        """Plan an all-or-nothing check-and-reserve (or, with ``dry_run``, a status read)."""
-        if not isinstance(subject, Subject):
-            raise InvalidInput(
-                f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
-        amounts = self.amounts(subject, estimate)
-        rid = reservation_id if reservation_id is not None else uuid.uuid4().hex
-        validate_reservation_id(rid)
-        ttl = self.policy.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
-        if not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and 0 < ttl <= 7 * 86400):
-            raise InvalidInput(f"reservation ttl must be in (0, 604800] seconds, got {ttl!r}")
-        ttl_ms = int(ttl * 1000)
-        budgets, rates = self._limits(subject, now_ms)
-        org = subject.org
+    def _check_args(self, org: str, keys: list[str], budgets: list[_Budget],
+                    rates: list[_Rate], amounts: Amounts) -> tuple[list[str], list[str | int]]:
+        """KEYS and per-limit ARGV of ``lua/check.lua`` (see its header)."""
         ks = self.keys
-        keys = [ks.reservations_by_expiry(org), ks.reservation(org, rid)]
         index: dict[str, int] = {}
 
         def key_index(key: str) -> int:
@@ -187,6 +186,28 @@ class Core:
                 interval,
                 rs.burst_units * interval,
             ]
+        return keys, args
+
+    # check ---------------------------------------------------------------------
+    def plan_check(self, subject: Subject, estimate: Usage, now_ms: int, *,
+                   reservation_id: str | None = None, ttl_seconds: float | None = None,
+                   dry_run: bool = False) -> ScriptCall:
+        """Plan an all-or-nothing check-and-reserve (or, with ``dry_run``, a status read)."""
+        if not isinstance(subject, Subject):
+            raise InvalidInput(
+                f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
+        amounts = self.amounts(subject, estimate)
+        rid = reservation_id if reservation_id is not None else uuid.uuid4().hex
+        validate_reservation_id(rid)
+        ttl = self.policy.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
+        if not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and 0 < ttl <= 7 * 86400):
+            raise InvalidInput(f"reservation ttl must be in (0, 604800] seconds, got {ttl!r}")
+        ttl_ms = int(ttl * 1000)
+        budgets, rates = self._limits(subject, now_ms)
+        org = subject.org
+        ks = self.keys
+        keys, args = self._check_args(org, [ks.reservations_by_expiry(org),
+                                            ks.reservation(org, rid)], budgets, rates, amounts)
         ledger, _ = self._ledger(subject, now_ms)
         expires = now_ms + ttl_ms
         plan = f"|{expires}|{ledger}\n{self._plan_lines(budgets, amounts)}"
@@ -351,9 +372,32 @@ class Core:
     # status ------------------------------------------------------------------------
     def plan_status(self, subject: Subject, now_ms: int) -> ScriptCall:
         """A read of every limit of a subject (expired reservations are swept first)."""
-        return self.plan_check(subject, Usage(invocations=0), now_ms, dry_run=True,
-                               reservation_id="status")
+        if not isinstance(subject, Subject):
+            raise InvalidInput(
+                f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
+        return self._plan_read(subject, self.policy.resolve(subject).scopes, now_ms)
 
+    def plan_scope_status(self, scope: Scope, now_ms: int) -> ScriptCall:
+        """A read of every limit declared for one scope (no subject needed)."""
+        sl = self.scope_limits(scope)
+        subject = Subject(scope.org, scope.agent or "-", team=scope.team, user=scope.user)
+        return self._plan_read(subject, [sl] if sl is not None else [], now_ms)
+
+    def _plan_read(self, subject: Subject, scopes: Sequence[ScopeLimits],
+                   now_ms: int) -> ScriptCall:
+        org = subject.org
+        budgets, rates = self._limits_of(scopes, self.policy.timezone_for(org), now_ms)
+        ks = self.keys
+        keys, args = self._check_args(org, [ks.reservations_by_expiry(org),
+                                            ks.reservation(org, "status")], budgets, rates,
+                                      Amounts())
+        head: list[str | int] = [now_ms, 0, 1, 1, ks.reservation_prefix(org), "", len(budgets),
+                                 len(rates)]
+
+        def parse(reply: Any) -> Decision:
+            return self._parse_check(subject, None, budgets, rates, now_ms, reply, True)
+
+        return ScriptCall("check", keys, head + args, parse, org)
 
 def _budget_state(mode: Mode, used: int, reserved: int, eff: int, blocking: bool,
                   status_read: bool) -> LimitState:

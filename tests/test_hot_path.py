@@ -279,3 +279,13 @@ def test_status_scope_strings_round_trip(make_limiter):
     bl = make_limiter(BASIC)
     for s in bl.status(ALICE):
         assert Scope.parse(str(s.scope)) == s.scope
+
+
+def test_scope_status_reads_one_scope(make_limiter):
+    bl = make_limiter(BASIC)
+    bl.record(ALICE, Usage(input_tokens=300))
+    team = bl.scope_status("org:acme/team:eng")
+    assert [(s.metric, s.used, s.limit) for s in team] == [(Metric.COST, 300, 1000)]
+    assert bl.scope_status(Scope("acme", "nobody")) == ()
+    user = bl.scope_status("org:acme/team:eng/user:carol")  # undeclared user: team default
+    assert [(s.limit, s.used) for s in user] == [(5000, 0)]
