@@ -11,6 +11,7 @@ import pytest
 from budgetlimiter import BudgetLimiter, Policy, parse_policy
 
 from .servers import RedisServer, redis_required
+from .sqlstores import make_store, store_url  # noqa: F401
 
 
 class FakeClock:

@@ -1,0 +1,85 @@
+"""Schema migrations: an ordered list of code migrations and the runner that applies them.
+
+Each applied migration is a row of ``bl_schema_version``; the schema version is the highest
+one. The runner applies every pending migration in its own transaction, holding the migration
+lock (``pg_advisory_xact_lock`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and re-reads the
+version under the lock, so running it twice, or from two processes at once, applies each
+migration exactly once.
+
+Adding a migration: append ``Migration(n + 1, "what it does", function)`` to
+:data:`MIGRATIONS`; the function receives the connection inside the transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, inspect, select
+
+from . import schema
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema change; ``apply`` runs inside the migration's transaction."""
+
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _create_tables(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=list(schema.V1_TABLES), checkfirst=True)
+
+
+#: Every migration, in order; versions are 1, 2, 3, ...
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the tables", _create_tables),
+)
+
+#: Opens a connection in a write transaction that holds the migration lock.
+LockedTransaction = Callable[[], AbstractContextManager[Connection]]
+
+
+def check_sequence(migrations: Sequence[Migration]) -> None:
+    """Raise ``ValueError`` unless the versions are exactly 1, 2, 3, ..."""
+    for expected, m in enumerate(migrations, start=1):
+        if m.version != expected:
+            raise ValueError(
+                f"migration {m.description!r} has version {m.version}; expected {expected}")
+
+
+def read_version(conn: Connection) -> int:
+    """The schema version seen by ``conn`` (0 if never migrated)."""
+    if not inspect(conn).has_table(schema.schema_version.name):
+        return 0
+    value = conn.execute(select(func.max(schema.schema_version.c.version))).scalar()
+    return int(value or 0)
+
+
+def upgrade(begin: LockedTransaction, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply every pending migration, each in its own locked transaction; return the version.
+
+    A database migrated by a newer release (version above the last known migration) is left
+    alone and its version returned.
+    """
+    check_sequence(migrations)
+    with begin() as conn:
+        schema.metadata.create_all(conn, tables=[schema.schema_version], checkfirst=True)
+        version = read_version(conn)
+    for m in migrations:
+        if m.version <= version:
+            continue
+        with begin() as conn:
+            version = read_version(conn)
+            if m.version <= version:  # another process applied it meanwhile
+                continue
+            m.apply(conn)
+            conn.execute(schema.schema_version.insert().values(
+                version=m.version, description=m.description,
+                applied_at_ms=int(time.time() * 1000)))
+            version = m.version
+    return version
