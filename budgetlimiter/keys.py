@@ -15,8 +15,9 @@ Layout (``P`` is the prefix, ``bl:v1`` by default; the ``v1`` is the layout vers
     P:{org}:l:<subject>:<day id>                  hash  usage ledger of one subject and day
     P:{org}:dirty                                 set   ledger keys changed since last flush
     P:{org}:ev                                    stream threshold-crossing events
-    P:{org}:epoch                                 str   set when the org's counters are known
-                                                        complete (restored or never lost)
+    P:{org}:epoch                                 str   the org's flush sequence as Redis knows
+                                                        it (missing or behind SQL: data lost)
+    P:{org}:pf                                    str   pending flush record (until acked)
     P:dirty-orgs                                  set   orgs with pending markers (non-cluster)
 
 ``<scope>`` is ``o``, ``o/t=<team>``, ``o/t=<team>/u=<user>``, ``o/u=<user>``, each optionally
@@ -131,6 +132,9 @@ class KeySpace:
 
     def epoch(self, org: str) -> str:
         return f"{self.org_base(org)}:epoch"
+
+    def pending_flush(self, org: str) -> str:
+        return f"{self.org_base(org)}:pf"
 
     def org_pattern(self) -> str:
         """SCAN pattern matching the dirty sets of every org (for slow sweeps)."""

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, ResponseError
 
-SCRIPT_NAMES = ("check", "settle")
+SCRIPT_NAMES = ("check", "settle", "flush", "ack", "rebuild", "adjust")
 
 
 def _lua_dir() -> Path:

@@ -1,0 +1,48 @@
+-- rebuild: put durable usage back into an org's counters after Redis lost data (restart
+-- without persistence, FLUSHALL, failover to a stale replica), then mark the org complete.
+-- A counter becomes max(current, recorded in SQL + unflushed ledger deltas): exact after a
+-- loss, never lower than what Redis already counts, and conservative on a stale replica.
+--
+-- KEYS[1] P:{org}:epoch    KEYS[2..] counter and ledger keys (referenced by index)
+-- ARGV[1] the org's flush sequence in SQL (becomes the epoch)   ARGV[2] now (ms)
+-- ARGV[3] number of entries, then per entry 7 values and a list:
+--   counter key index, metric code, recorded amount, thresholds fired (count), expire-at
+--   (ms), drop carry (1/0: recompute rollover from the restored previous period),
+--   number of ledger keys, then that many ledger key indexes
+-- Returns the number of counters raised.
+
+local now = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local pos = 4
+local raised = 0
+for _ = 1, n do
+  local key = KEYS[tonumber(ARGV[pos])]
+  local m = ARGV[pos + 1]
+  local total = tonumber(ARGV[pos + 2])
+  local fired = tonumber(ARGV[pos + 3])
+  local exp = ARGV[pos + 4]
+  local drop = ARGV[pos + 5] == '1'
+  local nl = tonumber(ARGV[pos + 6])
+  pos = pos + 7
+  for j = 1, nl do
+    total = total + (tonumber(redis.call('HGET', KEYS[tonumber(ARGV[pos + j - 1])], m)) or 0)
+  end
+  pos = pos + nl
+  local fresh = redis.call('EXISTS', key) == 0
+  local cur = tonumber(redis.call('HGET', key, 'u:' .. m)) or 0
+  if total > cur then
+    redis.call('HSET', key, 'u:' .. m, I(total))
+    raised = raised + 1
+  end
+  if fired > 0 and fired > (tonumber(redis.call('HGET', key, 'a:' .. m)) or 0) then
+    redis.call('HSET', key, 'a:' .. m, I(fired))
+  end
+  if drop then
+    redis.call('HDEL', key, 'c:' .. m)
+  end
+  if fresh and redis.call('EXISTS', key) == 1 then
+    expire_at(key, exp, now)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return raised
