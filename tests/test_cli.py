@@ -55,26 +55,22 @@ def test_check_record_status_against_real_redis(fresh_redis):
     again = invoke("--format", "json", "record", *ALICE, "--input-tokens", "4000",
                    "--request-id", "r1", env=env)
     assert json.loads(again.output)["status"] == "duplicate"
-    st = invoke("--format", "csv", "status", *ALICE, env=env)
-    assert st.output.splitlines()[0].startswith("scope,kind,metric")
+    st = invoke("--format", "csv", "status", "org:acme/team:eng/user:alice", env=env)
+    assert st.output.splitlines()[0].startswith("scope,metric,period,used,reserved,limit")
     denied = invoke("check", *ALICE, "--cost", "999", env=env)
     assert denied.exit_code == 1 and "denied" in denied.output
 
 
 def test_unreachable_redis_is_one_line_and_exit_3(monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["budgetlimiter", "--redis", "redis://127.0.0.1:1/0",
-                                     "--policy", POLICY, "status", *ALICE])
     with pytest.raises(SystemExit) as info:
-        run()
+        run(["--redis", "redis://127.0.0.1:1/0", "--policy", POLICY, "status", "org:acme"])
     assert info.value.code == 3
     err = capsys.readouterr().err
     assert err.startswith("error: Redis unreachable") and err.count("\n") == 1
 
 
 def test_bad_id_is_exit_2(monkeypatch, capsys):
-    monkeypatch.setattr("sys.argv", ["budgetlimiter", "--policy", POLICY, "check", "--org",
-                                     "x" * 300, "--agent", "gpt-4o"])
     with pytest.raises(SystemExit) as info:
-        run()
+        run(["--policy", POLICY, "check", "--org", "x" * 300, "--agent", "gpt-4o"])
     assert info.value.code == 2
     assert "org id is 300 characters long" in capsys.readouterr().err

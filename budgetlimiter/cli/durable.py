@@ -1,0 +1,230 @@
+"""Commands on the durable store: reconcile, report, alerts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from datetime import date, timedelta
+from typing import Any
+
+import click
+
+from ..subject import Scope
+from ..usage import Metric, micros_to_usd
+from .context import EXIT_INPUT, Context
+from .output import bar, render, sparkline
+
+
+@click.command()
+@click.option("--interval", type=float, default=2.0, show_default=True,
+              help="Seconds between passes: the most usage Redis can lose.")
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.option("--webhook", "webhooks", multiple=True, metavar="URL",
+              help="Deliver alerts to this URL (repeatable).")
+@click.option("--webhook-secret-env", default="BUDGETLIMITER_WEBHOOK_SECRET",
+              show_default=True, help="Environment variable holding the signing secret.")
+@click.pass_obj
+def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ...],
+              webhook_secret_env: str) -> None:
+    """Flush usage to SQL, restore Redis after data loss, and deliver alerts."""
+    from ..alerts import Deliverer, LogSink, WebhookSink
+    from ..reconciler import Reconciler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    sinks: dict[str, Any] = {"log": LogSink("log")}
+    if webhooks:
+        secret = os.environ.get(webhook_secret_env)
+        if not secret:
+            click.echo(f"error: --webhook needs a signing secret in ${webhook_secret_env}",
+                       err=True)
+            raise SystemExit(EXIT_INPUT)
+        for i, url in enumerate(webhooks):
+            name = "webhook" if i == 0 else f"webhook{i + 1}"
+            sinks[name] = WebhookSink(name, url, secret)
+    store = obj.store()
+    rec = Reconciler(obj.limiter(), store, sinks=list(sinks))
+    deliverer = Deliverer(store, sinks)
+    if once:
+        stats = rec.run_once()
+        delivered = deliverer.run_once()
+        click.echo(f"orgs {stats.orgs}, flushes {stats.flushes}, rows {stats.rows}, "
+                   f"restored {len(stats.restored)}, events {stats.events}, "
+                   f"delivered {delivered.delivered}")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = threading.Thread(target=deliverer.run_forever, args=(stop, 1.0), daemon=True)
+    worker.start()
+    click.echo(f"reconciling every {interval:g}s into {obj.db_url.split('@')[-1]} "
+               f"(sinks: {', '.join(sinks)}); Ctrl-C flushes and stops", err=True)
+    rec.run_forever(stop, interval)
+    worker.join(10)
+
+
+def _days(first: str | None, last: str | None) -> tuple[str, str]:
+    today = date.today()
+    try:
+        end = date.fromisoformat(last) if last else today
+        start = date.fromisoformat(first) if first else end - timedelta(days=29)
+    except ValueError as exc:
+        raise click.BadParameter(f"dates are YYYY-MM-DD: {exc}") from None
+    if start > end:
+        raise click.BadParameter("--from is after --to")
+    return start.isoformat(), end.isoformat()
+
+
+def _money_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        r = dict(r)
+        if "cost" in r:
+            r["cost"] = str(micros_to_usd(int(r["cost"])))
+        out.append(r)
+    return out
+
+
+def _with_bars(rows: list[dict[str, Any]], obj: Context) -> list[dict[str, Any]]:
+    if obj.fmt != "table" or not rows:
+        return rows
+    top = max(float(r["cost"]) for r in rows) or 1.0
+    return [{**r, "share": bar(float(r["cost"]) / top, 20)} for r in rows]
+
+
+@click.group()
+def report() -> None:
+    """Reports from the durable store (flushed usage)."""
+
+
+def _range_options(fn: Any) -> Any:
+    fn = click.option("--to", "last", default=None, help="Last day, YYYY-MM-DD (today).")(fn)
+    fn = click.option("--from", "first", default=None, help="First day (30 days back).")(fn)
+    return fn
+
+
+@report.command("agents")
+@click.option("--org", required=True)
+@_range_options
+@click.pass_obj
+def report_agents(obj: Context, org: str, first: str | None, last: str | None) -> None:
+    """Usage breakdown by agent."""
+    from ..store.reports import usage_by_agent
+
+    a, b = _days(first, last)
+    click.echo(render(_with_bars(_money_rows(usage_by_agent(obj.store(), org, a, b)), obj),
+                      obj.fmt))
+
+
+@report.command("teams")
+@click.option("--org", required=True)
+@_range_options
+@click.pass_obj
+def report_teams(obj: Context, org: str, first: str | None, last: str | None) -> None:
+    """Cost attribution by team."""
+    from ..store.reports import cost_by_team
+
+    a, b = _days(first, last)
+    click.echo(render(_with_bars(_money_rows(cost_by_team(obj.store(), org, a, b)), obj),
+                      obj.fmt))
+
+
+@report.command("users")
+@click.option("--org", required=True)
+@click.option("--team", default=None)
+@_range_options
+@click.pass_obj
+def report_users(obj: Context, org: str, team: str | None, first: str | None,
+                 last: str | None) -> None:
+    """Cost attribution by user (optionally within one team)."""
+    from ..store.reports import cost_by_user
+
+    a, b = _days(first, last)
+    rows = cost_by_user(obj.store(), org, a, b, team=team)
+    click.echo(render(_with_bars(_money_rows(rows), obj), obj.fmt))
+
+
+@report.command("trend")
+@click.argument("scope")
+@click.option("--metric", type=click.Choice([m.value for m in Metric]), default="cost",
+              show_default=True)
+@click.option("--granularity", type=click.Choice(["day", "week", "month"]), default="day",
+              show_default=True)
+@_range_options
+@click.pass_obj
+def report_trend(obj: Context, scope: str, metric: str, granularity: str,
+                 first: str | None, last: str | None) -> None:
+    """A scope's usage over time, as a chart in the terminal."""
+    from ..store.reports import trend
+
+    a, b = _days(first, last)
+    target = Scope.parse(scope)
+    met = Metric(metric)
+    week_start = obj.policy().week_start_index() if obj.policy_path else 0
+    series = trend(obj.store(), target, met, granularity, a, b, week_start=week_start)
+    def show(v: int) -> str:
+        return str(micros_to_usd(v)) if met is Metric.COST else str(v)
+
+    rows = [{"period": p, metric: show(v)} for p, v in series]
+    if obj.fmt != "table":
+        click.echo(render(rows, obj.fmt))
+        return
+    top = max((v for _, v in series), default=0) or 1
+    lines = [f"{target} {metric} per {granularity}, {a} .. {b}",
+             f"  {sparkline([v for _, v in series])}", ""]
+    width = max((len(show(v)) for _, v in series), default=1)
+    for p, v in series:
+        lines.append(f"  {p:<10} {show(v):>{width}}  {bar(v / top, 30).rstrip()}")
+    click.echo("\n".join(lines))
+
+
+@click.group()
+def alerts() -> None:
+    """The alert outbox: deliveries and dead letters."""
+
+
+@alerts.command("list")
+@click.option("--state", type=click.Choice(["pending", "delivered", "dead"]), default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_obj
+def alerts_list(obj: Context, state: str | None, limit: int) -> None:
+    """Deliveries with their state, attempts and last error."""
+    rows = [{"event": d.event.id, "sink": d.sink, "state": d.state, "attempts": d.attempts,
+             "scope": d.event.scope, "metric": d.event.metric, "period": d.event.period,
+             "threshold": d.event.threshold, "error": d.last_error[:60]}
+            for d in obj.store().deliveries(state, limit)]
+    click.echo(render(rows, obj.fmt))
+
+
+@alerts.command("requeue")
+@click.argument("event_id", required=False)
+@click.pass_obj
+def alerts_requeue(obj: Context, event_id: str | None) -> None:
+    """Put dead-lettered deliveries back in the queue (all, or one event)."""
+    import time
+
+    n = obj.store().requeue_dead(event_id, int(time.time() * 1000))
+    click.echo(f"requeued {n} deliveries")
+
+
+@click.command()
+@click.option("--org", "orgs", multiple=True, help="Only these orgs (default: every org the "
+              "store knows).")
+@click.pass_obj
+def restore(obj: Context, orgs: tuple[str, ...]) -> None:
+    """Rebuild Redis counters from the durable record now (normally the reconciler does this
+    by itself when it notices lost data)."""
+    from ..reconciler import Reconciler
+
+    store = obj.store()
+    rec = Reconciler(obj.limiter(), store)
+    targets = list(orgs) or store.known_orgs()
+    raised = 0
+    progress: Any = click.progressbar(targets, label="restoring orgs", show_pos=True,
+                                      file=sys.stderr)
+    with progress as orgs_iter:
+        for org in orgs_iter:
+            raised += rec.restore_org(org)
+    click.echo(f"restored {len(targets)} orgs, {raised} counters raised")

@@ -1,0 +1,235 @@
+"""Commands on live Redis counters: demo, check, record, status, top, adjust."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+
+from ..errors import InvalidAmount
+from ..subject import Scope, Subject
+from ..usage import Metric, Usage, usd_to_micros
+from .context import EXIT_DENIED, EXIT_INPUT, Context
+from .output import bar, limit_row, render
+from .policy_cmds import subject_options
+
+
+def usage_options(fn: Any) -> Any:
+    for opt in reversed([
+        click.option("--input-tokens", type=int, default=0, show_default=True),
+        click.option("--output-tokens", type=int, default=0, show_default=True),
+        click.option("--invocations", type=int, default=1, show_default=True),
+        click.option("--cost", default=None, help="USD; default: computed from pricing."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def make_usage(input_tokens: int, output_tokens: int, invocations: int,
+               cost: str | None) -> Usage:
+    try:
+        dec = Decimal(cost) if cost is not None else None
+    except InvalidOperation:
+        raise InvalidAmount(f"--cost is not a decimal number: {cost!r}") from None
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens,
+                 invocations=invocations, cost=dec)
+
+
+@click.command()
+@click.option("--invocations", type=int, default=400, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(invocations: int, seed: int) -> None:
+    """Simulate a burst of agent calls on the embedded backend and report the outcome."""
+    from ..demo import demo_policy_path, format_report, run_demo
+
+    click.echo(f"budgetlimiter demo: policy {demo_policy_path()}, backend memory:// "
+               "(in-process, same Lua scripts as Redis)\n")
+    click.echo(format_report(run_demo(invocations, seed)))
+
+
+@click.command()
+@subject_options
+@usage_options
+@click.option("--ttl", type=float, default=None, help="Reservation TTL in seconds.")
+@click.pass_obj
+def check(obj: Context, org: str, team: str | None, user: str | None, agent: str,
+          input_tokens: int, output_tokens: int, invocations: int, cost: str | None,
+          ttl: float | None) -> None:
+    """Check and reserve an estimate (exit 1 when denied)."""
+    subject = Subject(org, agent, team=team, user=user)
+    est = make_usage(input_tokens, output_tokens, invocations, cost)
+    decision = obj.limiter().check(subject, est, ttl=ttl)
+    if obj.fmt == "json":
+        click.echo(json.dumps(decision.to_dict(), indent=2, default=str))
+    elif obj.fmt == "csv":
+        click.echo(render([limit_row(s, False) for s in decision.limits], "csv"))
+    else:
+        click.echo(str(decision))
+        if decision.reservation:
+            click.echo(f"reservation {decision.reservation.id} "
+                       f"(expires {decision.reservation.expires_at:%Y-%m-%d %H:%M:%S}Z)")
+        click.echo(render([limit_row(s) for s in decision.limits], "table"))
+    if not decision.allowed:
+        sys.exit(EXIT_DENIED)
+
+
+@click.command()
+@subject_options
+@usage_options
+@click.option("--request-id", default=None, help="Idempotency key.")
+@click.pass_obj
+def record(obj: Context, org: str, team: str | None, user: str | None, agent: str,
+           input_tokens: int, output_tokens: int, invocations: int, cost: str | None,
+           request_id: str | None) -> None:
+    """Record usage that had no reservation (idempotent by --request-id)."""
+    subject = Subject(org, agent, team=team, user=user)
+    result = obj.limiter().record(
+        subject, make_usage(input_tokens, output_tokens, invocations, cost),
+        request_id=request_id)
+    if obj.fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        return
+    click.echo(f"{result.status} {result.id} cost ${result.cost_usd}")
+    for t in result.thresholds:
+        click.echo(f"threshold {t.threshold}% crossed: {t.metric.value} per {t.period} "
+                   f"of {t.scope}")
+
+
+def live_scopes(limiter: Any, prefix: Scope | None) -> list[Scope]:
+    """Scopes with counters in Redis (any org when ``prefix`` is None) or declared in the
+    policy, under ``prefix``."""
+    ks = limiter.core.keys
+    pattern = f"{ks.prefix}:{{*}}:c:*" if prefix is None else f"{ks.org_base(prefix.org)}:c:*"
+    found: set[Scope] = set()
+    for raw in limiter.redis.scan_iter(match=pattern, count=1000):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            found.add(ks.parse_counter(key).scope)
+        except ValueError:
+            continue
+    found.update(limiter.core.policy.declared_scopes())
+    if prefix is not None:
+        found = {s for s in found if is_under(s, prefix)}
+    return sorted(found, key=lambda s: (s.org, s.team or "", s.user or "", s.agent or ""))
+
+
+def is_under(scope: Scope, parent: Scope) -> bool:
+    if scope.org != parent.org:
+        return False
+    for level in ("team", "user", "agent"):
+        want = getattr(parent, level)
+        if want is not None and getattr(scope, level) != want:
+            return False
+    return True
+
+
+@click.command()
+@click.argument("scope")
+@click.option("--tree", is_flag=True, help="Also every descendant scope with counters.")
+@click.pass_obj
+def status(obj: Context, scope: str, tree: bool) -> None:
+    """Live counters of SCOPE (e.g. org:acme/team:eng): used / reserved / limit / remaining
+    / percent / resets-at per metric and period."""
+    target = Scope.parse(scope)
+    limiter = obj.limiter()
+    scopes = live_scopes(limiter, target) if tree else [target]
+    if target not in scopes:
+        scopes.insert(0, target)
+    rows = [limit_row(s, obj.fmt == "table") for sc in scopes
+            for s in limiter.scope_status(sc)]
+    if not rows and obj.fmt == "table":
+        click.echo(f"{target}: no limits apply to this scope")
+        return
+    click.echo(render(rows, obj.fmt))
+
+
+def top_rows(limiter: Any, previous: dict[tuple[str, str, str], tuple[int, float]],
+             limit: int) -> list[dict[str, Any]]:
+    now = time.monotonic()
+    rows = []
+    for sc in live_scopes(limiter, None):
+        for s in limiter.scope_status(sc):
+            key = (str(s.scope), s.metric.value, s.period)
+            spent = s.used + s.reserved
+            rate = 0.0
+            if key in previous:
+                before, then = previous[key]
+                rate = (spent - before) / max(1e-6, now - then) * 60
+            previous[key] = (spent, now)
+            per_min = (str(Decimal(round(rate)).scaleb(-6)) if s.metric is Metric.COST
+                       else f"{rate:.0f}")
+            d = s.to_dict()
+            rows.append({"scope": d["scope"], "metric": d["metric"], "period": d["period"],
+                         "used": d["used"], "limit": d["limit"], "percent": d["percent"],
+                         "per_min": per_min, "bar": bar(min(1.0, s.percent / 100), 16),
+                         "state": d["state"], "_rate": rate})
+    rows.sort(key=lambda r: (r["percent"], r["_rate"]), reverse=True)
+    for r in rows:
+        del r["_rate"]
+    return rows[:limit]
+
+
+@click.command()
+@click.option("--limit", "-n", type=int, default=15, show_default=True)
+@click.option("--watch", is_flag=True, help="Refresh until interrupted.")
+@click.option("--interval", type=float, default=2.0, show_default=True)
+@click.option("--iterations", type=int, default=0, help="With --watch: stop after N refreshes.")
+@click.pass_obj
+def top(obj: Context, limit: int, watch: bool, interval: float, iterations: int) -> None:
+    """The scopes closest to their limits (and spending fastest, with --watch)."""
+    limiter = obj.limiter()
+    previous: dict[tuple[str, str, str], tuple[int, float]] = {}
+    count = 0
+    while True:
+        rows = top_rows(limiter, previous, limit)
+        if watch and obj.fmt == "table":
+            click.clear()
+            stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+            click.echo(f"budgetlimiter top — {stamp}Z — every {interval:g}s (Ctrl-C to quit)")
+        click.echo(render(rows, obj.fmt))
+        count += 1
+        if not watch or (iterations and count >= iterations):
+            return
+        time.sleep(interval)
+
+
+@click.command()
+@click.argument("scope")
+@click.option("--metric", type=click.Choice([m.value for m in Metric]), required=True)
+@click.option("--amount", required=True,
+              help="Positive = debit (adds usage), negative = credit; USD for cost.")
+@click.option("--why", required=True, help="Reason, kept in the audit trail.")
+@click.option("--who", default=None, help="Operator (default: $USER).")
+@click.pass_obj
+def adjust(obj: Context, scope: str, metric: str, amount: str, why: str,
+           who: str | None) -> None:
+    """An audited credit or debit of SCOPE's current-period usage."""
+    import getpass
+
+    from ..adjust import apply_adjustment
+
+    target = Scope.parse(scope)
+    met = Metric(metric)
+    try:
+        dec = Decimal(amount)
+    except InvalidOperation:
+        raise InvalidAmount(f"--amount is not a number: {amount!r}") from None
+    if not dec.is_finite():
+        raise InvalidAmount(f"--amount must be finite: {amount!r}")
+    sign = -1 if dec < 0 else 1
+    units = (usd_to_micros("--amount", abs(dec)) if met is Metric.COST else int(abs(dec)))
+    if met is not Metric.COST and abs(dec) != int(abs(dec)):
+        raise InvalidAmount(f"--amount must be a whole number for {metric}")
+    if not why.strip():
+        click.echo("error: --why must not be empty", err=True)
+        sys.exit(EXIT_INPUT)
+    adj = apply_adjustment(obj.limiter(), obj.store(), target, met, sign * units,
+                           who or getpass.getuser(), why)
+    out = {"id": adj.id, "scope": adj.scope, "metric": adj.metric, "amount": amount,
+           "day": adj.day, "who": adj.who, "why": adj.why}
+    click.echo(render([out], obj.fmt))

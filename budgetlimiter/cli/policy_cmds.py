@@ -1,0 +1,77 @@
+"""``budgetlimiter policy validate|show``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import PolicyError
+from ..subject import Subject
+from .context import EXIT_INPUT, Context
+from .output import render
+
+
+def subject_options(fn: Any) -> Any:
+    """--org/--team/--user/--agent."""
+    for opt in reversed([
+        click.option("--org", required=True, help="Organisation id."),
+        click.option("--team", default=None, help="Team id."),
+        click.option("--user", default=None, help="User id."),
+        click.option("--agent", required=True, help="Agent / model id."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@click.group()
+def policy() -> None:
+    """Validate policy files and show effective limits."""
+
+
+@policy.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file: str) -> None:
+    """Check a policy file; errors name file, line, path and field (exit code 2)."""
+    from ..policy import load_policy
+
+    try:
+        pol = load_policy(Path(file))
+    except PolicyError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_INPUT)
+    except OSError as exc:
+        click.echo(f"{file}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    click.echo(f"{file}: valid ({len(pol.orgs)} orgs, {len(pol.pricing)} priced agents)")
+
+
+@policy.command("show")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@subject_options
+@click.pass_obj
+def show(obj: Context, file: str | None, org: str, team: str | None, user: str | None,
+         agent: str) -> None:
+    """The effective (inherited) limits of one subject, and where each was declared."""
+    if file:
+        obj.policy_path = file
+    eff = obj.policy().resolve(Subject(org, agent, team=team, user=user))
+    data = eff.to_dict()
+    if obj.fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows: list[dict[str, Any]] = []
+    for sc in data["scopes"]:
+        for lim in sc.get("limits", []):
+            rows.append({"scope": sc["scope"], "kind": "budget", "metric": lim["metric"],
+                         "amount": lim["amount"], "period": lim["period"],
+                         "mode": lim["mode"], "rollover": lim["rollover"],
+                         "from": lim.get("origin", "")})
+        for rate in sc.get("rates", []):
+            rows.append({"scope": sc["scope"], "kind": "rate", "metric": rate["metric"],
+                         "amount": rate["limit"], "period": f"per {rate['per']}",
+                         "mode": "hard", "rollover": "", "from": rate.get("origin", "")})
+    click.echo(render(rows, obj.fmt))
