@@ -117,8 +117,10 @@ class Reconciler:
                 continue
             epoch = self.redis.get(ks.epoch(org))
             if epoch is None or _s(epoch) != str(seq):
-                self.restore_org(org, seq)
-                stats.restored.append(org)
+                # seq 0 and no epoch: first contact with this org, nothing durable to lose
+                self.restore_org(org, seq, first_contact=epoch is None and seq == 0)
+                if not (epoch is None and seq == 0):
+                    stats.restored.append(org)
                 continue
             reply = self._script("flush", [ks.dirty(org), ks.epoch(org), ks.pending_flush(org)],
                                  [str(seq), uuid.uuid4().hex, self.batch])
@@ -142,7 +144,8 @@ class Reconciler:
         self._script("ack", [self.keys.epoch(org), self.keys.pending_flush(org)],
                      [flush_id, str(self.store.org_seq(org))])
 
-    def restore_org(self, org: str, seq: int | None = None, now_ms: int | None = None) -> int:
+    def restore_org(self, org: str, seq: int | None = None, now_ms: int | None = None, *,
+                    first_contact: bool = False) -> int:
         """Rebuild the org's counters from SQL plus unflushed deltas; returns counters raised."""
         seq = self.store.org_seq(org) if seq is None else seq
         now = self.limiter.clock() if now_ms is None else now_ms
@@ -155,8 +158,9 @@ class Reconciler:
         fired = self.store.fired_thresholds(org, period_ids)
         call = plan_rebuild(policy, self.keys, org, seq, now, rows, ledgers, adjustments, fired)
         raised = int(self._run(call))
-        log.warning("restored org %r from the durable record (seq %d, %d counters raised)",
-                    org, seq, raised)
+        log.log(logging.INFO if first_contact else logging.WARNING,
+                "%s org %r from the durable record (seq %d, %d counters raised)",
+                "initialised" if first_contact else "restored", org, seq, raised)
         return raised
 
     def _period_ids(self, org: str, now_ms: int) -> list[str]:

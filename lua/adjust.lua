@@ -1,7 +1,7 @@
 -- adjust: an operator's credit (negative) or debit (positive) of one scope's usage.
 -- Usage never goes below zero.
 --
--- KEYS[1..n] counter keys of the scope's current periods
+-- KEYS[1], KEYS[2], ... counter keys of the scope's current periods
 -- ARGV[1] now (ms)   ARGV[2] metric code   ARGV[3] amount (signed integer)
 -- ARGV[3 + i] expire-at (ms) of KEYS[i]
 -- Returns the new used amount of each key.
