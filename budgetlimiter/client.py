@@ -141,7 +141,7 @@ class BudgetLimiter(ClientBase):
             pipe = self.redis.pipeline(transaction=False)
             for call in calls:
                 script = self.scripts[call.script]
-                pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
             replies: list[Any] = pipe.execute(raise_on_error=False)
             missing = {c.script for c, r in zip(calls, replies, strict=False) if is_noscript(r)}
             if not missing or attempt == 2:

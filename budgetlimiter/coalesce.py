@@ -24,7 +24,8 @@ async def pipeline_replies(redis: Any, scripts: Registry, calls: list[ScriptCall
         pipe = redis.pipeline(transaction=False)
         for i in todo:
             call = calls[i]
-            pipe.evalsha(scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command("EVALSHA", scripts[call.script].sha, len(call.keys), *call.keys,
+                                 *call.args)
         results = await pipe.execute(raise_on_error=False)
         retry = []
         for i, result in zip(todo, results, strict=False):

@@ -1,0 +1,59 @@
+"""A real Redis Cluster on loopback: masters (and optional replicas) built with
+``redis-server --cluster-enabled yes`` and ``redis-cli --cluster create``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import redis
+
+from .servers import RedisServer, free_port
+
+
+class RedisClusterNodes:
+    """``masters`` masters with ``replicas`` replicas each, on consecutive free ports."""
+
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.count = masters * (1 + replicas)
+        self.replicas = replicas
+        self.nodes: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> RedisClusterNodes:
+        for _ in range(self.count):
+            port = free_port()
+            node = RedisServer("--cluster-enabled", "yes", "--cluster-config-file",
+                               f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+                               port=port)
+            self.nodes.append(node.start())
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is required to build a cluster")
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run([cli, "--cluster", "create", *addrs, "--cluster-replicas",
+                        str(self.replicas), "--cluster-yes"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            info = redis.Redis(port=self.nodes[0].port).cluster("info")
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state == "ok":
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("cluster did not reach state ok")
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            try:
+                node.client().flushall()
+            except redis.ResponseError:  # replicas are read-only
+                pass
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -1,0 +1,97 @@
+"""The hot path and the reconciler on a real 3-master Redis Cluster: every decision stays in
+one slot (no CROSSSLOT), many orgs spread over slots."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.keys import KeySpace
+from budgetlimiter.reconciler import Reconciler
+
+from .cluster import RedisClusterNodes
+from .policies import DEFAULTS_ONLY
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    nodes = RedisClusterNodes(masters=3).start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture
+def limiter(cluster, clock):
+    cluster.flushall()
+    bl = BudgetLimiter(parse_policy(DEFAULTS_ONLY), cluster.url, clock=clock, timeout=2)
+    assert bl.core.cluster
+    yield bl
+    bl.close()
+
+
+def test_decisions_across_many_orgs_on_a_cluster(limiter, cluster):
+    orgs = [f"org-{i}" for i in range(40)] + ["{weird}:org", "ünï/côdé"]
+    slots = {redis.crc.key_slot(KeySpace().org_base(o).encode()) for o in orgs}
+    assert len(slots) > 30
+    for org in orgs:
+        s = Subject(org, "gpt", team="eng", user="alice")
+        d = limiter.check(s, Usage(input_tokens=1000))
+        assert d.allowed and len(d.limits) == 5
+        r = limiter.commit(d.reservation, Usage(input_tokens=400))
+        assert r.status == "committed"
+        assert limiter.record(s, Usage(input_tokens=1), request_id="x").status == "recorded"
+        org_cost = next(x for x in limiter.status(s) if str(x.scope) == str(s).split("/")[0])
+        assert org_cost.used == 401
+    masters = {n.port for n in cluster.nodes}
+    assert len(masters) == 3
+    batch = limiter.check_batch([(Subject(o, "gpt"), Usage(input_tokens=5)) for o in orgs])
+    assert all(d.allowed for d in batch)
+
+
+def test_all_or_nothing_and_limits_hold_on_a_cluster(limiter):
+    s = Subject("acme", "gpt", team="eng", user="bob")
+    allowed = 0
+    while limiter.check(s, Usage(input_tokens=20_000)).allowed:  # user: 100k tokens a day
+        allowed += 1
+        assert allowed < 100
+    assert allowed == 5
+    status = {(str(x.scope), x.metric.value): x for x in limiter.status(s)}
+    assert status[("org:acme/team:eng/user:bob", "total_tokens")].reserved == 100_000
+    assert status[("org:acme/team:eng", "cost")].reserved == 100_000  # $0.02 x 5, no more
+
+
+def test_reconciler_flushes_and_restores_on_a_cluster(limiter, cluster, make_store):
+    store = make_store()
+    rec = Reconciler(limiter, store)
+    subjects = [Subject(f"o{i}", "gpt", team="t", user="u") for i in range(10)]
+    for s in subjects:
+        limiter.record(s, Usage(input_tokens=1000))
+    stats = rec.run_once()
+    assert stats.flushes == 10
+    cluster.flushall()
+    rec.run_once()
+    for s in subjects:
+        org = next(x for x in limiter.status(s) if str(x.scope) == f"org:{s.org}")
+        assert org.used == 1000
+
+
+def test_async_client_coalesces_on_a_cluster(cluster, clock):
+    import asyncio
+
+    from budgetlimiter import AsyncBudgetLimiter
+
+    cluster.flushall()
+
+    async def main() -> list[bool]:
+        bl = AsyncBudgetLimiter(parse_policy(DEFAULTS_ONLY), cluster.url, clock=clock,
+                                timeout=2)
+        subjects = [Subject(f"a{i % 20}", "gpt", team="t", user=f"u{i}") for i in range(200)]
+        decisions = await asyncio.gather(*[bl.check(s, Usage(input_tokens=10))
+                                           for s in subjects])
+        await bl.aclose()
+        return [d.allowed for d in decisions]
+
+    assert all(asyncio.run(main()))
