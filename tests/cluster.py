@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -49,10 +50,8 @@ class RedisClusterNodes:
 
     def flushall(self) -> None:
         for node in self.nodes:
-            try:
+            with contextlib.suppress(redis.ResponseError):  # replicas are read-only
                 node.client().flushall()
-            except redis.ResponseError:  # replicas are read-only
-                pass
 
     def stop(self) -> None:
         for node in self.nodes:
