@@ -32,6 +32,7 @@ class AsyncBudgetLimiter(ClientBase):
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
                  prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
                  timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
+                 deny_cache_ttl: float | None = 5.0,
                  coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4) -> None:
         if isinstance(redis, str):
             backend = parse_backend(redis)
@@ -41,7 +42,7 @@ class AsyncBudgetLimiter(ClientBase):
             self.redis = redis
             is_cluster = type(redis).__name__ == "RedisCluster"
         super().__init__(policy, cluster=is_cluster if cluster is None else cluster,
-                         prefix=prefix, clock=clock)
+                         prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl)
         self.scripts = Registry.default()
         self.coalescer = Coalescer(self.redis, self.scripts, max_batch=max_batch,
                                    max_inflight=max_inflight) if coalesce else None
@@ -72,8 +73,12 @@ class AsyncBudgetLimiter(ClientBase):
                     reservation_id: str | None = None, ttl: float | None = None) -> Decision:
         """See :meth:`BudgetLimiter.check`."""
         est = estimate if estimate is not None else Usage()
-        call = self.core.plan_check(subject, est, self.clock(), reservation_id=reservation_id,
+        now = self.clock()
+        call = self.core.plan_check(subject, est, now, reservation_id=reservation_id,
                                     ttl_seconds=ttl)
+        cached = self._cached_denial(call, now)
+        if cached is not None:
+            return cached
         try:
             reply = await self._run(call)
         except UNAVAILABLE as exc:
@@ -81,8 +86,7 @@ class AsyncBudgetLimiter(ClientBase):
         if self.pending_local:
             with contextlib.suppress(*UNAVAILABLE):
                 await self.flush_local()
-        decision: Decision = call.parse(reply)
-        return decision
+        return self._decided(call, reply, now)
 
     async def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """See :meth:`BudgetLimiter.commit`."""

@@ -31,7 +31,8 @@ class BudgetLimiter(ClientBase):
 
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
                  prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
+                 deny_cache_ttl: float | None = 5.0) -> None:
         if isinstance(redis, str):
             backend = parse_backend(redis)
             self.redis = connect_sync(redis, timeout=timeout)
@@ -40,7 +41,7 @@ class BudgetLimiter(ClientBase):
             self.redis = redis
             is_cluster = type(redis).__name__ == "RedisCluster"
         super().__init__(policy, cluster=is_cluster if cluster is None else cluster,
-                         prefix=prefix, clock=clock)
+                         prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl)
         self.scripts = Registry.default()
 
     # plumbing ------------------------------------------------------------------
@@ -73,16 +74,19 @@ class BudgetLimiter(ClientBase):
         with the actual usage or release it. Bad input raises before anything is sent.
         """
         est = estimate if estimate is not None else Usage()
-        call = self.core.plan_check(subject, est, self.clock(), reservation_id=reservation_id,
+        now = self.clock()
+        call = self.core.plan_check(subject, est, now, reservation_id=reservation_id,
                                     ttl_seconds=ttl)
+        cached = self._cached_denial(call, now)
+        if cached is not None:
+            return cached
         try:
             reply = self._run(call)
         except UNAVAILABLE as exc:
             return self._unavailable_decision(call, subject, est, exc)
         if self.pending_local:
             self._try_flush_local()
-        decision: Decision = call.parse(reply)
-        return decision
+        return self._decided(call, reply, now)
 
     def _try_flush_local(self) -> None:
         with contextlib.suppress(*UNAVAILABLE):

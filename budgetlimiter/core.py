@@ -44,6 +44,8 @@ class ScriptCall:
     args: list[str | int]
     parse: Callable[[Any], Any] = field(repr=False)
     org: str = ""
+    #: (counter key, metric code) of each budget, in reply order (the deny cache uses them)
+    budget_keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +231,9 @@ class Core:
         def parse(reply: Any) -> Decision:
             return self._parse_check(subject, reservation, budgets, rates, now_ms, reply, dry_run)
 
-        return ScriptCall("check", keys, head + args, parse, org)
+        budget_keys = tuple((ks.counter(b.scopelimits.scope, b.window), b.spec.metric.code)
+                            for b in budgets)
+        return ScriptCall("check", keys, head + args, parse, org, budget_keys)
 
     def _parse_check(self, subject: Subject, reservation: Reservation | None,
                      budgets: list[_Budget], rates: list[_Rate], now_ms: int, reply: Any,

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .core import Core, ScriptCall
+from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .policy import OutagePolicy, Policy, load_policy
 from .results import Decision, Reservation, SettleResult
@@ -43,9 +44,11 @@ class ClientBase:
     """Configuration and outage behaviour common to both clients."""
 
     def __init__(self, policy: Policy | str | Path, *, cluster: bool, prefix: str,
-                 clock: Clock | None) -> None:
+                 clock: Clock | None, deny_cache_ttl: float | None = 5.0) -> None:
         self.core = Core(as_policy(policy), KeySpace(prefix or DEFAULT_PREFIX), cluster=cluster)
         self.clock: Clock = clock or system_clock_ms
+        #: exhausted budgets answered in-process (None: off); see :mod:`budgetlimiter.denycache`
+        self.deny_cache = DenyCache(deny_cache_ttl) if deny_cache_ttl else None
         #: usage admitted while Redis was down under fail_open, recorded once it is back
         self.pending_local: list[tuple[Subject, Usage, str]] = []
 
@@ -58,6 +61,17 @@ class ClientBase:
         new = as_policy(policy)
         self.core = Core(new, self.core.keys, cluster=self.core.cluster,
                          idempotency_ms=self.core.idempotency_ms)
+        if self.deny_cache is not None:
+            self.deny_cache.clear()
+
+    def _cached_denial(self, call: ScriptCall, now_ms: int) -> Decision | None:
+        return self.deny_cache.lookup(call, now_ms) if self.deny_cache is not None else None
+
+    def _decided(self, call: ScriptCall, reply: Any, now_ms: int) -> Decision:
+        decision: Decision = call.parse(reply)
+        if not decision.allowed and self.deny_cache is not None:
+            self.deny_cache.remember(call, decision, now_ms)
+        return decision
 
     def _unavailable_decision(self, call: ScriptCall, subject: Subject, estimate: Usage,
                               exc: BaseException) -> Decision:

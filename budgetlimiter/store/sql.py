@@ -109,7 +109,7 @@ class Store:
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_S * 1000}")
             if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
+                _set_wal(cur)
                 cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
@@ -397,3 +397,20 @@ class Store:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _set_wal(cur: Any) -> None:
+    """Switch to WAL. The switch needs an exclusive lock and SQLite does not apply the busy
+    timeout to it, so processes opening a new database at once retry here."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
