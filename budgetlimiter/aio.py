@@ -11,12 +11,13 @@ from typing import Any
 from .backends import DEFAULT_TIMEOUT, connect_async, parse_backend
 from .coalesce import Coalescer, pipeline_replies
 from .core import ScriptCall
+from .errors import BackendUnavailable
 from .guard import AsyncGuard, Extractor
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import Registry, run_async
-from .shell import UNAVAILABLE, ClientBase, Clock
+from .shell import UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
 
@@ -48,9 +49,19 @@ class AsyncBudgetLimiter(ClientBase):
                                    max_inflight=max_inflight) if coalesce else None
 
     async def _run(self, call: ScriptCall) -> Any:
-        if self.coalescer is not None:
-            return await self.coalescer.run(call)
-        return await run_async(self.redis, self.scripts[call.script], call.keys, call.args)
+        if not self.breaker.allow():
+            raise BackendUnavailable("redis circuit open")
+        try:
+            if self.coalescer is not None:
+                reply = await self.coalescer.run(call)
+            else:
+                reply = await run_async(self.redis, self.scripts[call.script], call.keys,
+                                        call.args)
+        except UNAVAILABLE:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return reply
 
     async def _settle(self, call: ScriptCall) -> SettleResult:
         reply = await self._run(call)
@@ -60,12 +71,17 @@ class AsyncBudgetLimiter(ClientBase):
         return result
 
     async def flush_local(self) -> int:
-        """Record usage admitted under ``fail_open`` while Redis was down."""
+        """Replay commits and records kept in-process during an outage. Returns how many."""
         done = 0
         while self.pending_local:
-            subject, actual, request_id = self.pending_local[0]
-            await self.record(subject, actual, request_id=request_id)
-            self.pending_local.pop(0)
+            op = self.pending_local[0]
+            if op.reservation is not None:
+                await self._settle(self.core.plan_commit(op.reservation, op.usage, self.clock()))
+            else:
+                assert op.subject is not None
+                await self._settle(self.core.plan_record(op.subject, op.usage, self.clock(),
+                                                     op.request_id))
+            self.pending_local.popleft()
             done += 1
         return done
 
@@ -93,7 +109,10 @@ class AsyncBudgetLimiter(ClientBase):
         call = self.core.plan_commit(reservation, actual, self.clock())
         if reservation.local:
             return self._local_commit(reservation, actual)
-        return await self._settle(call)
+        try:
+            return await self._settle(call)
+        except UNAVAILABLE:
+            return self._defer(Deferred(usage=actual, reservation=reservation))
 
     async def release(self, reservation: Reservation | str, *,
                       org: str | None = None) -> SettleResult:
@@ -106,13 +125,21 @@ class AsyncBudgetLimiter(ClientBase):
             if org is None:
                 raise TypeError("release by id needs org=")
             rid = reservation
-        return await self._settle(self.core.plan_release(org, rid, self.clock()))
+        call = self.core.plan_release(org, rid, self.clock())
+        try:
+            return await self._settle(call)
+        except UNAVAILABLE:  # the reservation's TTL refunds it
+            return SettleResult(status="local", id=rid)
 
     async def record(self, subject: Subject, actual: Usage, *,
                      request_id: str | None = None) -> SettleResult:
         """See :meth:`BudgetLimiter.record`."""
         rid = request_id if request_id is not None else uuid.uuid4().hex
-        return await self._settle(self.core.plan_record(subject, actual, self.clock(), rid))
+        call = self.core.plan_record(subject, actual, self.clock(), rid)
+        try:
+            return await self._settle(call)
+        except UNAVAILABLE:
+            return self._defer(Deferred(usage=actual, subject=subject, request_id=rid))
 
     async def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
         """See :meth:`BudgetLimiter.status`."""

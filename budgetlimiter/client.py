@@ -12,12 +12,13 @@ from redis.exceptions import NoScriptError
 
 from .backends import DEFAULT_TIMEOUT, connect_sync, parse_backend
 from .core import ScriptCall
+from .errors import BackendUnavailable
 from .guard import Extractor, Guard
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import Registry, is_noscript, run_sync
-from .shell import UNAVAILABLE, ClientBase, Clock
+from .shell import UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
 
@@ -46,7 +47,15 @@ class BudgetLimiter(ClientBase):
 
     # plumbing ------------------------------------------------------------------
     def _run(self, call: ScriptCall) -> Any:
-        return run_sync(self.redis, self.scripts[call.script], call.keys, call.args)
+        if not self.breaker.allow():
+            raise BackendUnavailable("redis circuit open")
+        try:
+            reply = run_sync(self.redis, self.scripts[call.script], call.keys, call.args)
+        except UNAVAILABLE:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return reply
 
     def _settle(self, call: ScriptCall) -> SettleResult:
         reply = self._run(call)
@@ -56,12 +65,17 @@ class BudgetLimiter(ClientBase):
         return result
 
     def flush_local(self) -> int:
-        """Record usage admitted under ``fail_open`` while Redis was down. Returns how many."""
+        """Replay commits and records kept in-process during an outage. Returns how many."""
         done = 0
         while self.pending_local:
-            subject, actual, request_id = self.pending_local[0]
-            self.record(subject, actual, request_id=request_id)
-            self.pending_local.pop(0)
+            op = self.pending_local[0]
+            if op.reservation is not None:
+                self._settle(self.core.plan_commit(op.reservation, op.usage, self.clock()))
+            else:
+                assert op.subject is not None
+                self._settle(self.core.plan_record(op.subject, op.usage, self.clock(),
+                                                     op.request_id))
+            self.pending_local.popleft()
             done += 1
         return done
 
@@ -97,7 +111,10 @@ class BudgetLimiter(ClientBase):
         call = self.core.plan_commit(reservation, actual, self.clock())
         if reservation.local:
             return self._local_commit(reservation, actual)
-        return self._settle(call)
+        try:
+            return self._settle(call)
+        except UNAVAILABLE:
+            return self._defer(Deferred(usage=actual, reservation=reservation))
 
     def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
         """Refund a reservation that will not be used. Retrying is safe."""
@@ -109,13 +126,21 @@ class BudgetLimiter(ClientBase):
             if org is None:
                 raise TypeError("release by id needs org=")
             rid = reservation
-        return self._settle(self.core.plan_release(org, rid, self.clock()))
+        call = self.core.plan_release(org, rid, self.clock())
+        try:
+            return self._settle(call)
+        except UNAVAILABLE:  # the reservation's TTL refunds it
+            return SettleResult(status="local", id=rid)
 
     def record(self, subject: Subject, actual: Usage, *,
                request_id: str | None = None) -> SettleResult:
         """Count usage that had no reservation. Idempotent by ``request_id``."""
         rid = request_id if request_id is not None else uuid.uuid4().hex
-        return self._settle(self.core.plan_record(subject, actual, self.clock(), rid))
+        call = self.core.plan_record(subject, actual, self.clock(), rid)
+        try:
+            return self._settle(call)
+        except UNAVAILABLE:
+            return self._defer(Deferred(usage=actual, subject=subject, request_id=rid))
 
     def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
         """Live used / reserved / limit of every limit that applies to ``subject``."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .breaker import CircuitBreaker
 from .core import Core, ScriptCall
 from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
@@ -27,6 +30,20 @@ Clock = Callable[[], int]
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError,
 )
+
+
+#: most usage records kept in-process during an outage (oldest dropped beyond)
+MAX_PENDING = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A commit (``reservation`` set) or a record (``subject``/``request_id`` set) to replay."""
+
+    usage: Usage
+    reservation: Reservation | None = None
+    subject: Subject | None = None
+    request_id: str = ""
 
 
 def system_clock_ms() -> int:
@@ -49,8 +66,9 @@ class ClientBase:
         self.clock: Clock = clock or system_clock_ms
         #: exhausted budgets answered in-process (None: off); see :mod:`budgetlimiter.denycache`
         self.deny_cache = DenyCache(deny_cache_ttl) if deny_cache_ttl else None
-        #: usage admitted while Redis was down under fail_open, recorded once it is back
-        self.pending_local: list[tuple[Subject, Usage, str]] = []
+        #: usage counted while Redis was unreachable, recorded (idempotently) once it is back
+        self.pending_local: deque[Deferred] = deque(maxlen=MAX_PENDING)
+        self.breaker = CircuitBreaker()
 
     @property
     def policy(self) -> Policy:
@@ -89,12 +107,26 @@ class ClientBase:
         return Decision(allowed=False, subject=subject, reservation=None, limits=(),
                         reason="backend_unavailable", degraded=True)
 
-    def _local_commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
-        from urllib.parse import unquote
+    def _defer(self, op: Deferred) -> SettleResult:
+        """Keep a commit or record in-process while Redis is unreachable; ``flush_local``
+        replays it when Redis answers again. Both are idempotent (by reservation id or
+        request id), so a call that did reach Redis before the connection failed is not
+        counted twice."""
+        if len(self.pending_local) == self.pending_local.maxlen:
+            log.error("local usage buffer full (%d): dropping the oldest entry",
+                      self.pending_local.maxlen)
+        self.pending_local.append(op)
+        if op.reservation is not None:
+            subject, rid = op.reservation.subject, op.reservation.id
+        else:
+            assert op.subject is not None
+            subject, rid = op.subject, op.request_id
+        return SettleResult(status="local", id=rid, actual=self.core.amounts(subject, op.usage))
 
-        self.pending_local.append((reservation.subject, actual, "local-" + unquote(reservation.id)))
-        return SettleResult(status="local", id=reservation.id,
-                            actual=self.core.amounts(reservation.subject, actual))
+    def _local_commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
+        """Commit of a reservation admitted without Redis (fail_open): recorded later."""
+        return self._defer(Deferred(usage=actual, subject=reservation.subject,
+                                    request_id="local-" + reservation.id))
 
     def _dirty_follow_up(self, call: ScriptCall, reply: Any) -> bool:
         """On Redis Cluster the settle script cannot add the org to the global dirty set

@@ -1,0 +1,111 @@
+"""Redis outages: bounded waits, the circuit breaker, fail_closed vs fail_open, and usage
+counted during an outage recorded exactly once when Redis returns."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+
+from .policies import BASIC
+from .servers import RedisServer
+
+pytestmark = pytest.mark.redis
+ALICE = Subject("acme", "gpt", team="eng", user="alice")
+OPEN = BASIC.replace("timezone: UTC", "timezone: UTC\noutage: fail_open")
+
+
+@pytest.fixture
+def server():
+    s = RedisServer().start()
+    yield s
+    s.stop()
+
+
+def team_used(bl) -> int:
+    return next(x for x in bl.status(ALICE) if str(x.scope) == "org:acme/team:eng").used
+
+
+def test_fail_closed_denies_and_the_circuit_opens(server, clock):
+    bl = BudgetLimiter(parse_policy(BASIC), server.url, clock=clock, timeout=0.2)
+    assert bl.check(ALICE, Usage(input_tokens=10)).allowed
+    server.kill()
+    for _ in range(3):
+        d = bl.check(ALICE, Usage(input_tokens=10))
+        assert not d.allowed and d.degraded and d.reason == "backend_unavailable"
+    assert bl.breaker.state == "open"
+    started = time.perf_counter()
+    for _ in range(100):
+        assert not bl.check(ALICE).allowed
+    assert time.perf_counter() - started < 0.5  # answered without touching the network
+    assert bl.breaker.short_circuited >= 100
+    server.start()
+    time.sleep(bl.breaker.open_for + 0.05)
+    assert bl.check(ALICE, Usage(input_tokens=10)).allowed  # the probe closes the circuit
+    assert bl.breaker.state == "closed"
+    bl.close()
+
+
+def test_fail_open_counts_locally_and_records_once_when_back(server, clock):
+    bl = BudgetLimiter(parse_policy(OPEN), server.url, clock=clock, timeout=0.2)
+    d0 = bl.check(ALICE, Usage(input_tokens=100))  # a real reservation, committed in the outage
+    bl.record(ALICE, Usage(input_tokens=1), request_id="before")
+    server.kill()
+    d = bl.check(ALICE, Usage(input_tokens=50))
+    assert d.allowed and d.degraded and d.reservation is not None and d.reservation.local
+    assert bl.commit(d.reservation, Usage(input_tokens=40)).status == "local"
+    assert bl.commit(d0.reservation, Usage(input_tokens=30)).status == "local"
+    assert bl.record(ALICE, Usage(input_tokens=20), request_id="r-out").status == "local"
+    assert len(bl.pending_local) == 3
+    server.start()  # empty: the earlier usage is gone (the reconciler would restore it)
+    time.sleep(bl.breaker.open_for + 0.05)
+    assert bl.check(ALICE, Usage(input_tokens=1)).allowed  # success triggers the replay
+    assert not bl.pending_local
+    assert team_used(bl) == 40 + 30 + 20
+    assert bl.flush_local() == 0
+    assert bl.record(ALICE, Usage(input_tokens=20), request_id="r-out").status == "duplicate"
+    bl.close()
+
+
+def test_an_unresponsive_redis_never_blocks_longer_than_the_timeout(clock):
+    # a TCP server that accepts and never answers: the worst kind of dead Redis
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(100)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        lsock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    port = lsock.getsockname()[1]
+    bl = BudgetLimiter(parse_policy(BASIC), f"redis://127.0.0.1:{port}/0", clock=clock,
+                       timeout=0.05)
+    try:
+        worst = 0.0
+        for _ in range(20):
+            started = time.perf_counter()
+            d = bl.check(ALICE, Usage(input_tokens=1))
+            worst = max(worst, time.perf_counter() - started)
+            assert not d.allowed and d.degraded
+        assert worst < 0.5
+        assert len(accepted) <= 5  # the breaker stops opening new connections
+    finally:
+        stop.set()
+        t.join(2)
+        bl.close()
+        for c in accepted:
+            c.close()
+        lsock.close()
