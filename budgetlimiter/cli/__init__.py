@@ -47,6 +47,7 @@ def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: 
 
 def _register() -> None:
     from . import durable, live, policy_cmds
+    from . import serve as serve_cmd
 
     main.add_command(live.demo)
     main.add_command(live.check)
@@ -59,6 +60,7 @@ def _register() -> None:
     main.add_command(durable.report)
     main.add_command(durable.alerts)
     main.add_command(durable.restore)
+    main.add_command(serve_cmd.serve)
 
 
 _register()

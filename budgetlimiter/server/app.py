@@ -1,0 +1,316 @@
+"""The sidecar's ASGI application (Starlette): :func:`create_app` and its runtime state.
+
+Lifespan: on startup the policy is loaded and an :class:`~budgetlimiter.aio.AsyncBudgetLimiter`
+opened (a broken policy stops the startup); ``SIGHUP`` (and, optionally, a change of the policy
+file's mtime) reloads the policy atomically; on shutdown in-flight requests finish (uvicorn
+waits for them), then the limiter and the store are closed. Reservations still open at that
+moment are refunded by Redis when their TTL expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..aio import AsyncBudgetLimiter
+from ..policy import Policy, load_policy
+from ..shell import Clock
+from .config import ServerConfig
+from .handlers import Api, endpoint, request_id
+from .metrics import Metrics
+from .middleware import Gate
+from .openapi import build_openapi
+from .problems import Problem
+
+log = logging.getLogger("budgetlimiter.server")
+MAX_GAUGE_ORGS = 200
+
+
+class _AnyText(Convertor[str]):
+    """Like ``path`` but also matches newlines (decoded ids may contain anything)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("bl_any", _AnyText())
+
+
+class Server:
+    """Runtime state of one sidecar process."""
+
+    def __init__(self, config: ServerConfig, *, policy: Policy | None = None,
+                 limiter: AsyncBudgetLimiter | None = None, clock: Clock | None = None,
+                 store: Any = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.limiter = limiter
+        self._policy = policy
+        self._clock = clock
+        self._store = store
+        self._store_lock = threading.Lock()
+        self._openapi: dict[str, Any] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._mtime = 0.0
+        self._sighup = False
+
+    # lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the limiter, install the SIGHUP handler and the optional file watch."""
+        if self.limiter is None:
+            policy = self._policy
+            if policy is None:
+                if not self.config.policy_path:
+                    raise RuntimeError("no policy: set policy_path or pass policy=")
+                policy = load_policy(Path(self.config.policy_path))
+            self.limiter = AsyncBudgetLimiter(policy, self.config.redis_url,
+                                              timeout=self.config.redis_timeout,
+                                              clock=self._clock)
+        self._mtime = self._policy_mtime()
+        loop = asyncio.get_running_loop()
+        if self.config.policy_path and hasattr(signal, "SIGHUP"):
+            try:
+                loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
+                self._sighup = True
+            except (ValueError, RuntimeError, NotImplementedError):
+                log.info("SIGHUP reload unavailable (not the main thread)")
+        if self.config.watch_policy > 0 and self.config.policy_path:
+            self._watch = asyncio.create_task(self._watch_policy())
+        log.info("sidecar started", extra={"redis": _redact(self.config.redis_url),
+                                          "auth": self.config.auth_enabled})
+
+    async def stop(self) -> None:
+        """Close everything (in-flight requests have finished)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self.limiter is not None:
+            with contextlib.suppress(Exception):
+                await self.limiter.aclose()
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                self._store.close()
+        log.info("sidecar stopped; open reservations expire by their TTL")
+
+    def require_limiter(self) -> AsyncBudgetLimiter:
+        if self.limiter is None:
+            raise Problem("backend_unavailable", "the sidecar is starting")
+        return self.limiter
+
+    # policy reload -----------------------------------------------------------------------
+    def reload_policy(self) -> bool:
+        """Load the policy file again and swap it in atomically; on any error log it, keep
+        the old policy and return ``False`` (this is the SIGHUP handler)."""
+        path = self.config.policy_path
+        if not path or self.limiter is None:
+            return False
+        try:
+            new = load_policy(Path(path))
+        except Exception as exc:
+            self.metrics.reloads.labels("error").inc()
+            log.error("policy reload failed; keeping the old policy: %s", exc,
+                      extra={"policy": path})
+            return False
+        self.limiter.set_policy(new)
+        self._mtime = self._policy_mtime()
+        self.metrics.reloads.labels("ok").inc()
+        log.info("policy reloaded", extra={"policy": path})
+        return True
+
+    def _policy_mtime(self) -> float:
+        try:
+            return os.stat(self.config.policy_path or "").st_mtime
+        except OSError:
+            return 0.0
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.watch_policy)
+            mtime = self._policy_mtime()
+            if mtime and mtime != self._mtime:
+                self._mtime = mtime  # a broken file is not retried until it changes again
+                self.reload_policy()
+
+    # store, readiness, gauges --------------------------------------------------------------
+    async def store(self) -> Any:
+        """The durable store, opened (and migrated) on first use in a worker thread."""
+        if self._store is None:
+            if not self.config.db_url:
+                raise Problem("store_unavailable", "no database configured (--db)")
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(self._open_store)
+        return self._store
+
+    def _open_store(self) -> None:
+        with self._store_lock:
+            if self._store is None:
+                from ..store.sql import Store
+
+                store = Store(self.config.db_url or "")
+                try:
+                    store.migrate()
+                except Exception as exc:
+                    store.close()
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise Problem("store_unavailable", first[:200]) from None
+                self._store = store
+
+    async def readiness(self) -> tuple[dict[str, bool], str]:
+        """Redis answers PING, the scripts are loaded on it, a policy is loaded."""
+        checks = {"redis": False, "scripts": False, "policy": False}
+        limiter = self.limiter
+        if limiter is None:
+            return checks, "starting"
+        checks["policy"] = limiter.policy is not None
+        timeout = self.config.ready_timeout
+        try:
+            await asyncio.wait_for(limiter.redis.ping(), timeout)
+            checks["redis"] = True
+            scripts = list(limiter.scripts.scripts.values())
+            found = await asyncio.wait_for(
+                limiter.redis.script_exists(*[s.sha for s in scripts]), timeout)
+            for script, exists in zip(scripts, found, strict=False):
+                if not exists:
+                    await asyncio.wait_for(limiter.redis.script_load(script.source), timeout)
+            checks["scripts"] = True
+        except Exception as exc:
+            self.metrics.redis_errors.inc()
+            return checks, f"redis: {type(exc).__name__}: {str(exc)[:200]}"
+        return checks, ""
+
+    async def refresh_gauges(self) -> None:
+        """Best effort: live reservations per declared org, and the alert backlog."""
+        limiter = self.limiter
+        if limiter is not None:
+            breaker = getattr(limiter, "breaker", None)
+            if breaker is not None:
+                self.metrics.circuit_open.set(0 if breaker.state == "closed" else 1)
+            core = limiter.core
+            orgs = core.policy.declared_orgs()[:MAX_GAUGE_ORGS]
+            try:
+                now = limiter.clock()
+                pipe = limiter.redis.pipeline(transaction=False)
+                for org in orgs:
+                    pipe.zcount(core.keys.reservations_by_expiry(org), now, "+inf")
+                counts = await asyncio.wait_for(pipe.execute(), self.config.ready_timeout)
+                for org, count in zip(orgs, counts, strict=False):
+                    self.metrics.outstanding.labels(org).set(int(count))
+            except Exception as exc:
+                self.metrics.redis_errors.inc()
+                log.debug("reservation gauge skipped: %s", exc)
+        if self.config.db_url:
+            from starlette.concurrency import run_in_threadpool
+
+            try:
+                store = await self.store()
+                self.metrics.backlog.set(await run_in_threadpool(store.backlog))
+            except Exception as exc:
+                log.debug("alert backlog gauge skipped: %s", exc)
+
+    def openapi(self) -> dict[str, Any]:
+        if self._openapi is None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                ver = version("budgetlimiter")
+            except PackageNotFoundError:  # pragma: no cover - source checkout
+                ver = "0"
+            self._openapi = build_openapi(ver)
+        return self._openapi
+
+
+def _redact(url: str) -> str:
+    """A backend URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        problem = Problem("method_not_allowed", headers=dict(exc.headers or {}))
+    elif exc.status_code == 404:
+        problem = Problem("not_found", f"no route for {request.url.path[:200]}")
+    else:
+        problem = Problem("invalid_input", str(exc.detail)[:200])
+    return problem.response(request_id(request))
+
+
+def create_app(config: ServerConfig | None = None, *, policy: Policy | None = None,
+               limiter: AsyncBudgetLimiter | None = None, clock: Clock | None = None,
+               store: Any = None) -> Starlette:
+    """Build the sidecar application. ``policy``, ``limiter``, ``clock`` and ``store`` replace
+    what ``config`` would open (for tests and embedding); the app's ``state.server`` is the
+    :class:`Server` (``reload_policy()`` is the SIGHUP handler)."""
+    cfg = config or ServerConfig()
+    server = Server(cfg, policy=policy, limiter=limiter, clock=clock, store=store)
+    api = Api(server)
+
+    def r(path: str, fn: Any, method: str) -> Route:
+        return Route(path, endpoint(server, fn), methods=[method])
+
+    routes = [
+        r("/v1/check", api.check, "POST"),
+        r("/v1/check:batch", api.check_batch, "POST"),
+        r("/v1/commit", api.commit, "POST"),
+        r("/v1/release", api.release, "POST"),
+        r("/v1/record", api.record, "POST"),
+        r("/v1/status/{scope:bl_any}", api.status, "GET"),
+        r("/v1/usage", api.usage, "GET"),
+        r("/v1/policy/effective", api.effective_policy, "GET"),
+        r("/healthz", api.healthz, "GET"),
+        r("/readyz", api.readyz, "GET"),
+        r("/metrics", api.metrics, "GET"),
+        r("/openapi.json", api.openapi, "GET"),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error})
+    app.add_middleware(Gate, tokens=cfg.tokens, metrics=server.metrics)
+    app.state.server = server
+    return app
+
+
+def from_environment() -> Starlette:
+    """App factory for multi-worker uvicorn (``budgetlimiter serve --workers N``): the
+    settings travel in the ``BUDGETLIMITER_SERVE_CONFIG`` environment variable."""
+    from .config import load_env_config
+
+    return create_app(load_env_config())

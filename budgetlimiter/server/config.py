@@ -1,0 +1,120 @@
+"""Sidecar settings: listen address, backends, bearer tokens and limits.
+
+Tokens are ``name:secret:scope`` triples (``scope`` is ``read`` or ``write``). A server bound
+to anything but a loopback address refuses to start without at least one token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+TokenScope = Literal["read", "write"]
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+DEFAULT_MAX_BODY = 64 * 1024
+DEFAULT_REDIS_TIMEOUT = 0.25
+
+
+class ConfigError(ValueError):
+    """The sidecar configuration is unusable (the server does not start)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """One bearer token. ``secret`` is never logged or shown in ``repr``."""
+
+    name: str
+    secret: str = field(repr=False)
+    scope: TokenScope
+
+    @classmethod
+    def parse(cls, text: str) -> Token:
+        """Parse ``name:secret:scope`` (the secret may itself contain colons)."""
+        name, sep, rest = text.strip().partition(":")
+        secret, sep2, scope = rest.rpartition(":")
+        if not sep or not sep2 or not name or not secret:
+            raise ConfigError("a token must look like name:secret:scope (scope read or write)")
+        if scope not in ("read", "write"):
+            raise ConfigError(f"token {name!r}: scope must be read or write, got {scope!r}")
+        if len(secret) < 16:
+            raise ConfigError(f"token {name!r}: the secret must be at least 16 characters")
+        return cls(name, secret, "write" if scope == "write" else "read")
+
+
+def parse_tokens(values: list[str] | tuple[str, ...], env: str | None = None) -> tuple[Token, ...]:
+    """Tokens from repeated ``--token`` values and a comma-separated environment value."""
+    texts = [v for v in values if v.strip()]
+    if env:
+        texts += [part for part in env.split(",") if part.strip()]
+    tokens = tuple(Token.parse(t) for t in texts)
+    names = [t.name for t in tokens]
+    if len(set(names)) != len(names):
+        raise ConfigError("token names must be unique")
+    return tokens
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses; hostnames count as exposed."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything :func:`budgetlimiter.server.create_app` and ``budgetlimiter serve`` need."""
+
+    redis_url: str = "memory://"
+    policy_path: str | None = None
+    db_url: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    tokens: tuple[Token, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT
+    ready_timeout: float = 1.0
+    watch_policy: float = 0.0  # seconds between policy file mtime checks; 0 = off
+    log_level: str = "info"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.tokens)
+
+    def validate(self) -> ServerConfig:
+        """Raise :class:`ConfigError` for an unsafe or impossible configuration."""
+        if not is_loopback(self.host) and not self.tokens:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without authentication: pass --token "
+                "name:secret:scope or set BUDGETLIMITER_TOKENS (or bind 127.0.0.1)")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.max_body < 1024:
+            raise ConfigError(f"max body must be at least 1024 bytes, got {self.max_body}")
+        return self
+
+
+ENV_CONFIG = "BUDGETLIMITER_SERVE_CONFIG"
+
+
+def dump_env_config(config: ServerConfig) -> str:
+    """Serialise a config for worker processes (see :func:`load_env_config`)."""
+    data = {k: v for k, v in vars(config).items() if k != "tokens"}
+    data["tokens"] = [f"{t.name}:{t.secret}:{t.scope}" for t in config.tokens]
+    return json.dumps(data)
+
+
+def load_env_config() -> ServerConfig:
+    """The config a ``budgetlimiter serve`` parent put in ``BUDGETLIMITER_SERVE_CONFIG``."""
+    data = json.loads(os.environ[ENV_CONFIG])
+    data["tokens"] = parse_tokens(data.get("tokens", []))
+    return ServerConfig(**data)

@@ -1,0 +1,253 @@
+"""Request and response schemas of the HTTP API (pydantic v2; published as OpenAPI 3.1).
+
+Requests are validated strictly: unknown fields, wrong JSON types (``"5"`` for a count,
+``true`` for an integer, ``1.5`` tokens), negative amounts and money given as a JSON number are
+all refused with a ``422`` problem before anything reaches Redis. Money is a decimal string in
+USD (``"0.011"``); counts are integers.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..subject import Subject
+from ..usage import MAX_AMOUNT, Usage
+
+Id = Annotated[str, Field(min_length=1, max_length=256,
+                          description="Any printable text of 1..256 characters.")]
+Count = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
+Money = Annotated[str, Field(pattern=r"^[0-9]{1,16}(\.[0-9]{1,12})?$",
+                             description="USD as a decimal string, e.g. \"0.011\".",
+                             examples=["0.011"])]
+MoneyOrCount = Annotated[str | int, Field(
+    description="Decimal USD string for the cost metric, an integer otherwise.")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SubjectIn(_In):
+    """Who is asking: org, optional team and user, and the agent being invoked."""
+
+    org: Id
+    agent: Id
+    team: Id | None = None
+    user: Id | None = None
+
+    def to_subject(self) -> Subject:
+        return Subject(self.org, self.agent, team=self.team, user=self.user)
+
+
+class UsageIn(_In):
+    """An estimate or actual usage. ``cost`` (USD) overrides the agent's pricing."""
+
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    invocations: Count = 1
+    cost: Money | None = None
+
+    def to_usage(self) -> Usage:
+        cost = Decimal(self.cost) if self.cost is not None else None
+        return Usage(self.input_tokens, self.output_tokens, self.invocations, cost)
+
+
+Ttl = Annotated[float, Field(gt=0, le=604800, description="Reservation TTL in seconds.")]
+
+
+class CheckRequest(_In):
+    """Check and reserve: all-or-nothing over every scope and limit of the subject."""
+
+    subject: SubjectIn
+    estimate: UsageIn = UsageIn()
+    ttl: Ttl | None = None
+    reservation_id: Id | None = None
+
+
+class CommitRequest(_In):
+    """Replace a reservation's estimate by the actual usage (idempotent by id).
+
+    The sidecar keeps no reservation objects, so it needs ``subject`` to price ``actual`` with
+    the agent's pricing, unless ``actual.cost`` is given.
+    """
+
+    org: Id
+    reservation_id: Id
+    actual: UsageIn
+    subject: SubjectIn | None = None
+
+
+class ReleaseRequest(_In):
+    """Refund a reservation that will not be used (idempotent)."""
+
+    org: Id
+    reservation_id: Id
+
+
+class RecordRequest(_In):
+    """Post-hoc usage without a reservation, idempotent by ``request_id`` (generated when
+    absent, which makes retries count twice)."""
+
+    subject: SubjectIn
+    actual: UsageIn
+    request_id: Id | None = None
+
+
+class BatchItem(_In):
+    subject: SubjectIn
+    estimate: UsageIn = UsageIn()
+
+
+class BatchRequest(_In):
+    """Independent checks in one pipelined round trip (at most 1000)."""
+
+    items: Annotated[list[BatchItem], Field(max_length=1000)]
+    ttl: Ttl | None = None
+
+
+# responses ---------------------------------------------------------------------------------
+
+class LimitOut(BaseModel):
+    """One limit of one scope as Redis saw it."""
+
+    scope: str
+    kind: Literal["budget", "rate"]
+    metric: str
+    period: str
+    mode: Literal["hard", "soft"]
+    limit: MoneyOrCount
+    used: MoneyOrCount
+    reserved: MoneyOrCount
+    remaining: MoneyOrCount
+    carry: MoneyOrCount
+    percent: float
+    resets_at: str | None
+    state: Literal["ok", "soft_exceeded", "blocked"]
+
+
+class DecisionOut(BaseModel):
+    """The answer to a check; ``reservation_id`` is set when allowed."""
+
+    allowed: bool
+    subject: str
+    reservation_id: str | None
+    expires_at: str | None
+    blocked_by: LimitOut | None
+    retry_after: float | None
+    reason: str
+    degraded: bool
+    limits: list[LimitOut]
+
+
+class ThresholdOut(BaseModel):
+    scope: str
+    metric: str
+    period: str
+    period_id: str
+    threshold: int
+    used: MoneyOrCount
+    limit: MoneyOrCount
+
+
+class SettleOut(BaseModel):
+    """Result of commit, release or record."""
+
+    status: Literal["committed", "recorded", "released", "duplicate", "late", "local"]
+    id: str
+    cost: str | None
+    overshoot: bool
+    thresholds: list[ThresholdOut]
+
+
+class BatchOut(BaseModel):
+    decisions: list[DecisionOut]
+
+
+class ScopeStatusOut(BaseModel):
+    """Live counters of the limits declared for one scope."""
+
+    scope: str
+    limits: list[LimitOut]
+
+
+class TrendPoint(BaseModel):
+    period: str
+    value: MoneyOrCount
+
+
+class UsageOut(BaseModel):
+    """A report from the durable store (flushed usage; cost as decimal USD strings)."""
+
+    org: str
+    by: Literal["agent", "team", "user", "trend"]
+    from_: str = Field(alias="from")
+    to: str
+    rows: list[dict[str, MoneyOrCount]] = []
+    series: list[TrendPoint] = []
+
+
+class EffectiveLimitOut(BaseModel):
+    metric: str
+    amount: str
+    period: str
+    mode: str
+    thresholds: list[int]
+    rollover: str
+    rollover_cap: str | None
+    origin: str
+
+
+class EffectiveRateOut(BaseModel):
+    metric: str
+    limit: int
+    per: str
+    burst: int
+    origin: str
+
+
+class EffectiveScopeOut(BaseModel):
+    scope: str
+    limits: list[EffectiveLimitOut]
+    rates: list[EffectiveRateOut]
+
+
+class SubjectOut(BaseModel):
+    org: str
+    team: str | None
+    user: str | None
+    agent: str
+
+
+class EffectivePolicyOut(BaseModel):
+    """What the loaded policy applies to one subject, with where each limit was declared."""
+
+    subject: SubjectOut
+    timezone: str
+    scopes: list[EffectiveScopeOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, bool]
+    detail: str = ""
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details with a stable ``code``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str = ""
+    request_id: str = ""
+    errors: list[dict[str, Any]] = []
