@@ -70,9 +70,11 @@ class Reconciler:
     """
 
     def __init__(self, limiter: Any, store: Store, *, sinks: Sequence[str] = ("log",),
-                 batch: int = 500, scan_every: int = 30) -> None:
+                 batch: int = 500, scan_every: int = 30, policy_file: str | None = None) -> None:
         self.limiter = limiter
         self.store = store
+        #: recorded in the store (table policy_versions) as the policy in force
+        self.policy_file = policy_file
         self.sinks = list(sinks)
         self.batch = batch
         self.scan_every = scan_every
@@ -194,8 +196,19 @@ class Reconciler:
             self.redis.xdel(ks.events(org), *[eid for eid, _ in entries])
 
     # loops ---------------------------------------------------------------------------
+    def record_policy(self) -> str | None:
+        """Record the policy file's text as the version in force (idempotent by content)."""
+        if not self.policy_file:
+            return None
+        from pathlib import Path
+
+        text = Path(self.policy_file).read_text(encoding="utf-8")
+        return self.store.record_policy(text, self.policy_file, self.limiter.clock())
+
     def run_once(self) -> ReconcileStats:
         """One full pass over every org that may need work."""
+        if self._passes == 0:
+            self.record_policy()
         stats = ReconcileStats()
         for org in self.discover():
             try:

@@ -94,6 +94,12 @@ def test_reconcile_report_alerts_restore(env, limiter, fresh_redis):
                        request_id=f"a{i}")
     once = cli(env, "reconcile", "--once")
     assert once.exit_code == 0 and "flushes 1" in once.output
+    from budgetlimiter.store.sql import Store
+
+    st = Store(env["BUDGETLIMITER_DB"])
+    in_force = st.policy_in_force()
+    st.close()
+    assert in_force is not None and in_force[1] == POLICY
     day = time.strftime("%Y-%m-%d", time.localtime())
     teams = json.loads(cli(env, "--format", "json", "report", "teams", "--org", "acme",
                            "--from", "2020-01-01").output)

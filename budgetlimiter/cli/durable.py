@@ -45,7 +45,7 @@ def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ..
             name = "webhook" if i == 0 else f"webhook{i + 1}"
             sinks[name] = WebhookSink(name, url, secret)
     store = obj.store()
-    rec = Reconciler(obj.limiter(), store, sinks=list(sinks))
+    rec = Reconciler(obj.limiter(), store, sinks=list(sinks), policy_file=obj.policy_path)
     deliverer = Deliverer(store, sinks)
     if once:
         stats = rec.run_once()
