@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .backends import DEFAULT_TIMEOUT, connect_async, parse_backend
+from .backends import DEFAULT_TIMEOUT, connect_async
 from .coalesce import Coalescer, pipeline_replies
 from .core import ScriptCall
 from .errors import BackendUnavailable
@@ -16,7 +16,7 @@ from .guard import AsyncGuard, Extractor
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
-from .scripts import Registry, run_async
+from .scripts import run_async
 from .shell import UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
@@ -35,16 +35,8 @@ class AsyncBudgetLimiter(ClientBase):
                  timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
                  deny_cache_ttl: float | None = 5.0,
                  coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4) -> None:
-        if isinstance(redis, str):
-            backend = parse_backend(redis)
-            self.redis = connect_async(redis, timeout=timeout)
-            is_cluster = backend.cluster
-        else:
-            self.redis = redis
-            is_cluster = type(redis).__name__ == "RedisCluster"
-        super().__init__(policy, cluster=is_cluster if cluster is None else cluster,
+        super().__init__(policy, redis, connect_async, timeout=timeout, cluster=cluster,
                          prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl)
-        self.scripts = Registry.default()
         self.coalescer = Coalescer(self.redis, self.scripts, max_batch=max_batch,
                                    max_inflight=max_inflight) if coalesce else None
 

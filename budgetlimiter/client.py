@@ -10,14 +10,14 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from .backends import DEFAULT_TIMEOUT, connect_sync, parse_backend
+from .backends import DEFAULT_TIMEOUT, connect_sync
 from .core import ScriptCall
 from .errors import BackendUnavailable
 from .guard import Extractor, Guard
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
-from .scripts import Registry, is_noscript, run_sync
+from .scripts import is_noscript, run_sync
 from .shell import UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
@@ -34,16 +34,8 @@ class BudgetLimiter(ClientBase):
                  prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
                  timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
                  deny_cache_ttl: float | None = 5.0) -> None:
-        if isinstance(redis, str):
-            backend = parse_backend(redis)
-            self.redis = connect_sync(redis, timeout=timeout)
-            is_cluster = backend.cluster
-        else:
-            self.redis = redis
-            is_cluster = type(redis).__name__ == "RedisCluster"
-        super().__init__(policy, cluster=is_cluster if cluster is None else cluster,
+        super().__init__(policy, redis, connect_sync, timeout=timeout, cluster=cluster,
                          prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl)
-        self.scripts = Registry.default()
 
     # plumbing ------------------------------------------------------------------
     def _run(self, call: ScriptCall) -> Any:

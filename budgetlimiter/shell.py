@@ -14,12 +14,14 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .backends import parse_backend
 from .breaker import CircuitBreaker
 from .core import Core, ScriptCall
 from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .policy import OutagePolicy, Policy, load_policy
 from .results import Decision, Reservation, SettleResult
+from .scripts import Registry
 from .subject import Subject
 from .usage import Usage
 
@@ -60,9 +62,18 @@ def as_policy(policy: Policy | str | Path) -> Policy:
 class ClientBase:
     """Configuration and outage behaviour common to both clients."""
 
-    def __init__(self, policy: Policy | str | Path, *, cluster: bool, prefix: str,
-                 clock: Clock | None, deny_cache_ttl: float | None = 5.0) -> None:
-        self.core = Core(as_policy(policy), KeySpace(prefix or DEFAULT_PREFIX), cluster=cluster)
+    def __init__(self, policy: Policy | str | Path, redis: str | Any,
+                 connect: Callable[..., Any], *, timeout: float, cluster: bool | None,
+                 prefix: str, clock: Clock | None, deny_cache_ttl: float | None = 5.0) -> None:
+        if isinstance(redis, str):
+            self.redis = connect(redis, timeout=timeout)
+            is_cluster = parse_backend(redis).cluster
+        else:  # an existing redis-py client
+            self.redis = redis
+            is_cluster = type(redis).__name__ == "RedisCluster"
+        self.scripts = Registry.default()
+        self.core = Core(as_policy(policy), KeySpace(prefix or DEFAULT_PREFIX),
+                         cluster=is_cluster if cluster is None else cluster)
         self.clock: Clock = clock or system_clock_ms
         #: exhausted budgets answered in-process (None: off); see :mod:`budgetlimiter.denycache`
         self.deny_cache = DenyCache(deny_cache_ttl) if deny_cache_ttl else None
