@@ -11,6 +11,7 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -63,6 +64,27 @@ class _Rate:
     origin: str
 
 
+@dataclass(slots=True)
+class _Template:
+    """Everything about a subject's check that does not change until a window ends: keys,
+    per-limit arguments and plan lines. Only amounts, times and the reservation id vary."""
+
+    valid_from: int
+    valid_until: int
+    budgets: list[_Budget]
+    rates: list[_Rate]
+    keys: list[str]  # keys[1] is a placeholder for the reservation key
+    budget_rows: list[tuple[int, str, str, int, int, int, int, int]]
+    rate_rows: list[tuple[int, str, int, int]]
+    plan_parts: list[tuple[str, str, str]]
+    ledger: str
+    budget_keys: tuple[tuple[str, str], ...]
+    resets: list[datetime]
+
+
+_TEMPLATE_CACHE_MAX = 50_000
+
+
 def _bytes_to_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -77,6 +99,7 @@ class Core:
         self.cluster = cluster
         self.idempotency_ms = idempotency_ms
         self._week_start = policy.week_start_index()
+        self._templates: dict[Subject, _Template] = {}
 
     # amounts -------------------------------------------------------------------
     def amounts(self, subject: Subject, usage: Usage) -> Amounts:
@@ -191,6 +214,53 @@ class Core:
         return keys, args
 
     # check ---------------------------------------------------------------------
+    def _template(self, subject: Subject, now_ms: int) -> _Template:
+        t = self._templates.get(subject)
+        if t is not None and t.valid_from <= now_ms < t.valid_until:
+            return t
+        budgets, rates = self._limits(subject, now_ms)
+        org = subject.org
+        ks = self.keys
+        keys, args = self._check_args(org, [ks.reservations_by_expiry(org), ""], budgets,
+                                      rates, Amounts())
+        budget_rows = []
+        for i in range(len(budgets)):
+            row = args[i * 8:(i + 1) * 8]
+            budget_rows.append((int(row[0]), str(row[1]), budgets[i].spec.metric.value,
+                                int(row[3]), int(row[4]), int(row[5]), int(row[6]),
+                                int(row[7])))
+        base = len(budgets) * 8
+        rate_rows = []
+        for j in range(len(rates)):
+            row = args[base + j * 4:base + (j + 1) * 4]
+            rate_rows.append((int(row[0]), rates[j].spec.metric.value, int(row[2]),
+                              int(row[3])))
+        retention = self.policy.retention_seconds * 1000
+        plan_parts = []
+        for b in budgets:
+            spec = b.spec
+            carry = "-1" if spec.rollover is Rollover.ACCUMULATE else "0"
+            ths = ",".join(str(x) for x in spec.thresholds)
+            key = ks.counter(b.scopelimits.scope, b.window)
+            plan_parts.append((f"c\t{key}\t{spec.metric.code}\t", spec.metric.value,
+                               f"\t{spec.units}\t{carry}\t{ths}\t{b.window.end_ms + retention}\n"))
+        tz = self.policy.timezone_for(org)
+        day = window_at(PeriodKind.DAY, now_ms, tz, self._week_start)
+        ends = [b.window.end_ms for b in budgets] + [day.end_ms]
+        starts = [b.window.start_ms for b in budgets] + [day.start_ms]
+        t = _Template(
+            valid_from=max(starts), valid_until=min(ends), budgets=budgets, rates=rates, keys=keys,
+            budget_rows=budget_rows, rate_rows=rate_rows, plan_parts=plan_parts,
+            ledger=ks.ledger(subject, day.id),
+            budget_keys=tuple((ks.counter(b.scopelimits.scope, b.window), b.spec.metric.code)
+                              for b in budgets),
+            resets=[ms_to_datetime(b.window.end_ms) for b in budgets],
+        )
+        if len(self._templates) >= _TEMPLATE_CACHE_MAX:
+            self._templates.clear()
+        self._templates[subject] = t
+        return t
+
     def plan_check(self, subject: Subject, estimate: Usage, now_ms: int, *,
                    reservation_id: str | None = None, ttl_seconds: float | None = None,
                    dry_run: bool = False) -> ScriptCall:
@@ -205,39 +275,45 @@ class Core:
         if not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and 0 < ttl <= 7 * 86400):
             raise InvalidInput(f"reservation ttl must be in (0, 604800] seconds, got {ttl!r}")
         ttl_ms = int(ttl * 1000)
-        budgets, rates = self._limits(subject, now_ms)
+        t = self._template(subject, now_ms)
         org = subject.org
-        ks = self.keys
-        keys, args = self._check_args(org, [ks.reservations_by_expiry(org),
-                                            ks.reservation(org, rid)], budgets, rates, amounts)
-        ledger, _ = self._ledger(subject, now_ms)
+        keys = list(t.keys)
+        keys[1] = self.keys.reservation(org, rid)
+        amount = {"invocations": amounts.invocations, "input_tokens": amounts.input_tokens,
+                  "output_tokens": amounts.output_tokens,
+                  "total_tokens": amounts.total_tokens, "cost": amounts.cost}
         expires = now_ms + ttl_ms
-        plan = f"|{expires}|{ledger}\n{self._plan_lines(budgets, amounts)}"
-        head: list[str | int] = [
+        plan = "".join([f"|{expires}|{t.ledger}\n",
+                        *(pre + str(amount[m]) + post for pre, m, post in t.plan_parts)])
+        args: list[str | int] = [
             now_ms,
             0 if dry_run else expires,
             ttl_ms + self.idempotency_ms,
             1 if dry_run else 0,
-            ks.reservation_prefix(org),
+            self.keys.reservation_prefix(org),
             plan,
-            len(budgets),
-            len(rates),
+            len(t.budgets),
+            len(t.rates),
         ]
+        for idx, code, m, units, hard, exp, cap, prev in t.budget_rows:
+            args += (idx, code, amount[m], units, hard, exp, cap, prev)
+        for idx, m, interval, tol in t.rate_rows:
+            args += (idx, amount[m], interval, tol)
         reservation = None if dry_run else Reservation(
             id=rid, subject=subject, estimate=amounts, created_ms=now_ms, expires_ms=expires,
             plan=plan,
         )
+        budgets, rates, resets = t.budgets, t.rates, t.resets
 
         def parse(reply: Any) -> Decision:
-            return self._parse_check(subject, reservation, budgets, rates, now_ms, reply, dry_run)
+            return self._parse_check(subject, reservation, budgets, rates, now_ms, reply,
+                                     dry_run, resets)
 
-        budget_keys = tuple((ks.counter(b.scopelimits.scope, b.window), b.spec.metric.code)
-                            for b in budgets)
-        return ScriptCall("check", keys, head + args, parse, org, budget_keys)
+        return ScriptCall("check", keys, args, parse, org, t.budget_keys)
 
     def _parse_check(self, subject: Subject, reservation: Reservation | None,
                      budgets: list[_Budget], rates: list[_Rate], now_ms: int, reply: Any,
-                     dry_run: bool) -> Decision:
+                     dry_run: bool, resets: Sequence[datetime] | None = None) -> Decision:
         vals = [int(v) for v in reply]
         allowed = vals[0] == 1
         blocker = vals[1]
@@ -252,7 +328,8 @@ class Core:
             statuses.append(LimitStatus(
                 scope=b.scopelimits.scope, kind="budget", metric=spec.metric,
                 period=spec.period.value, mode=spec.mode.value, limit=eff, used=used,
-                reserved=reserved, carry=carry, resets_at=ms_to_datetime(b.window.end_ms),
+                reserved=reserved, carry=carry,
+                resets_at=resets[j - 1] if resets else ms_to_datetime(b.window.end_ms),
                 state=state, origin=b.origin,
             ))
         for j, r in enumerate(rates, start=len(budgets) + 1):

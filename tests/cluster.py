@@ -10,7 +10,25 @@ import time
 
 import redis
 
-from .servers import RedisServer, free_port
+from .servers import RedisServer
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    import random
+    import socket
+
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randint(20000, 55000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 class RedisClusterNodes:
@@ -27,7 +45,7 @@ class RedisClusterNodes:
 
     def start(self) -> RedisClusterNodes:
         for _ in range(self.count):
-            port = free_port()
+            port = cluster_port()
             node = RedisServer("--cluster-enabled", "yes", "--cluster-config-file",
                                f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
                                port=port)

@@ -56,14 +56,16 @@ class RedisServer:
                 return self
             except redis.ConnectionError as exc:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()  # reap the process (no ResourceWarning later)
                     log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"redis-server did not start on {self.port}: {log}") from exc
                 time.sleep(0.02)
 
     def kill(self) -> None:
         """SIGKILL: the data is gone (no persistence)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
             self.proc.wait(5)
         self.proc = None
 
