@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .backends import DEFAULT_TIMEOUT, connect_async
+from .backends import connect_async
 from .coalesce import Coalescer, pipeline_replies
 from .core import ScriptCall
 from .errors import BackendUnavailable
@@ -22,6 +22,11 @@ from .subject import Scope, Subject
 from .usage import Usage
 
 
+#: asyncio socket timeouts also count the time the event loop is busy with other tasks, so
+#: the async default is larger than the sync one (50 ms) to not mistake load for an outage
+DEFAULT_ASYNC_TIMEOUT = 0.25
+
+
 class AsyncBudgetLimiter(ClientBase):
     """Asyncio twin of :class:`~budgetlimiter.client.BudgetLimiter` (same arguments).
 
@@ -32,7 +37,7 @@ class AsyncBudgetLimiter(ClientBase):
 
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
                  prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
+                 timeout: float = DEFAULT_ASYNC_TIMEOUT, cluster: bool | None = None,
                  deny_cache_ttl: float | None = 5.0,
                  coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4) -> None:
         super().__init__(policy, redis, connect_async, timeout=timeout, cluster=cluster,
