@@ -21,7 +21,6 @@ from .shell import UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
 
-
 #: asyncio socket timeouts also count the time the event loop is busy with other tasks, so
 #: the async default is larger than the sync one (50 ms) to not mistake load for an outage
 DEFAULT_ASYNC_TIMEOUT = 0.25
