@@ -158,3 +158,56 @@ def test_top_watch_updates_in_a_terminal(env, limiter, tmp_path):
         (tmp_path / "top-screen.txt").write_text(shown)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session])
+
+
+DATA_COMMANDS = [
+    ("status", "org:acme", "--tree"),
+    ("top", "-n", "5"),
+    ("check", "--org", "acme", "--team", "eng", "--user", "alice", "--agent", "gpt-4o",
+     "--input-tokens", "10"),
+    ("policy", "show", "--org", "acme", "--team", "eng", "--user", "alice", "--agent",
+     "copilot"),
+    ("report", "agents", "--org", "acme", "--from", "2020-01-01"),
+    ("report", "teams", "--org", "acme", "--from", "2020-01-01"),
+    ("report", "users", "--org", "acme", "--team", "eng", "--from", "2020-01-01"),
+    ("report", "trend", "org:acme", "--granularity", "week", "--from", "2026-10-01"),
+    ("alerts", "list"),
+    ("adjust", "org:acme/team:eng", "--metric", "invocations", "--amount", "2", "--why",
+     "test"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+@pytest.mark.parametrize("args", DATA_COMMANDS, ids=lambda a: "-".join(a[:2]))
+def test_every_data_command_in_every_format(env, limiter, fmt, args):
+    limiter.record(ALICE, Usage(input_tokens=100_000), request_id="seed-a")
+    limiter.record(DAN, Usage(input_tokens=100_000), request_id="seed-d")
+    assert cli(env, "reconcile", "--once").exit_code == 0
+    result = cli(env, "--format", fmt, *args)
+    assert result.exit_code == 0, result.output
+    out = result.output.strip()
+    assert out
+    if fmt == "json":
+        json.loads(out)
+    elif fmt == "csv" and args[0] not in ("policy",) and "(nothing)" not in out:
+        header = out.splitlines()[0]
+        assert "," in header and "\x1b[" not in out
+
+
+@pytest.mark.parametrize("args,code", [
+    (("status", "planet:x"), 2),
+    (("status", "org:acme", "--bogus"), 2),
+    (("report", "teams", "--org", "acme", "--from", "yesterday"), 2),
+    (("report", "trend", "org:acme", "--from", "2026-02-01", "--to", "2026-01-01"), 2),
+    (("adjust", "org:acme", "--metric", "cost", "--amount", "NaN", "--why", "x"), 2),
+    (("check", "--org", "acme", "--agent", "no-such-model-xyz", "--input-tokens", "-5"), 2),
+    (("alerts", "list", "--state", "lost"), 2),
+])
+def test_error_paths_exit_codes(env, args, code, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from budgetlimiter.cli import run
+
+    with pytest.raises(SystemExit) as info:
+        run(list(args))
+    assert info.value.code == code
