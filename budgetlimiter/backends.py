@@ -61,12 +61,30 @@ def _memory_server(url: str) -> Any:
         return server
 
 
+#: TLS options of a ``rediss+sentinel://`` URL's query, passed to redis-py as they are
+_SSL_QUERY = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+              "ssl_check_hostname", "ssl_min_version", "ssl_ciphers")
+
+
 def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """Sentinel addresses, service name and the master's connection options of a
+    ``redis+sentinel://[user:password@]host:port[,host:port...]/service[?db=N&ssl_...]`` URL.
+
+    The password (and user) authenticate to the master and replicas; a Sentinel password,
+    if the sentinels need one, is ``sentinel_password`` (and ``sentinel_username``) in the
+    query. With ``rediss+sentinel://`` every connection, sentinels included, uses TLS with
+    the ``ssl_*`` query options.
+    """
     parsed = urlparse(url)
     hosts = []
     for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
         host, _, port = part.partition(":")
-        hosts.append((host, int(port or 26379)))
+        if not host:
+            raise ValueError("a redis+sentinel:// URL needs host:port of each sentinel")
+        try:
+            hosts.append((host, int(port or 26379)))
+        except ValueError:
+            raise ValueError(f"bad sentinel port {port[:20]!r}") from None
     service = parsed.path.strip("/").split("/")[0] or "mymaster"
     kwargs: dict[str, Any] = {}
     if parsed.password:
@@ -78,7 +96,31 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
         kwargs["db"] = int(query["db"][0])
     if parsed.scheme.startswith("rediss"):
         kwargs["ssl"] = True
+        for name in _SSL_QUERY:
+            if name in query:
+                value = query[name][0]
+                kwargs[name] = (value.lower() in ("1", "true", "yes")
+                                if name == "ssl_check_hostname" else value)
+    for name in ("sentinel_password", "sentinel_username"):
+        if name in query:
+            kwargs[name] = query[name][0]
     return hosts, service, kwargs
+
+
+def _sentinel_kwargs(kwargs: dict[str, Any], connect_timeout: float) -> dict[str, Any]:
+    """Options of the connections to the sentinels themselves (not to the master): bounded
+    connect and read timeouts (a dead sentinel must not stall master discovery), TLS like
+    the master's, and the sentinels' own credentials if any. Pops those from ``kwargs``."""
+    out: dict[str, Any] = {"socket_timeout": connect_timeout,
+                           "socket_connect_timeout": connect_timeout}
+    for name in ("ssl", *_SSL_QUERY):
+        if name in kwargs:
+            out[name] = kwargs[name]
+    if "sentinel_password" in kwargs:
+        out["password"] = kwargs.pop("sentinel_password")
+    if "sentinel_username" in kwargs:
+        out["username"] = kwargs.pop("sentinel_username")
+    return out
 
 
 def connect_sync(url: str, *, timeout: float = DEFAULT_TIMEOUT,
@@ -98,8 +140,9 @@ def connect_sync(url: str, *, timeout: float = DEFAULT_TIMEOUT,
         from redis.sentinel import Sentinel
 
         hosts, service, kwargs = _sentinel_parts(url)
+        skw = _sentinel_kwargs(kwargs, connect_timeout)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts, sentinel_kwargs={"socket_timeout": connect_timeout}, **opts, **kwargs)
+            hosts, sentinel_kwargs=skw, **opts, **kwargs)
         return sentinel.master_for(service, **opts, **kwargs)  # type: ignore[no-untyped-call]
     import redis
 
@@ -123,8 +166,9 @@ def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT,
         from redis.asyncio.sentinel import Sentinel
 
         hosts, service, kwargs = _sentinel_parts(url)
+        skw = _sentinel_kwargs(kwargs, connect_timeout)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts, sentinel_kwargs={"socket_timeout": connect_timeout}, **opts, **kwargs)
+            hosts, sentinel_kwargs=skw, **opts, **kwargs)
         return sentinel.master_for(service, **opts, **kwargs)
     import redis.asyncio
 

@@ -8,7 +8,7 @@ builds their arguments and reads their replies.
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -269,8 +269,12 @@ class Core:
             raise InvalidInput(
                 f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
         amounts = self.amounts(subject, estimate)
-        rid = reservation_id if reservation_id is not None else uuid.uuid4().hex
-        validate_reservation_id(rid)
+        if reservation_id is None:
+            rid = os.urandom(16).hex()  # key-safe as it is: no validation or encoding needed
+            rkey = self.keys.reservation_prefix(subject.org) + rid
+        else:
+            rid = validate_reservation_id(reservation_id)
+            rkey = self.keys.reservation(subject.org, rid)
         ttl = self.policy.reservation_ttl_seconds if ttl_seconds is None else ttl_seconds
         if not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and 0 < ttl <= 7 * 86400):
             raise InvalidInput(f"reservation ttl must be in (0, 604800] seconds, got {ttl!r}")
@@ -278,7 +282,7 @@ class Core:
         t = self._template(subject, now_ms)
         org = subject.org
         keys = list(t.keys)
-        keys[1] = self.keys.reservation(org, rid)
+        keys[1] = rkey
         amount = {"invocations": amounts.invocations, "input_tokens": amounts.input_tokens,
                   "output_tokens": amounts.output_tokens,
                   "total_tokens": amounts.total_tokens, "cost": amounts.cost}
