@@ -95,3 +95,72 @@ def test_async_client_coalesces_on_a_cluster(cluster, clock):
         return [d.allowed for d in decisions]
 
     assert all(asyncio.run(main()))
+
+
+def test_decisions_survive_a_live_slot_migration(cluster, clock):
+    """Move the slot of a busy org between masters while it is being checked: MOVED / ASK /
+    TRYAGAIN are handled by the client, no decision is lost or doubled."""
+    import subprocess
+    import threading
+
+    cluster.flushall()
+    bl = BudgetLimiter(parse_policy(DEFAULTS_ONLY), cluster.url, clock=clock, timeout=2)
+    org = "migrating-org"
+    slot = redis.crc.key_slot(KeySpace().org_base(org).encode())
+    nodes = {}
+    for node in cluster.nodes:
+        info = node.client().execute_command("CLUSTER", "MYID")
+        nodes[node.port] = info.decode() if isinstance(info, bytes) else info
+    owner_port = next(n.port for n in cluster.nodes
+                      if slot in _slots_of(n.client(), nodes[n.port]))
+    target_port = next(p for p in nodes if p != owner_port)
+    errors: list[BaseException] = []
+    committed = 0
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal committed
+        s = Subject(org, "gpt", team="t", user="u")
+        while not stop.is_set():
+            try:
+                d = bl.check(s, Usage(input_tokens=1))
+                if d.allowed:
+                    assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "committed"
+                    committed += 1
+            except BaseException as exc:  # collected and reported below
+                errors.append(exc)
+                return
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        import time
+
+        time.sleep(0.3)
+        src, dst = nodes[owner_port], nodes[target_port]
+        subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{owner_port}",
+                        "--cluster-from", src, "--cluster-to", dst, "--cluster-slots", "16384",
+                        "--cluster-yes", "--cluster-pipeline", "10"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=120)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors, errors
+    assert slot in _slots_of(cluster.nodes[[n.port for n in cluster.nodes].index(target_port)]
+                             .client(), nodes[target_port])
+    org_used = next(x for x in bl.status(Subject(org, "gpt", team="t", user="u"))
+                    if str(x.scope) == f"org:{org}")
+    assert org_used.used == committed > 0
+    bl.close()
+
+
+def _slots_of(client: redis.Redis, node_id: str) -> set[int]:
+    owned: set[int] = set()
+    for start, end, *nodes in client.execute_command("CLUSTER", "SLOTS"):
+        master = nodes[0]
+        mid = master[2].decode() if isinstance(master[2], bytes) else master[2]
+        if mid == node_id:
+            owned.update(range(int(start), int(end) + 1))
+    return owned
