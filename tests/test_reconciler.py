@@ -208,3 +208,17 @@ def test_flush_record_rows_parse(limiter):
     assert fid == "abc"
     assert rows == [UsageRow("acme", "eng", "alice", "gpt", "2026-03-10", invocations=1,
                              input_tokens=5, cost=9)]
+
+
+def test_scope_overview_merges_live_and_recorded(limiter, make_store, clock):
+    from budgetlimiter.overview import scope_overview
+
+    store = make_store()
+    rec = Reconciler(limiter, store)
+    limiter.record(ALICE, Usage(input_tokens=1000))
+    rec.run_once()
+    limiter.record(ALICE, Usage(input_tokens=500))  # not flushed yet
+    view = scope_overview(limiter, store, "org:acme/team:eng", "cost", "day", periods=3)
+    assert view["history"][-1] == ("2026-03-10", 1500)  # live beats the lagging record
+    assert [h[1] for h in view["history"][:-1]] == [0, 0]
+    assert view["live"][0]["used"] == "0.001500"
