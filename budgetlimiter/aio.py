@@ -11,13 +11,13 @@ from typing import Any
 from .backends import connect_async
 from .coalesce import Coalescer, pipeline_replies
 from .core import ScriptCall
-from .errors import BackendUnavailable
+from .errors import BackendRejected, BackendUnavailable
 from .guard import AsyncGuard, Extractor
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import run_async
-from .shell import UNAVAILABLE, ClientBase, Clock, Deferred
+from .shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
 
@@ -53,6 +53,8 @@ class AsyncBudgetLimiter(ClientBase):
             else:
                 reply = await run_async(self.redis, self.scripts[call.script], call.keys,
                                         call.args)
+        except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
+            raise BackendRejected(f"redis rejected the client: {exc}") from None
         except UNAVAILABLE:
             self.breaker.failure()
             raise

@@ -63,7 +63,7 @@ def _memory_server(url: str) -> Any:
 
 #: TLS options of a ``rediss+sentinel://`` URL's query, passed to redis-py as they are
 _SSL_QUERY = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
-              "ssl_check_hostname", "ssl_min_version", "ssl_ciphers")
+              "ssl_check_hostname", "ssl_ciphers")
 
 
 def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:

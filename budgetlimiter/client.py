@@ -12,13 +12,13 @@ from redis.exceptions import NoScriptError
 
 from .backends import DEFAULT_TIMEOUT, connect_sync
 from .core import ScriptCall
-from .errors import BackendUnavailable
+from .errors import BackendRejected, BackendUnavailable
 from .guard import Extractor, Guard
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import is_noscript, run_sync
-from .shell import UNAVAILABLE, ClientBase, Clock, Deferred
+from .shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
 
@@ -43,6 +43,8 @@ class BudgetLimiter(ClientBase):
             raise BackendUnavailable("redis circuit open")
         try:
             reply = run_sync(self.redis, self.scripts[call.script], call.keys, call.args)
+        except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
+            raise BackendRejected(f"redis rejected the client: {exc}") from None
         except UNAVAILABLE:
             self.breaker.failure()
             raise

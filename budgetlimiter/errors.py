@@ -47,6 +47,14 @@ class BackendUnavailable(BudgetLimiterError, ConnectionError):
     """Redis could not be reached within the configured timeout."""
 
 
+class BackendRejected(BudgetLimiterError):
+    """Redis refused the client: wrong password, ACL user without the needed permissions.
+
+    A configuration error, never treated as an outage: even under ``fail_open`` it is raised,
+    so that a revoked credential cannot switch enforcement off.
+    """
+
+
 class BudgetExceeded(BudgetLimiterError):
     """Raised by guards when a check is denied; carries the decision."""
 

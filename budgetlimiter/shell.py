@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,6 +33,8 @@ Clock = Callable[[], int]
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, OSError,
 )
+#: Redis answered but refused us (credentials, ACL): a misconfiguration, not an outage
+REJECTED: tuple[type[BaseException], ...] = (AuthenticationError, AuthorizationError)
 
 
 #: most usage records kept in-process during an outage (oldest dropped beyond)

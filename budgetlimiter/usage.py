@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
 from enum import Enum
 
 from .errors import InvalidAmount
@@ -57,12 +57,15 @@ METRIC_ORDER: tuple[Metric, ...] = (
 def check_count(name: str, value: object) -> int:
     """Validate a non-negative integer count (tokens, invocations)."""
     count: int
-    whole_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
-    whole_dec = isinstance(value, Decimal) and value.is_finite() and value % 1 == 0
     if isinstance(value, int) and not isinstance(value, bool):
         count = value
-    elif whole_float or whole_dec:
-        count = int(value)  # type: ignore[call-overload]
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        count = int(value)
+    elif isinstance(value, Decimal) and value.is_finite() and value.adjusted() > 16:
+        raise InvalidAmount(f"{name} {str(value)[:40]} exceeds the maximum {MAX_AMOUNT}")
+    elif (isinstance(value, Decimal) and value.is_finite()
+          and value == value.to_integral_value()):
+        count = int(value)
     else:
         raise InvalidAmount(f"{name} must be a non-negative integer, got {value!r}")
     if count < 0:
@@ -95,7 +98,12 @@ def to_decimal(name: str, value: object) -> Decimal:
 def usd_to_micros(name: str, value: object) -> int:
     """USD (Decimal-like) to integer micro-USD, rounding fractions of a micro-dollar up."""
     dec = to_decimal(name, value)
-    micros = int((dec * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+    if dec.adjusted() > 10:  # checked before any big-integer arithmetic
+        raise InvalidAmount(f"{name} {str(value)[:40]} USD exceeds the maximum of about "
+                            "9 billion USD")
+    with localcontext() as ctx:  # exact: a 28-digit context would round before the ceiling
+        ctx.prec = len(dec.as_tuple().digits) + 10
+        micros = int((dec * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
     if micros > MAX_AMOUNT:
         raise InvalidAmount(f"{name} {value} USD exceeds the maximum of about 9 billion USD")
     return micros

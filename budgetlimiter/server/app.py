@@ -243,15 +243,12 @@ class Server:
 
 
 def _redact(url: str) -> str:
-    """A backend URL without its password."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A backend URL without its secrets: the password of the user-info part (also with
+    several ``host:port`` as in Sentinel URLs) and any ``*password*`` query parameter."""
+    import re
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    url = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url, count=1)
+    return re.sub(r"((?:^|[?&])[^=&]*password[^=&]*=)[^&]*", r"\1***", url, flags=re.I)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -16,6 +16,7 @@ from typing import Any
 from starlette.responses import Response
 
 from ..errors import (
+    BackendRejected,
     BackendUnavailable,
     BudgetLimiterError,
     InvalidId,
@@ -104,6 +105,8 @@ def from_library_error(exc: BaseException) -> Problem:
         return Problem("invalid_input", str(exc))
     if isinstance(exc, BackendUnavailable):
         return Problem("backend_unavailable", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, BackendRejected):
+        return Problem("backend_unavailable", "redis rejected the sidecar's credentials")
     if isinstance(exc, BudgetLimiterError):
         return Problem("invalid_input", str(exc))
     return Problem("internal_error", "unexpected error; see the server log")
