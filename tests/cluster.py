@@ -59,17 +59,21 @@ class RedisClusterNodes:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            info = redis.Redis(port=self.nodes[0].port).cluster("info")
+            with redis.Redis(port=self.nodes[0].port) as c:
+                info = c.cluster("info")
+                flags = [line.split()[2] for line in
+                         c.execute_command("CLUSTER", "NODES").decode().splitlines()]
             state = info.get("cluster_state") if isinstance(info, dict) else None
-            if state == "ok":
+            replicas = sum("slave" in f for f in flags)
+            if state == "ok" and replicas == self.count - self.count // (1 + self.replicas):
                 return self
             time.sleep(0.1)
         raise RuntimeError("cluster did not reach state ok")
 
     def flushall(self) -> None:
         for node in self.nodes:
-            with contextlib.suppress(redis.ResponseError):  # replicas are read-only
-                node.client().flushall()
+            with contextlib.suppress(redis.ResponseError), node.client() as c:
+                c.flushall()  # replicas are read-only and refuse it
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(scope="module")
 def cluster():
-    nodes = RedisClusterNodes(masters=3).start()
+    nodes = RedisClusterNodes(masters=3, replicas=1).start()
     yield nodes
     nodes.stop()
 
@@ -45,8 +45,10 @@ def test_decisions_across_many_orgs_on_a_cluster(limiter, cluster):
         assert limiter.record(s, Usage(input_tokens=1), request_id="x").status == "recorded"
         org_cost = next(x for x in limiter.status(s) if str(x.scope) == str(s).split("/")[0])
         assert org_cost.used == 401
-    masters = {n.port for n in cluster.nodes}
-    assert len(masters) == 3
+    with redis.Redis(port=cluster.nodes[0].port) as admin:
+        roles = admin.execute_command("CLUSTER", "NODES").decode().splitlines()
+    flags = [line.split()[2] for line in roles]
+    assert sum("master" in f for f in flags) == 3 and sum("slave" in f for f in flags) == 3
     batch = limiter.check_batch([(Subject(o, "gpt"), Usage(input_tokens=5)) for o in orgs])
     assert all(d.allowed for d in batch)
 
@@ -109,11 +111,13 @@ def test_decisions_survive_a_live_slot_migration(cluster, clock):
     slot = redis.crc.key_slot(KeySpace().org_base(org).encode())
     nodes = {}
     for node in cluster.nodes:
-        info = node.client().execute_command("CLUSTER", "MYID")
+        with node.client() as c:
+            info = c.execute_command("CLUSTER", "MYID")
         nodes[node.port] = info.decode() if isinstance(info, bytes) else info
-    owner_port = next(n.port for n in cluster.nodes
-                      if slot in _slots_of(n.client(), nodes[n.port]))
-    target_port = next(p for p in nodes if p != owner_port)
+    with cluster.nodes[0].client() as admin:
+        owner_port = next(p for p in nodes if slot in _slots_of(admin, nodes[p]))
+        masters = [p for p in nodes if _slots_of(admin, nodes[p])]
+    target_port = next(p for p in masters if p != owner_port)
     errors: list[BaseException] = []
     committed = 0
     stop = threading.Event()
@@ -148,8 +152,8 @@ def test_decisions_survive_a_live_slot_migration(cluster, clock):
         stop.set()
         t.join(30)
     assert not errors, errors
-    assert slot in _slots_of(cluster.nodes[[n.port for n in cluster.nodes].index(target_port)]
-                             .client(), nodes[target_port])
+    with cluster.nodes[0].client() as admin:
+        assert slot in _slots_of(admin, nodes[target_port])
     org_used = next(x for x in bl.status(Subject(org, "gpt", team="t", user="u"))
                     if str(x.scope) == f"org:{org}")
     assert org_used.used == committed > 0

@@ -109,3 +109,33 @@ def test_an_unresponsive_redis_never_blocks_longer_than_the_timeout(clock):
         for c in accepted:
             c.close()
         lsock.close()
+
+
+def test_reconciler_started_while_redis_is_down_recovers_on_its_own(make_store, clock):
+    from budgetlimiter.reconciler import Reconciler
+
+    server = RedisServer()  # not started yet: Redis is down
+    store = make_store()
+    bl = BudgetLimiter(parse_policy(BASIC), server.url, clock=clock, timeout=0.2)
+    rec = Reconciler(bl, store)
+    stop = threading.Event()
+    t = threading.Thread(target=rec.run_forever, args=(stop, 0.05))
+    t.start()
+    try:
+        time.sleep(0.3)
+        assert t.is_alive()  # no crash, no crash loop
+        server.start()
+        writer = BudgetLimiter(parse_policy(BASIC), server.url, clock=clock, timeout=2)
+        writer.record(ALICE, Usage(input_tokens=123))
+        deadline = time.time() + 10
+        while time.time() < deadline and not store.usage_rows("acme", "2026-01-01",
+                                                              "2026-12-31"):
+            time.sleep(0.05)
+        rows = store.usage_rows("acme", "2026-01-01", "2026-12-31")
+        assert sum(r.input_tokens for r in rows) == 123
+        writer.close()
+    finally:
+        stop.set()
+        t.join(10)
+        bl.close()
+        server.stop()
