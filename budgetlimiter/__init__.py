@@ -5,6 +5,7 @@ from __future__ import annotations
 from .aio import AsyncBudgetLimiter
 from .client import BudgetLimiter
 from .errors import (
+    BackendRejected,
     BackendUnavailable,
     BudgetExceeded,
     BudgetLimiterError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncBudgetLimiter",
+    "BackendRejected",
     "BackendUnavailable",
     "BudgetExceeded",
     "BudgetLimiter",
