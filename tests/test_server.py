@@ -507,3 +507,30 @@ def test_serve_command_options(policy_file: Path, monkeypatch: pytest.MonkeyPatc
     broken.write_text("orgs: [")
     bad = Context("memory://", "sqlite://", str(broken), "table")
     assert CliRunner().invoke(serve, [], obj=bad).exit_code != 0
+
+
+def test_started_while_redis_is_down_reports_not_ready_then_recovers(policy_file: Path) -> None:
+    import time
+
+    server = RedisServer()  # chosen port, not started: Redis is down
+    app = create_app(ServerConfig(redis_url=server.url, policy_path=str(policy_file),
+                                  redis_timeout=0.2))
+    live = LiveServer(app).start()  # starting does not need Redis
+    try:
+        with httpx.Client(base_url=live.url, timeout=5) as client:
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/readyz").status_code == 503
+            server.start()
+            deadline = time.monotonic() + 10
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the sidecar did not become ready"
+                time.sleep(0.1)
+            ok = check(client)
+            while ok.json().get("degraded") and time.monotonic() < deadline:
+                time.sleep(0.2)  # the circuit breaker's next probe
+                ok = check(client)
+            assert ok.status_code == 200 and ok.json()["allowed"] is True
+            assert not ok.json()["degraded"]
+    finally:
+        live.stop()
+        server.stop()
