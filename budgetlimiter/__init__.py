@@ -17,6 +17,7 @@ from .errors import (
     UnknownAgent,
     UnknownScope,
 )
+from .extract import extract_usage
 from .policy import Policy, load_policy, parse_policy
 from .results import Decision, LimitStatus, Reservation, SettleResult, ThresholdCrossing
 from .subject import Scope, Subject
@@ -48,6 +49,7 @@ __all__ = [
     "UnknownAgent",
     "UnknownScope",
     "Usage",
+    "extract_usage",
     "load_policy",
     "parse_policy",
 ]

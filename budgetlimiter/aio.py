@@ -12,7 +12,7 @@ from .backends import connect_async
 from .coalesce import Coalescer, pipeline_replies
 from .core import ScriptCall
 from .errors import BackendRejected, BackendUnavailable
-from .guard import AsyncGuard, Extractor
+from .guard import AsyncGuard, Extractor, OnCommit
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
@@ -170,9 +170,18 @@ class AsyncBudgetLimiter(ClientBase):
         return replies
 
     def guard(self, subject: Subject, estimate: Usage | None = None, *,
-              extract: Extractor | None = None, ttl: float | None = None) -> AsyncGuard:
+              extract: Extractor | None = None, ttl: float | None = None,
+              on_commit: OnCommit | None = None) -> AsyncGuard:
         """``async with`` block or decorator of coroutine functions; see :class:`AsyncGuard`."""
-        return AsyncGuard(self, subject, estimate or Usage(), extract=extract, ttl=ttl)
+        return AsyncGuard(self, subject, estimate or Usage(), extract=extract, ttl=ttl,
+                          on_commit=on_commit)
+
+    def guard_stream(self, subject: Subject, estimate: Usage, stream: Any,
+                     **kwargs: Any) -> Any:
+        """A guarded async stream; see :func:`budgetlimiter.streaming.guarded_astream`."""
+        from .streaming import guarded_astream
+
+        return guarded_astream(self, subject, estimate, stream, **kwargs)
 
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError
 from .backends import DEFAULT_TIMEOUT, connect_sync
 from .core import ScriptCall
 from .errors import BackendRejected, BackendUnavailable
-from .guard import Extractor, Guard
+from .guard import Extractor, Guard, OnCommit
 from .keys import DEFAULT_PREFIX
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
@@ -179,9 +179,19 @@ class BudgetLimiter(ClientBase):
         return replies
 
     def guard(self, subject: Subject, estimate: Usage | None = None, *,
-              extract: Extractor | None = None, ttl: float | None = None) -> Guard:
-        """Check before, commit after, release on error: as ``with`` block or decorator."""
-        return Guard(self, subject, estimate or Usage(), extract=extract, ttl=ttl)
+              extract: Extractor | None = None, ttl: float | None = None,
+              on_commit: OnCommit | None = None) -> Guard:
+        """Check before, commit after, release on error: as ``with`` block or decorator.
+        ``on_commit`` receives what was committed (a billing hook)."""
+        return Guard(self, subject, estimate or Usage(), extract=extract, ttl=ttl,
+                     on_commit=on_commit)
+
+    def guard_stream(self, subject: Subject, estimate: Usage, stream: Any,
+                     **kwargs: Any) -> Any:
+        """A guarded stream of chunks; see :func:`budgetlimiter.streaming.guarded_stream`."""
+        from .streaming import guarded_stream
+
+        return guarded_stream(self, subject, estimate, stream, **kwargs)
 
     def close(self) -> None:
         self.redis.close()

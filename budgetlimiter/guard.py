@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BudgetExceeded
-from .extract import extract_usage
+from .extract import Extractor, extract_usage
 from .results import Decision, SettleResult
 from .subject import Subject
 from .usage import Usage
@@ -17,17 +19,41 @@ if TYPE_CHECKING:
     from .aio import AsyncBudgetLimiter
     from .client import BudgetLimiter
 
-Extractor = Callable[[Any], "Usage | None"]
 F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["AsyncGuard", "Committed", "Extractor", "Guard", "OnCommit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a guard committed, handed to its ``on_commit`` hook (e.g. a billing system).
+
+    ``result.id`` is the reservation id: stable across retries, use it to deduplicate.
+    ``result.status`` is ``"committed"``, ``"duplicate"`` (a retried commit) or ``"local"``
+    (kept in-process during a Redis outage, replayed later).
+    """
+
+    subject: Subject
+    usage: Usage
+    result: SettleResult
+
+    @property
+    def cost_usd(self) -> Decimal | None:
+        """The committed cost in USD as counted by the limiter."""
+        return self.result.cost_usd
+
+
+#: hook called after each successful commit; an async guard also awaits an awaitable result
+OnCommit = Callable[[Committed], Any]
 
 
 class _GuardState:
     def __init__(self, subject: Subject, estimate: Usage, extract: Extractor | None,
-                 ttl: float | None) -> None:
+                 ttl: float | None, on_commit: OnCommit | None = None) -> None:
         self.subject = subject
         self.estimate = estimate
         self.extract = extract or extract_usage
         self.ttl = ttl
+        self.on_commit = on_commit
         self.decision: Decision | None = None
         self.actual: Usage | None = None
         self.result: SettleResult | None = None
@@ -51,8 +77,9 @@ class Guard(_GuardState):
     committed (a conservative default). As a decorator, usage comes from the return value."""
 
     def __init__(self, limiter: BudgetLimiter, subject: Subject, estimate: Usage, *,
-                 extract: Extractor | None = None, ttl: float | None = None) -> None:
-        super().__init__(subject, estimate, extract, ttl)
+                 extract: Extractor | None = None, ttl: float | None = None,
+                 on_commit: OnCommit | None = None) -> None:
+        super().__init__(subject, estimate, extract, ttl, on_commit)
         self.limiter = limiter
 
     def __enter__(self) -> Guard:
@@ -64,7 +91,10 @@ class Guard(_GuardState):
         if exc_type is not None:
             self.limiter.release(self.decision.reservation)
             return
-        self.result = self.limiter.commit(self.decision.reservation, self.actual or self.estimate)
+        usage = self.actual or self.estimate
+        self.result = self.limiter.commit(self.decision.reservation, usage)
+        if self.on_commit is not None:
+            self.on_commit(Committed(self.subject, usage, self.result))
 
     def __call__(self, fn: F) -> F:
         if inspect.iscoroutinefunction(fn):
@@ -73,7 +103,7 @@ class Guard(_GuardState):
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             guard = Guard(self.limiter, self.subject, self.estimate, extract=self.extract,
-                          ttl=self.ttl)
+                          ttl=self.ttl, on_commit=self.on_commit)
             with guard:
                 value = fn(*args, **kwargs)
                 guard.set_actual(guard._usage_of(value))
@@ -86,8 +116,9 @@ class AsyncGuard(_GuardState):
     """Asyncio guard: ``async with`` block or decorator of coroutine functions."""
 
     def __init__(self, limiter: AsyncBudgetLimiter, subject: Subject, estimate: Usage, *,
-                 extract: Extractor | None = None, ttl: float | None = None) -> None:
-        super().__init__(subject, estimate, extract, ttl)
+                 extract: Extractor | None = None, ttl: float | None = None,
+                 on_commit: OnCommit | None = None) -> None:
+        super().__init__(subject, estimate, extract, ttl, on_commit)
         self.limiter = limiter
 
     async def __aenter__(self) -> AsyncGuard:
@@ -99,8 +130,12 @@ class AsyncGuard(_GuardState):
         if exc_type is not None:
             await self.limiter.release(self.decision.reservation)
             return
-        self.result = await self.limiter.commit(self.decision.reservation,
-                                                self.actual or self.estimate)
+        usage = self.actual or self.estimate
+        self.result = await self.limiter.commit(self.decision.reservation, usage)
+        if self.on_commit is not None:
+            done = self.on_commit(Committed(self.subject, usage, self.result))
+            if inspect.isawaitable(done):
+                await done
 
     def __call__(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         if not inspect.iscoroutinefunction(fn):
@@ -109,7 +144,7 @@ class AsyncGuard(_GuardState):
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             guard = AsyncGuard(self.limiter, self.subject, self.estimate, extract=self.extract,
-                               ttl=self.ttl)
+                               ttl=self.ttl, on_commit=self.on_commit)
             async with guard:
                 value = await fn(*args, **kwargs)
                 guard.set_actual(guard._usage_of(value))

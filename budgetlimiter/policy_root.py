@@ -21,6 +21,7 @@ from .policy_model import (
     _Model,
 )
 from .policy_resolve import EffectivePolicy, declared_scopes, resolve_subject
+from .pricing import lookup_pricing
 from .subject import Scope, Subject
 
 WEEKDAYS: tuple[str, ...] = (
@@ -79,16 +80,21 @@ class Policy(_Model):
         return copy
 
     def pricing_for(self, agent: str) -> Pricing:
-        """Pricing of ``agent``, else ``default_pricing``; raises :class:`UnknownAgent`."""
+        """Pricing of ``agent``: the policy's ``pricing[agent]``, else the shipped table
+        (:mod:`budgetlimiter.pricing`), else ``default_pricing``; raises :class:`UnknownAgent`
+        when none applies (an unpriced agent is never counted as free)."""
         found = self.pricing.get(agent)
+        if found is not None:
+            return found
+        found = lookup_pricing(agent)
         if found is not None:
             return found
         if self.default_pricing is not None:
             return self.default_pricing
         known = ", ".join(sorted(self.pricing)[:20]) or "none"
         raise UnknownAgent(
-            f"agent {agent!r} has no pricing in the policy (priced agents: {known}) and the "
-            "policy sets no default_pricing"
+            f"agent {agent!r} has no pricing in the policy (priced agents: {known}) nor in "
+            "the shipped pricing table, and the policy sets no default_pricing"
         )
 
     def timezone_for(self, org: str) -> ZoneInfo:

@@ -50,7 +50,11 @@ async def usage_report(server: Server, q: dict[str, str]) -> dict[str, Any]:
         raise Problem("invalid_input", f"by must be one of {', '.join(BY)}")
     org = validate_id("org", q.get("org") or "")
     last = _day("to", q.get("to"), datetime.now(timezone.utc).date())
-    first = _day("from", q.get("from"), last - timedelta(days=30))
+    try:
+        default_first = last - timedelta(days=30)
+    except OverflowError:  # a 'to' within 30 days of year 1
+        default_first = date.min
+    first = _day("from", q.get("from"), default_first)
     if first > last:
         raise Problem("invalid_input", "from is after to")
     if (last - first).days > MAX_DAYS:
