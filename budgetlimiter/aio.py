@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .backends import connect_async
+from .calls import ScriptCall
 from .coalesce import Coalescer, pipeline_replies
-from .core import ScriptCall
 from .errors import BackendRejected, BackendUnavailable
 from .guard import AsyncGuard, Extractor, OnCommit
 from .keys import DEFAULT_PREFIX

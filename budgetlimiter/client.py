@@ -11,7 +11,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from .backends import DEFAULT_TIMEOUT, connect_sync
-from .core import ScriptCall
+from .calls import ScriptCall
 from .errors import BackendRejected, BackendUnavailable
 from .guard import Extractor, Guard, OnCommit
 from .keys import DEFAULT_PREFIX

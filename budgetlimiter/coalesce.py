@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .core import ScriptCall
+from .calls import ScriptCall
 from .scripts import Registry, is_noscript
 
 

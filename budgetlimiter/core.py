@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .errors import InvalidId, InvalidInput
+from .calls import ScriptCall
+from .errors import InvalidInput
 from .keys import KeySpace
 from .periods import PeriodKind, Window, previous_window, window_at
 from .policy import LimitSpec, Mode, Policy, RateSpec, Rollover, ScopeLimits
@@ -24,29 +25,15 @@ from .results import (
     LimitState,
     LimitStatus,
     Reservation,
-    SettleResult,
     SettleStatus,
-    ThresholdCrossing,
     ms_to_datetime,
 )
-from .subject import Scope, Subject, validate_id
-from .usage import METRIC_BY_CODE, Amounts, Usage
+from .settle_plan import SettlePlanner, validate_reservation_id
+from .subject import Scope, Subject
+from .usage import Amounts, Usage
 
 IDEMPOTENCY_MS = 24 * 3600 * 1000
 _SETTLE_STATUS: dict[int, SettleStatus] = {1: "committed", 2: "duplicate", 3: "late"}
-
-
-@dataclass(frozen=True, slots=True)
-class ScriptCall:
-    """One script invocation and how to read its reply."""
-
-    script: str
-    keys: list[str]
-    args: list[str | int]
-    parse: Callable[[Any], Any] = field(repr=False)
-    org: str = ""
-    #: (counter key, metric code) of each budget, in reply order (the deny cache uses them)
-    budget_keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +76,7 @@ def _bytes_to_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Core:
+class Core(SettlePlanner):
     """Builds script calls for one policy and key space."""
 
     def __init__(self, policy: Policy, keys: KeySpace | None = None, *,
@@ -367,93 +354,6 @@ class Core:
         )
 
 
-    # settle ----------------------------------------------------------------------
-    def _settle(self, op: str, org: str, marker_key: str, rid: str, now_ms: int,
-                fallback: str, ledger_exp: int, actual: Amounts | None,
-                status_ok: SettleStatus) -> ScriptCall:
-        ks = self.keys
-        keys = [marker_key, ks.reservations_by_expiry(org), ks.dirty(org), ks.events(org)]
-        if not self.cluster:
-            keys.append(ks.dirty_orgs)
-        vec = actual.as_list() if actual is not None else [0, 0, 0, 0, 0]
-        args: list[str | int] = [
-            now_ms, op, self.idempotency_ms, 1 if self.policy.strict else 0, org, fallback,
-            ledger_exp, *vec,
-        ]
-
-        def parse(reply: Any) -> SettleResult:
-            return self._parse_settle(rid, reply, actual, status_ok)
-
-        return ScriptCall("settle", keys, args, parse, org)
-
-    def plan_commit(self, reservation: Reservation, actual: Usage, now_ms: int) -> ScriptCall:
-        """Replace a reservation's estimate by the actual usage (idempotent by id)."""
-        if not isinstance(reservation, Reservation):
-            raise InvalidInput("commit needs the Reservation returned by check()")
-        amounts = self.amounts(reservation.subject, actual)
-        subject = reservation.subject
-        _, ledger_exp = self._ledger(subject, reservation.created_ms)
-        return self._settle("commit", subject.org,
-                            self.keys.reservation(subject.org, reservation.id), reservation.id,
-                            now_ms, reservation.plan, ledger_exp, amounts, "committed")
-
-    def plan_commit_by_id(self, org: str, reservation_id: str, actual: Amounts,
-                          now_ms: int) -> ScriptCall:
-        """Commit knowing only the id (sidecar): the plan stored in Redis is the only source."""
-        validate_id("org", org)
-        validate_reservation_id(reservation_id)
-        ledger_exp = now_ms + (86400 + self.policy.retention_seconds) * 1000
-        return self._settle("commit", org, self.keys.reservation(org, reservation_id),
-                            reservation_id, now_ms, "", ledger_exp, actual, "committed")
-
-    def plan_release(self, org: str, reservation_id: str, now_ms: int) -> ScriptCall:
-        """Refund a reservation that will not be used (idempotent)."""
-        validate_id("org", org)
-        validate_reservation_id(reservation_id)
-        return self._settle("release", org, self.keys.reservation(org, reservation_id),
-                            reservation_id, now_ms, "", 0, None, "released")
-
-    def plan_record(self, subject: Subject, actual: Usage, now_ms: int,
-                    request_id: str) -> ScriptCall:
-        """Post-hoc usage without a reservation, idempotent by ``request_id``."""
-        if not isinstance(subject, Subject):
-            raise InvalidInput(
-                f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
-        validate_reservation_id(request_id)
-        amounts = self.amounts(subject, actual)
-        budgets, _ = self._limits(subject, now_ms)
-        ledger, ledger_exp = self._ledger(subject, now_ms)
-        zero = Amounts()
-        plan = f"|0|{ledger}\n{self._plan_lines(budgets, zero)}"
-        return self._settle("record", subject.org, self.keys.request(subject.org, request_id),
-                            request_id, now_ms, plan, ledger_exp, amounts, "recorded")
-
-    def _parse_settle(self, rid: str, reply: Any, actual: Amounts | None,
-                      status_ok: SettleStatus) -> SettleResult:
-        code = int(reply[0])
-        if code == -1:
-            from .errors import ReservationNotFound
-
-            raise ReservationNotFound(
-                f"reservation {rid!r} is unknown (never made, settled more than the "
-                "idempotency window ago, or lost with Redis data)"
-            )
-        status: SettleStatus = status_ok if code == 1 else _SETTLE_STATUS[code]
-        crossings: list[ThresholdCrossing] = []
-        rest = reply[3:]
-        for i in range(0, len(rest), 5):
-            key = _bytes_to_str(rest[i])
-            ck = self.keys.parse_counter(key)
-            crossings.append(ThresholdCrossing(
-                scope=ck.scope, metric=METRIC_BY_CODE[_bytes_to_str(rest[i + 1])],
-                period=ck.period.value, period_id=ck.period_id,
-                threshold=int(rest[i + 2]), used=int(rest[i + 3]), limit=int(rest[i + 4]),
-            ))
-        return SettleResult(
-            status=status, id=rid, actual=actual if code != 2 else None,
-            overshoot=bool(int(reply[2])), thresholds=tuple(crossings),
-        )
-
     # status ------------------------------------------------------------------------
     def plan_status(self, subject: Subject, now_ms: int) -> ScriptCall:
         """A read of every limit of a subject (expired reservations are swept first)."""
@@ -495,12 +395,3 @@ def _budget_state(mode: Mode, used: int, reserved: int, eff: int, blocking: bool
         return "blocked"  # exhausted: the next request would be refused
     return "ok"
 
-
-def validate_reservation_id(rid: object) -> str:
-    """Reservation and request ids follow the same rules as scope ids."""
-    try:
-        return validate_id("reservation", rid)
-    except InvalidId:
-        raise
-    except Exception as exc:  # pragma: no cover - validate_id raises InvalidId only
-        raise InvalidId(str(exc)) from exc

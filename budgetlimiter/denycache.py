@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .core import ScriptCall
+from .calls import ScriptCall
 from .results import Decision
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core import ScriptCall
+from .calls import ScriptCall
 from .keys import KeySpace
 from .restore import earliest_day, parse_flush_record, plan_rebuild, today
 from .scripts import run_sync

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .core import ScriptCall
+from .calls import ScriptCall
 from .keys import KeySpace
 from .periods import PeriodKind, Window, previous_window, window_at
 from .policy import Policy, Rollover

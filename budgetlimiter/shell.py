@@ -17,7 +17,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .backends import parse_backend
 from .breaker import CircuitBreaker
-from .core import Core, ScriptCall
+from .calls import ScriptCall
+from .core import Core
 from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .policy import OutagePolicy, Policy, load_policy
