@@ -35,6 +35,7 @@ from .metrics import Metrics
 from .middleware import Gate
 from .openapi import build_openapi
 from .problems import Problem
+from .ui import mount_ui
 
 log = logging.getLogger("budgetlimiter.server")
 MAX_GAUGE_ORGS = 200
@@ -301,6 +302,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.add_middleware(Gate, tokens=cfg.tokens, metrics=server.metrics)
+    mount_ui(app, server)  # the /ui dashboard shell (outermost) and GET /v1/ui/tree
     app.state.server = server
     return app
 
