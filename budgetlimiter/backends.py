@@ -123,53 +123,45 @@ def _sentinel_kwargs(kwargs: dict[str, Any], connect_timeout: float) -> dict[str
     return out
 
 
-def connect_sync(url: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
-    """A sync redis-py client for ``url``."""
+def _connect(url: str, timeout: float, connect_timeout: float, *, asyncio: bool) -> Any:
+    """One connection factory for both flavours; only the redis-py classes differ."""
     backend = parse_backend(url)
     opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout}
     if backend.kind == "memory":
         import fakeredis
 
-        return fakeredis.FakeRedis(server=_memory_server(url))
+        server = _memory_server(url)
+        return (fakeredis.FakeAsyncRedis if asyncio else fakeredis.FakeRedis)(server=server)
     if backend.kind == "cluster":
+        if asyncio:
+            from redis.asyncio.cluster import RedisCluster as AsyncCluster
+
+            return AsyncCluster.from_url(url.replace("+cluster", "", 1), **opts)
         from redis.cluster import RedisCluster
 
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
     if backend.kind == "sentinel":
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
         from redis.sentinel import Sentinel
 
         hosts, service, kwargs = _sentinel_parts(url)
         skw = _sentinel_kwargs(kwargs, connect_timeout)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts, sentinel_kwargs=skw, **opts, **kwargs)
-        return sentinel.master_for(service, **opts, **kwargs)  # type: ignore[no-untyped-call]
+        factory: Any = AsyncSentinel if asyncio else Sentinel
+        sentinel = factory(hosts, sentinel_kwargs=skw, **opts, **kwargs)
+        return sentinel.master_for(service, **opts, **kwargs)
     import redis
+    import redis.asyncio
 
-    return redis.Redis.from_url(url, **opts)
+    return (redis.asyncio.Redis if asyncio else redis.Redis).from_url(url, **opts)
+
+
+def connect_sync(url: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
+    """A sync redis-py client for ``url``."""
+    return _connect(url, timeout, connect_timeout, asyncio=False)
 
 
 def connect_async(url: str, *, timeout: float = DEFAULT_TIMEOUT,
                   connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
     """An asyncio redis-py client for ``url``."""
-    backend = parse_backend(url)
-    opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout}
-    if backend.kind == "memory":
-        import fakeredis
-
-        return fakeredis.FakeAsyncRedis(server=_memory_server(url))
-    if backend.kind == "cluster":
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
-    if backend.kind == "sentinel":
-        from redis.asyncio.sentinel import Sentinel
-
-        hosts, service, kwargs = _sentinel_parts(url)
-        skw = _sentinel_kwargs(kwargs, connect_timeout)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts, sentinel_kwargs=skw, **opts, **kwargs)
-        return sentinel.master_for(service, **opts, **kwargs)
-    import redis.asyncio
-
-    return redis.asyncio.Redis.from_url(url, **opts)
+    return _connect(url, timeout, connect_timeout, asyncio=True)
