@@ -86,11 +86,7 @@ class AsyncBudgetLimiter(ClientBase):
     async def check(self, subject: Subject, estimate: Usage | None = None, *,
                     reservation_id: str | None = None, ttl: float | None = None) -> Decision:
         """See :meth:`BudgetLimiter.check`."""
-        est = estimate if estimate is not None else Usage()
-        now = self.clock()
-        call = self.core.plan_check(subject, est, now, reservation_id=reservation_id,
-                                    ttl_seconds=ttl)
-        cached = self._cached_denial(call, now)
+        call, est, now, cached = self._prepare_check(subject, estimate, reservation_id, ttl)
         if cached is not None:
             return cached
         try:
@@ -104,9 +100,9 @@ class AsyncBudgetLimiter(ClientBase):
 
     async def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """See :meth:`BudgetLimiter.commit`."""
-        call = self.core.plan_commit(reservation, actual, self.clock())
         if reservation.local:
             return self._local_commit(reservation, actual)
+        call = self.core.plan_commit(reservation, actual, self.clock())
         try:
             return await self._settle(call)
         except UNAVAILABLE:
@@ -115,15 +111,10 @@ class AsyncBudgetLimiter(ClientBase):
     async def release(self, reservation: Reservation | str, *,
                       org: str | None = None) -> SettleResult:
         """See :meth:`BudgetLimiter.release`."""
-        if isinstance(reservation, Reservation):
-            if reservation.local:
-                return SettleResult(status="released", id=reservation.id)
-            org, rid = reservation.subject.org, reservation.id
-        else:
-            if org is None:
-                raise TypeError("release by id needs org=")
-            rid = reservation
-        call = self.core.plan_release(org, rid, self.clock())
+        prepared = self._prepare_release(reservation, org)
+        if isinstance(prepared, SettleResult):
+            return prepared
+        call, rid = prepared
         try:
             return await self._settle(call)
         except UNAVAILABLE:  # the reservation's TTL refunds it
@@ -160,7 +151,8 @@ class AsyncBudgetLimiter(ClientBase):
         if not calls:
             return []
         replies = await self._pipeline(calls)
-        return [call.parse(reply) for call, reply in zip(calls, replies, strict=False)]
+        return [self._decided(call, reply, now) for call, reply in zip(calls, replies,
+                                                                      strict=True)]
 
     async def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         replies = await pipeline_replies(self.redis, self.scripts, calls)

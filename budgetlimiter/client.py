@@ -81,11 +81,7 @@ class BudgetLimiter(ClientBase):
         The returned :class:`Decision` carries a :class:`Reservation` when allowed; commit it
         with the actual usage or release it. Bad input raises before anything is sent.
         """
-        est = estimate if estimate is not None else Usage()
-        now = self.clock()
-        call = self.core.plan_check(subject, est, now, reservation_id=reservation_id,
-                                    ttl_seconds=ttl)
-        cached = self._cached_denial(call, now)
+        call, est, now, cached = self._prepare_check(subject, estimate, reservation_id, ttl)
         if cached is not None:
             return cached
         try:
@@ -102,9 +98,9 @@ class BudgetLimiter(ClientBase):
 
     def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """Replace the reservation's estimate by ``actual``. Retrying is safe (idempotent)."""
-        call = self.core.plan_commit(reservation, actual, self.clock())
         if reservation.local:
             return self._local_commit(reservation, actual)
+        call = self.core.plan_commit(reservation, actual, self.clock())
         try:
             return self._settle(call)
         except UNAVAILABLE:
@@ -112,15 +108,10 @@ class BudgetLimiter(ClientBase):
 
     def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
         """Refund a reservation that will not be used. Retrying is safe."""
-        if isinstance(reservation, Reservation):
-            if reservation.local:
-                return SettleResult(status="released", id=reservation.id)
-            org, rid = reservation.subject.org, reservation.id
-        else:
-            if org is None:
-                raise TypeError("release by id needs org=")
-            rid = reservation
-        call = self.core.plan_release(org, rid, self.clock())
+        prepared = self._prepare_release(reservation, org)
+        if isinstance(prepared, SettleResult):
+            return prepared
+        call, rid = prepared
         try:
             return self._settle(call)
         except UNAVAILABLE:  # the reservation's TTL refunds it
@@ -157,7 +148,8 @@ class BudgetLimiter(ClientBase):
         if not calls:
             return []
         replies = self._pipeline(calls)
-        return [call.parse(reply) for call, reply in zip(calls, replies, strict=False)]
+        return [self._decided(call, reply, now) for call, reply in zip(calls, replies,
+                                                                      strict=True)]
 
     def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
         for attempt in (1, 2):

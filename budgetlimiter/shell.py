@@ -97,6 +97,28 @@ class ClientBase:
         if self.deny_cache is not None:
             self.deny_cache.clear()
 
+    def _prepare_check(self, subject: Subject, estimate: Usage | None,
+                       reservation_id: str | None, ttl: float | None
+                       ) -> tuple[ScriptCall, Usage, int, Decision | None]:
+        """Plan a check; the last item is a cached denial that makes the call unnecessary."""
+        est = estimate if estimate is not None else Usage()
+        now = self.clock()
+        call = self.core.plan_check(subject, est, now, reservation_id=reservation_id,
+                                    ttl_seconds=ttl)
+        return call, est, now, self._cached_denial(call, now)
+
+    def _prepare_release(self, reservation: Reservation | str,
+                         org: str | None) -> tuple[ScriptCall, str] | SettleResult:
+        """The release call, or the result when nothing needs Redis (a local reservation)."""
+        if isinstance(reservation, Reservation):
+            if reservation.local:
+                return SettleResult(status="released", id=reservation.id)
+            return (self.core.plan_release(reservation.subject.org, reservation.id,
+                                           self.clock()), reservation.id)
+        if org is None:
+            raise TypeError("release by id needs org=")
+        return self.core.plan_release(org, reservation, self.clock()), reservation
+
     def _cached_denial(self, call: ScriptCall, now_ms: int) -> Decision | None:
         return self.deny_cache.lookup(call, now_ms) if self.deny_cache is not None else None
 
