@@ -100,7 +100,7 @@ class AsyncBudgetLimiter(ClientBase):
 
     async def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """See :meth:`BudgetLimiter.commit`."""
-        if reservation.local:
+        if isinstance(reservation, Reservation) and reservation.local:
             return self._local_commit(reservation, actual)
         call = self.core.plan_commit(reservation, actual, self.clock())
         try:

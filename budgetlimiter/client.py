@@ -98,7 +98,7 @@ class BudgetLimiter(ClientBase):
 
     def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """Replace the reservation's estimate by ``actual``. Retrying is safe (idempotent)."""
-        if reservation.local:
+        if isinstance(reservation, Reservation) and reservation.local:
             return self._local_commit(reservation, actual)
         call = self.core.plan_commit(reservation, actual, self.clock())
         try:
