@@ -30,13 +30,15 @@ MINIMAL_SCRIPT = (
     "return 1"
 )
 MINIMAL_KEYS = [f"bench:{{{ORG}}}:min:{i}" for i in range(1, 5)]
-FIXED_RESERVATION = "bench-fixed"
+#: redis-benchmark replaces it with a random 12-digit number (``-r``): every call reserves under
+#: a new id, as real checks do (new key, new member of the expiry set, sampled sweeps)
+RANDOM_RESERVATION = "__rand_int__"
 CLIENTS = 50
 
 
 def check_command(client: redis.Redis, depth: int = 4, extra_orgs: int = 0) -> list[str]:
-    """``EVALSHA sha numkeys KEYS... ARGV...`` of one real check of the 4-level subject (fixed
-    reservation id: every call overwrites the same reservation key)."""
+    """``EVALSHA sha numkeys KEYS... ARGV...`` of one real check of the 4-level subject, with a
+    reservation id that redis-benchmark randomizes per call."""
     from budgetlimiter.core import Core
     from budgetlimiter.scripts import Registry
 
@@ -45,7 +47,7 @@ def check_command(client: redis.Redis, depth: int = 4, extra_orgs: int = 0) -> l
     if sha != script.sha:
         raise RuntimeError("SCRIPT LOAD returned another SHA than the registry's")
     call = Core(make_policy(depth, extra_orgs)).plan_check(
-        subject(), estimate(), time.time_ns() // 1_000_000, reservation_id=FIXED_RESERVATION)
+        subject(), estimate(), time.time_ns() // 1_000_000, reservation_id=RANDOM_RESERVATION)
     reply = client.evalsha(sha, len(call.keys), *call.keys, *call.args)
     if int(reply[0]) != 1:
         raise RuntimeError(f"the reference check was not admitted: {reply}")
@@ -78,6 +80,7 @@ def _redis_benchmark(port: int, command: list[str], n: int, clients: int,
     if binary is None:
         raise RuntimeError("redis-benchmark is not installed")
     argv = [binary, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-c", str(clients),
+            "-r", "1000000000000",
             "-P", str(pipeline), "--csv", *command]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode != 0:

@@ -39,8 +39,9 @@ local function refund(body)
 end
 
 -- Refund reservations of this org whose TTL passed. Lazy: runs inside the org's own scripts,
--- so no background job is needed for limits to stay correct.
+-- so no background job is needed for limits to stay correct. Returns how many it refunded.
 local function sweep(zkey, res_prefix, now)
+  local swept = 0
   -- Bounded work per call (at most 1000 reservations); the next call continues.
   for _ = 1, 10 do
     local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 100)
@@ -51,15 +52,17 @@ local function sweep(zkey, res_prefix, now)
         local _, body = plan_lines(plan)
         refund(body)
         redis.call('SET', rkey, 'X' .. string.sub(plan, 2), 'KEEPTTL')
+        swept = swept + 1
       end
     end
     if #ids > 0 then
       redis.call('ZREM', zkey, unpack(ids))
     end
     if #ids < 100 then
-      return
+      return swept
     end
   end
+  return swept
 end
 
 -- Unused budget carried from the previous period (rollover = accumulate).

@@ -101,13 +101,30 @@ def test_expired_reservation_is_refunded_lazily_and_late_commit_counts(make_limi
     d = bl.check(ALICE, Usage(input_tokens=800), ttl=30)
     assert not bl.check(ALICE, Usage(input_tokens=800)).allowed
     clock.advance(31)
-    again = bl.check(ALICE, Usage(input_tokens=100))  # sweeps the expired reservation first
+    # 800 + 300 would not fit the team's 1000: the check sweeps the expired reservation first
+    again = bl.check(ALICE, Usage(input_tokens=300))
     assert again.allowed
-    assert by_scope(again.limits, "org:acme/team:eng").reserved == 100
+    assert by_scope(again.limits, "org:acme/team:eng").reserved == 300
     late = bl.commit(d.reservation, Usage(input_tokens=50))
     assert late.status == "late"
     team = by_scope(bl.status(ALICE), "org:acme/team:eng")
-    assert (team.used, team.reserved) == (50, 100)
+    assert (team.used, team.reserved) == (50, 300)
+
+
+def test_sweep_runs_on_status_reads_and_on_a_sample_of_checks(make_limiter, clock):
+    bl = make_limiter(BASIC)
+    bl.check(ALICE, Usage(input_tokens=100), ttl=30)
+    clock.advance(31)
+    # a status read always sweeps: the expired reservation is gone from every view
+    assert by_scope(bl.status(ALICE), "org:acme/team:eng").reserved == 0
+    for _ in range(40):
+        bl.check(ALICE, Usage(input_tokens=1), ttl=1)
+    clock.advance(2)
+    # about one check in eight (at least one in sixteen) sweeps
+    for _ in range(200):
+        bl.check(ALICE, Usage(input_tokens=0), ttl=60)
+    assert bl.redis.zcount(bl.core.keys.reservations_by_expiry("acme"), "-inf",
+                           clock.now_ms) == 0
 
 
 def test_commit_after_redis_forgot_reservation_still_counts(make_limiter, backend_url):
