@@ -18,6 +18,7 @@ from .errors import (
     UnknownScope,
 )
 from .extract import extract_usage
+from .leases import LeaseConfig
 from .policy import Policy, load_policy, parse_policy
 from .results import Decision, LimitStatus, Reservation, SettleResult, ThresholdCrossing
 from .subject import Scope, Subject
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidAmount",
     "InvalidId",
     "InvalidInput",
+    "LeaseConfig",
     "LimitStatus",
     "Metric",
     "Policy",

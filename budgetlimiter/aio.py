@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterable
@@ -14,6 +15,7 @@ from .coalesce import Coalescer, pipeline_replies
 from .errors import BackendRejected, BackendUnavailable
 from .guard import AsyncGuard, Extractor, OnCommit
 from .keys import DEFAULT_PREFIX
+from .leases import Lease, LeaseConfig
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import run_async
@@ -38,9 +40,14 @@ class AsyncBudgetLimiter(ClientBase):
                  prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
                  timeout: float = DEFAULT_ASYNC_TIMEOUT, cluster: bool | None = None,
                  deny_cache_ttl: float | None = 5.0,
-                 coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4) -> None:
+                 coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4,
+                 leases: LeaseConfig | None = None) -> None:
         super().__init__(policy, redis, connect_async, timeout=timeout, cluster=cluster,
-                         prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl)
+                         prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl,
+                         leases=leases)
+        #: subjects whose lease is being opened by some task (the others wait for it)
+        self._lease_opening: dict[Subject, asyncio.Future[None]] = {}
+        self._lease_returns: set[asyncio.Task[None]] = set()
         self.coalescer = Coalescer(self.redis, self.scripts, max_batch=max_batch,
                                    max_inflight=max_inflight) if coalesce else None
 
@@ -86,6 +93,13 @@ class AsyncBudgetLimiter(ClientBase):
     async def check(self, subject: Subject, estimate: Usage | None = None, *,
                     reservation_id: str | None = None, ttl: float | None = None) -> Decision:
         """See :meth:`BudgetLimiter.check`."""
+        if self.leases is not None:
+            leased = await self._check_leased(subject, estimate, reservation_id, ttl)
+            if leased is not None:
+                # a leased answer never suspends: yield once so that a task checking in a
+                # loop does not starve the others (and drain the lease alone)
+                await asyncio.sleep(0)
+                return leased
         call, est, now, cached = self._prepare_check(subject, estimate, reservation_id, ttl)
         if cached is not None:
             return cached
@@ -98,10 +112,62 @@ class AsyncBudgetLimiter(ClientBase):
                 await self.flush_local()
         return self._decided(call, reply, now)
 
+    async def _check_leased(self, subject: Subject, estimate: Usage | None,
+                            reservation_id: str | None, ttl: float | None) -> Decision | None:
+        self._return_leases()
+        decision, slice_usage, amounts, now = self._lease_take(subject, estimate,
+                                                               reservation_id, ttl)
+        if decision is not None or slice_usage is None:
+            return decision
+        assert self.leases is not None
+        opening = self._lease_opening.get(subject)
+        if opening is not None:  # another task is opening this subject's lease: share it
+            await asyncio.shield(opening)
+            return self.leases.take(subject, amounts, self.clock())
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lease_opening[subject] = done
+        try:
+            opened = await self.check(subject, slice_usage,
+                                      ttl=self.leases.config.ttl_seconds)
+            return self._lease_opened(subject, opened, amounts, now)
+        finally:
+            del self._lease_opening[subject]
+            done.set_result(None)
+
+    def _return_leases(self, *, force: bool = False) -> asyncio.Task[None] | None:
+        """Return due leases in a background task (a check never waits for it)."""
+        due = self._leases_due(force=force)
+        if not due:
+            return None
+        task = asyncio.get_running_loop().create_task(self._send_returns(due))
+        self._lease_returns.add(task)
+        task.add_done_callback(self._lease_returns.discard)
+        return task
+
+    async def _send_returns(self, due: list[tuple[Lease, ScriptCall]]) -> None:
+        for lease, call in due:
+            try:
+                await self._settle(call)
+            except UNAVAILABLE as exc:
+                self._lease_return_failed(lease, exc)
+
+    async def return_leases(self) -> None:
+        """See :meth:`BudgetLimiter.return_leases`."""
+        self._return_leases(force=True)
+        if self._lease_returns:
+            await asyncio.gather(*self._lease_returns, return_exceptions=True)
+
     async def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """See :meth:`BudgetLimiter.commit`."""
         if isinstance(reservation, Reservation) and reservation.local:
             return self._local_commit(reservation, actual)
+        if isinstance(reservation, Reservation) and reservation.lease:
+            result, _ = self._lease_settle(reservation, actual)
+            self._return_leases()
+            if result is not None:
+                return result
+            return await self.record(reservation.subject, actual,
+                                     request_id="lease-" + reservation.id)
         call = self.core.plan_commit(reservation, actual, self.clock())
         try:
             return await self._settle(call)
@@ -111,6 +177,10 @@ class AsyncBudgetLimiter(ClientBase):
     async def release(self, reservation: Reservation | str, *,
                       org: str | None = None) -> SettleResult:
         """See :meth:`BudgetLimiter.release`."""
+        if isinstance(reservation, Reservation) and reservation.lease:
+            result, _ = self._lease_settle(reservation, None)
+            self._return_leases()
+            return result or SettleResult(status="released", id=reservation.id)
         prepared = self._prepare_release(reservation, org)
         if isinstance(prepared, SettleResult):
             return prepared
@@ -176,6 +246,10 @@ class AsyncBudgetLimiter(ClientBase):
         return guarded_astream(self, subject, estimate, stream, **kwargs)
 
     async def aclose(self) -> None:
+        """Return open leases, then close the connection pool."""
+        if self.leases is not None:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.return_leases()
         await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncBudgetLimiter:

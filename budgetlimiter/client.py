@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ from .calls import ScriptCall
 from .errors import BackendRejected, BackendUnavailable
 from .guard import Extractor, Guard, OnCommit
 from .keys import DEFAULT_PREFIX
+from .leases import LeaseConfig
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import is_noscript, run_sync
@@ -33,9 +35,12 @@ class BudgetLimiter(ClientBase):
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
                  prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
                  timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
-                 deny_cache_ttl: float | None = 5.0) -> None:
+                 deny_cache_ttl: float | None = 5.0,
+                 leases: LeaseConfig | None = None) -> None:
         super().__init__(policy, redis, connect_sync, timeout=timeout, cluster=cluster,
-                         prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl)
+                         prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl,
+                         leases=leases)
+        self._lease_opening = threading.Lock()
 
     # plumbing ------------------------------------------------------------------
     def _run(self, call: ScriptCall) -> Any:
@@ -81,6 +86,10 @@ class BudgetLimiter(ClientBase):
         The returned :class:`Decision` carries a :class:`Reservation` when allowed; commit it
         with the actual usage or release it. Bad input raises before anything is sent.
         """
+        if self.leases is not None:
+            leased = self._check_leased(subject, estimate, reservation_id, ttl)
+            if leased is not None:
+                return leased
         call, est, now, cached = self._prepare_check(subject, estimate, reservation_id, ttl)
         if cached is not None:
             return cached
@@ -92,6 +101,32 @@ class BudgetLimiter(ClientBase):
             self._try_flush_local()
         return self._decided(call, reply, now)
 
+    def _check_leased(self, subject: Subject, estimate: Usage | None,
+                      reservation_id: str | None, ttl: float | None) -> Decision | None:
+        self._return_leases()
+        decision, slice_usage, amounts, now = self._lease_take(subject, estimate,
+                                                               reservation_id, ttl)
+        if decision is not None or slice_usage is None:
+            return decision
+        assert self.leases is not None
+        with self._lease_opening:  # one thread opens a subject's lease; the others reuse it
+            decision = self.leases.take(subject, amounts, now)
+            if decision is not None:
+                return decision
+            opening = self.check(subject, slice_usage, ttl=self.leases.config.ttl_seconds)
+            return self._lease_opened(subject, opening, amounts, now)
+
+    def _return_leases(self, *, force: bool = False) -> None:
+        for lease, call in self._leases_due(force=force):
+            try:
+                self._settle(call)
+            except UNAVAILABLE as exc:
+                self._lease_return_failed(lease, exc)
+
+    def return_leases(self) -> None:
+        """Send the usage of every open lease to Redis and refund the unused slices now."""
+        self._return_leases(force=True)
+
     def _try_flush_local(self) -> None:
         with contextlib.suppress(*UNAVAILABLE):
             self.flush_local()
@@ -100,6 +135,13 @@ class BudgetLimiter(ClientBase):
         """Replace the reservation's estimate by ``actual``. Retrying is safe (idempotent)."""
         if isinstance(reservation, Reservation) and reservation.local:
             return self._local_commit(reservation, actual)
+        if isinstance(reservation, Reservation) and reservation.lease:
+            result, _ = self._lease_settle(reservation, actual)
+            self._return_leases()
+            if result is not None:
+                return result
+            # the lease went back to Redis before this commit: count it there, once
+            return self.record(reservation.subject, actual, request_id="lease-" + reservation.id)
         call = self.core.plan_commit(reservation, actual, self.clock())
         try:
             return self._settle(call)
@@ -108,6 +150,10 @@ class BudgetLimiter(ClientBase):
 
     def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
         """Refund a reservation that will not be used. Retrying is safe."""
+        if isinstance(reservation, Reservation) and reservation.lease:
+            result, _ = self._lease_settle(reservation, None)
+            self._return_leases()
+            return result or SettleResult(status="released", id=reservation.id)
         prepared = self._prepare_release(reservation, org)
         if isinstance(prepared, SettleResult):
             return prepared
@@ -186,6 +232,10 @@ class BudgetLimiter(ClientBase):
         return guarded_stream(self, subject, estimate, stream, **kwargs)
 
     def close(self) -> None:
+        """Return open leases, then close the connection pool."""
+        if self.leases is not None:
+            with contextlib.suppress(*UNAVAILABLE):
+                self.return_leases()
         self.redis.close()
 
     def __enter__(self) -> BudgetLimiter:

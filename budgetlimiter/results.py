@@ -81,6 +81,8 @@ class Reservation:
 
     ``plan`` is the reservation's refund/commit plan as built by this process; it lets a
     commit still count the usage if Redis lost the reservation (e.g. after a restart).
+    ``lease`` is the id of the lease it was admitted from (see :mod:`budgetlimiter.leases`);
+    such a reservation is committed or released in-process.
     """
 
     id: str
@@ -90,6 +92,7 @@ class Reservation:
     expires_ms: int
     plan: str = field(repr=False, default="")
     local: bool = False
+    lease: str = ""
 
     @property
     def expires_at(self) -> datetime:
@@ -109,6 +112,8 @@ class Decision:
     reason: str = ""
     degraded: bool = False
     cached: bool = False
+    #: admitted in-process from a lease; ``limits`` are then as seen when the lease opened
+    leased: bool = False
 
     def __bool__(self) -> bool:
         return self.allowed
