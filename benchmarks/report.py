@@ -73,6 +73,19 @@ def goals(results: dict[str, Result]) -> list[Goal]:
     info = _ratio_goal(results, "full vs minimal (-P 16, info)", "rb-check-P16",
                        "rb-minimal-P16", 0.5)
     out.append(info)
+    # the same goals with the optional leases on (not the default, so reported apart)
+    out.append(_ratio_goal(results, "[leases] sync vs raw redis-py", "sync-lease", "raw-sync",
+                           0.9))
+    out.append(_ratio_goal(results, "[leases] async-64 vs raw asyncio", "async-64-lease",
+                           "raw-async-64", 4.0))
+    out.append(_ratio_goal(results, "[leases] async-64 vs redis-benchmark", "async-64-lease",
+                           "rb-check-c50", 0.5))
+    a, b = results.get("async-64-lease"), results.get("raw-async-64")
+    if a is not None and b is not None and a.p99_us is not None and b.p99_us is not None:
+        added = a.p99_us - b.p99_us
+        out.append(Goal("[leases] added p99 @64", round(added, 1),
+                        "p99(async-64-lease) - p99(raw-async-64) < 2000 us", added < 2000,
+                        f"{a.p99_us:,.0f} - {b.p99_us:,.0f} = {added:,.0f} us"))
     return out
 
 

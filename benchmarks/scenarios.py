@@ -26,6 +26,11 @@ from .common import (
 BATCH = 100
 
 
+#: the lease configuration of the ``-lease`` scenarios
+LEASE_CALLS = 256
+LEASE_SECONDS = 1.0
+
+
 def bench_sync(url: str, seconds: float) -> Result:
     from budgetlimiter import BudgetLimiter
 
@@ -41,17 +46,48 @@ def bench_sync(url: str, seconds: float) -> Result:
         limiter.close()
 
 
+def bench_sync_lease(url: str, seconds: float) -> Result:
+    """check + commit with leases on: most decisions never leave the process."""
+    from budgetlimiter import BudgetLimiter, LeaseConfig
+
+    limiter = BudgetLimiter(make_policy(), url,
+                            leases=LeaseConfig(calls=LEASE_CALLS, seconds=LEASE_SECONDS))
+    subj, est = subject(), estimate()
+
+    def decide() -> bool:
+        decision = limiter.check(subj, est)
+        if decision.reservation is not None:
+            limiter.commit(decision.reservation, est)
+        return decision.allowed
+
+    try:
+        result = time_sync(Result("sync-lease", "library",
+                                  note=f"check+commit, leases of {LEASE_CALLS} calls / "
+                                       f"{LEASE_SECONDS:g} s"), decide, seconds)
+        assert limiter.leases is not None
+        result.extra["local_share"] = round(limiter.leases.local_admits / max(1, result.count),
+                                            3)
+        return result
+    finally:
+        limiter.close()
+
+
 def bench_async(url: str, seconds: float, concurrency: int,
-                timeout: float | None = None) -> Result:
-    """``timeout``: the client's socket timeout (None: the library default)."""
-    from budgetlimiter import AsyncBudgetLimiter
+                timeout: float | None = None, lease: bool = False) -> Result:
+    """``timeout``: the client's socket timeout (None: the library default). ``lease``: leases
+    on, and every admitted check is committed (locally, from the lease)."""
+    from budgetlimiter import AsyncBudgetLimiter, LeaseConfig
 
     async def main() -> Result:
         opts: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if lease:
+            opts["leases"] = LeaseConfig(calls=LEASE_CALLS, seconds=LEASE_SECONDS)
         limiter = AsyncBudgetLimiter(make_policy(), url, **opts)
 
         async def check() -> bool:
             decision = await limiter.check(subj, est)
+            if lease and decision.reservation is not None:
+                await limiter.commit(decision.reservation, est)
             return decision.allowed
 
         subj, est = subject(), estimate()
@@ -62,7 +98,11 @@ def bench_async(url: str, seconds: float, concurrency: int,
             note = f"AsyncBudgetLimiter.check, {concurrency} tasks, {loop_name()}"
             if timeout is not None:
                 note += f", timeout={timeout:g}s"
-            result = Result(f"async-{concurrency}", "library", note=note)
+            if lease:
+                note = (f"check+commit, {concurrency} tasks, leases of {LEASE_CALLS} calls / "
+                        f"{LEASE_SECONDS:g} s, {loop_name()}")
+            name = f"async-{concurrency}" + ("-lease" if lease else "")
+            result = Result(name, "library", note=note)
             co = limiter.coalescer
             before = (co.pipelines, co.calls) if co is not None else (0, 0)
             await time_async(result, check, concurrency, seconds)
