@@ -148,11 +148,61 @@ def _connect(url: str, timeout: float, connect_timeout: float, *, asyncio: bool)
         skw = _sentinel_kwargs(kwargs, connect_timeout)
         factory: Any = AsyncSentinel if asyncio else Sentinel
         sentinel = factory(hosts, sentinel_kwargs=skw, **opts, **kwargs)
-        return sentinel.master_for(service, **opts, **kwargs)
+        master = sentinel.master_for(service, **opts, **kwargs)
+        return hiredis_packing(master) if asyncio else master
     import redis
     import redis.asyncio
 
-    return (redis.asyncio.Redis if asyncio else redis.Redis).from_url(url, **opts)
+    if asyncio:
+        return hiredis_packing(redis.asyncio.Redis.from_url(url, **opts))
+    return redis.Redis.from_url(url, **opts)
+
+
+_FAST_CLASSES: dict[type, type] = {}
+
+
+def hiredis_packing(client: Any) -> Any:
+    """Make an asyncio client pack commands with hiredis, as redis-py's sync client does.
+
+    redis-py's asyncio connections encode every argument in Python: for a 4-budget check
+    (about 50 arguments) that is more CPU than the rest of the decision. The subclass only
+    replaces ``pack_command``; reading, retries and errors stay redis-py's.
+    """
+    try:
+        import hiredis
+    except ImportError:  # pragma: no cover - hiredis is a dependency
+        return client
+    from redis.exceptions import DataError
+
+    pool = getattr(client, "connection_pool", None)
+    base = getattr(pool, "connection_class", None)
+    if pool is None or base is None or not hasattr(base, "pack_command"):
+        return client
+    fast = _FAST_CLASSES.get(base)
+    if fast is None:
+        pack = hiredis.pack_command
+
+        def pack_command(self: Any, *args: Any) -> list[bytes]:
+            first = args[0]
+            if isinstance(first, str):
+                args = tuple(first.encode().split()) + args[1:]
+            elif b" " in first:
+                args = tuple(first.split()) + args[1:]
+            try:
+                return [pack(args)]
+            except TypeError:
+                pass
+            args = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a
+                         for a in args)
+            try:
+                return [pack(args)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from None
+
+        fast = type(f"Hiredis{base.__name__}", (base,), {"pack_command": pack_command})
+        _FAST_CLASSES[base] = fast
+    pool.connection_class = fast
+    return client
 
 
 def connect_sync(url: str, *, timeout: float = DEFAULT_TIMEOUT,

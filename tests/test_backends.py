@@ -65,3 +65,23 @@ def test_installed_wheel_works_without_the_checkout(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["50", "True"]
+
+
+def test_async_connections_pack_with_hiredis_like_redis_py() -> None:
+    """The asyncio client's connections pack with hiredis; the bytes on the wire are the ones
+    redis-py's own (Python) packer writes, and bad arguments are still a DataError."""
+    import redis.asyncio
+    from redis.exceptions import DataError
+
+    from budgetlimiter.backends import hiredis_packing
+
+    client = hiredis_packing(redis.asyncio.Redis.from_url("redis://127.0.0.1:1"))
+    fast = client.connection_pool.make_connection()
+    plain = redis.asyncio.Connection(host="127.0.0.1", port=1)
+    assert type(fast).__name__.startswith("Hiredis")
+    for args in (("EVALSHA", "ab" * 20, 2, "bl:v1:{o}:k", "x y", 0, -5, 12345678901234),
+                 ("CONFIG GET", "maxmemory"), ("SET", "k", bytearray(b"v")),
+                 ("SET", "k", memoryview(b"\xff\x00")), ("SET", "k", "é∑")):
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+    with pytest.raises(DataError):
+        fast.pack_command("SET", "k", None)

@@ -31,8 +31,9 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
     assert "goals:" in proc.stdout
     data = json.loads(out.read_text())
     expected = data["expected"]
-    for name in ("sync", "async-1", "async-64", "sync-lease", "async-64-lease", "batch", "rb-check-c50", "rb-check-P16",
-                 "rb-minimal-c50", "rb-minimal-P16", "raw-sync", "raw-async-64", "limits",
+    for name in ("sync", "async-1", "async-64", "sync-lease", "async-64-lease", "batch",
+                 "rb-check-c50", "rb-check-P16", "rb-minimal-c50", "rb-minimal-P16", "raw-sync",
+                 "raw-async-64", "limits",
                  "depth-1", "depth-4", "many-policies"):
         assert name in expected
     scenarios = data["scenarios"]
