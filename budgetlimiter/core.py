@@ -30,7 +30,7 @@ from .results import (
 )
 from .settle_plan import SettlePlanner, validate_reservation_id
 from .subject import Scope, Subject
-from .usage import Amounts, Usage
+from .usage import METRIC_ORDER, Amounts, Usage
 
 IDEMPOTENCY_MS = 24 * 3600 * 1000
 _SETTLE_STATUS: dict[int, SettleStatus] = {1: "committed", 2: "duplicate", 3: "late"}
@@ -63,13 +63,66 @@ class _Template:
     keys: list[str]  # keys[1] is a placeholder for the reservation key
     budget_rows: list[tuple[int, str, str, int, int, int, int, int]]
     rate_rows: list[tuple[int, str, int, int]]
-    plan_parts: list[tuple[str, str, str]]
+    plan_parts: list[tuple[str, int, str]]
     ledger: str
     budget_keys: tuple[tuple[str, str], ...]
     resets: list[datetime]
+    #: ARGV after the 8 head values, with 0 where an amount goes, and where they go
+    #: (position in that list, index of the metric in the amount vector)
+    arg_tail: list[str | int]
+    amount_slots: list[tuple[int, int]]
+    reader: _ReplyReader
+
+
+class _ReplyReader:
+    """Turns a check reply into limit statuses; everything that does not depend on the reply
+    (scope, metric, period, mode, reset time, origin) is computed once per template."""
+
+    __slots__ = ("budgets", "rates")
+
+    def __init__(self, budgets: Sequence[_Budget], rates: Sequence[_Rate]) -> None:
+        self.budgets = [
+            (b.scopelimits.scope, b.spec.metric, b.spec.period.value, b.spec.mode.value,
+             b.spec.units, ms_to_datetime(b.window.end_ms), b.origin, b.spec.mode is Mode.SOFT)
+            for b in budgets]
+        self.rates = [
+            (r.scopelimits.scope, r.spec.metric, f"per {r.spec.per}", r.spec.burst_units,
+             math.ceil(r.spec.per_ms * 1000 / r.spec.limit), r.origin)
+            for r in rates]
+
+    def statuses(self, vals: list[int], blocker: int, status_read: bool) -> list[LimitStatus]:
+        out: list[LimitStatus] = []
+        pos = 3
+        j = 0
+        for scope, metric, period, mode, units, resets, origin, soft in self.budgets:
+            j += 1
+            used, reserved, carry = vals[pos], vals[pos + 1], vals[pos + 2]
+            pos += 3
+            eff = units + carry
+            taken = used + reserved
+            if j == blocker:
+                state: LimitState = "blocked"
+            elif soft:
+                state = "soft_exceeded" if taken > eff else "ok"
+            elif status_read and taken >= eff:
+                state = "blocked"  # exhausted: the next request would be refused
+            else:
+                state = "ok"
+            out.append(LimitStatus(scope, "budget", metric, period, mode,  # type: ignore[arg-type]
+                                   eff, used, reserved, carry, resets, state, origin))
+        for scope, metric, period, burst, interval, origin in self.rates:
+            j += 1
+            ahead_us = vals[pos]
+            pos += 1
+            taken = min(burst, math.ceil(ahead_us / interval)) if ahead_us > 0 else 0
+            out.append(LimitStatus(scope, "rate", metric, period, "hard", burst, taken, 0, 0,
+                                   None, "blocked" if j == blocker else "ok", origin))
+        return out
 
 
 _TEMPLATE_CACHE_MAX = 50_000
+_AMOUNTS_CACHE_MAX = 4096
+_METRIC_INDEX = {m.value: i for i, m in enumerate(METRIC_ORDER)}
 
 
 def _bytes_to_str(value: Any) -> str:
@@ -87,12 +140,28 @@ class Core(SettlePlanner):
         self.idempotency_ms = idempotency_ms
         self._week_start = policy.week_start_index()
         self._templates: dict[Subject, _Template] = {}
+        self._amounts: dict[tuple[str, Usage], Amounts] = {}
 
     # amounts -------------------------------------------------------------------
     def amounts(self, subject: Subject, usage: Usage) -> Amounts:
         """Integer amounts of a usage; cost from the agent's pricing unless given."""
         if not isinstance(usage, Usage):
             raise InvalidInput(f"usage must be a budgetlimiter.Usage, got {type(usage).__name__}")
+        # Estimates repeat (one per model and prompt size, say) and exact Decimal pricing costs
+        # more than the rest of planning: remember recent results (usages are immutable).
+        key = (subject.agent, usage)
+        try:
+            hit = self._amounts.get(key)
+        except TypeError:  # an unhashable Usage subclass
+            return self._compute_amounts(subject, usage)
+        if hit is None:
+            hit = self._compute_amounts(subject, usage)
+            if len(self._amounts) >= _AMOUNTS_CACHE_MAX:
+                self._amounts.clear()
+            self._amounts[key] = hit
+        return hit
+
+    def _compute_amounts(self, subject: Subject, usage: Usage) -> Amounts:
         if usage.cost is not None:
             from .usage import usd_to_micros
 
@@ -229,8 +298,16 @@ class Core(SettlePlanner):
             carry = "-1" if spec.rollover is Rollover.ACCUMULATE else "0"
             ths = ",".join(str(x) for x in spec.thresholds)
             key = ks.counter(b.scopelimits.scope, b.window)
-            plan_parts.append((f"c\t{key}\t{spec.metric.code}\t", spec.metric.value,
+            plan_parts.append((f"c\t{key}\t{spec.metric.code}\t", _METRIC_INDEX[spec.metric.value],
                                f"\t{spec.units}\t{carry}\t{ths}\t{b.window.end_ms + retention}\n"))
+        arg_tail: list[str | int] = []
+        slots: list[tuple[int, int]] = []
+        for idx, code, m, units, hard, exp, cap, prev in budget_rows:
+            slots.append((len(arg_tail) + 2, _METRIC_INDEX[m]))
+            arg_tail += (idx, code, 0, units, hard, exp, cap, prev)
+        for idx, m, interval, tol in rate_rows:
+            slots.append((len(arg_tail) + 1, _METRIC_INDEX[m]))
+            arg_tail += (idx, 0, interval, tol)
         tz = self.policy.timezone_for(org)
         day = window_at(PeriodKind.DAY, now_ms, tz, self._week_start)
         ends = [b.window.end_ms for b in budgets] + [day.end_ms]
@@ -242,6 +319,7 @@ class Core(SettlePlanner):
             budget_keys=tuple((ks.counter(b.scopelimits.scope, b.window), b.spec.metric.code)
                               for b in budgets),
             resets=[ms_to_datetime(b.window.end_ms) for b in budgets],
+            arg_tail=arg_tail, amount_slots=slots, reader=_ReplyReader(budgets, rates),
         )
         if len(self._templates) >= _TEMPLATE_CACHE_MAX:
             self._templates.clear()
@@ -270,12 +348,14 @@ class Core(SettlePlanner):
         org = subject.org
         keys = list(t.keys)
         keys[1] = rkey
-        amount = {"invocations": amounts.invocations, "input_tokens": amounts.input_tokens,
-                  "output_tokens": amounts.output_tokens,
-                  "total_tokens": amounts.total_tokens, "cost": amounts.cost}
+        vec = (amounts.invocations, amounts.input_tokens, amounts.output_tokens,
+               amounts.total_tokens, amounts.cost)
         expires = now_ms + ttl_ms
         plan = "".join([f"|{expires}|{t.ledger}\n",
-                        *(pre + str(amount[m]) + post for pre, m, post in t.plan_parts)])
+                        *[pre + str(vec[m]) + post for pre, m, post in t.plan_parts]])
+        tail = t.arg_tail.copy()
+        for pos, m in t.amount_slots:
+            tail[pos] = vec[m]
         args: list[str | int] = [
             now_ms,
             0 if dry_run else expires,
@@ -285,74 +365,18 @@ class Core(SettlePlanner):
             plan,
             len(t.budgets),
             len(t.rates),
+            *tail,
         ]
-        for idx, code, m, units, hard, exp, cap, prev in t.budget_rows:
-            args += (idx, code, amount[m], units, hard, exp, cap, prev)
-        for idx, m, interval, tol in t.rate_rows:
-            args += (idx, amount[m], interval, tol)
         reservation = None if dry_run else Reservation(
             id=rid, subject=subject, estimate=amounts, created_ms=now_ms, expires_ms=expires,
             plan=plan,
         )
-        budgets, rates, resets = t.budgets, t.rates, t.resets
+        reader = t.reader
 
         def parse(reply: Any) -> Decision:
-            return self._parse_check(subject, reservation, budgets, rates, now_ms, reply,
-                                     dry_run, resets)
+            return _decision(subject, reservation, reader, now_ms, reply, dry_run)
 
         return ScriptCall("check", keys, args, parse, org, t.budget_keys)
-
-    def _parse_check(self, subject: Subject, reservation: Reservation | None,
-                     budgets: list[_Budget], rates: list[_Rate], now_ms: int, reply: Any,
-                     dry_run: bool, resets: Sequence[datetime] | None = None) -> Decision:
-        vals = [int(v) for v in reply]
-        allowed = vals[0] == 1
-        blocker = vals[1]
-        statuses: list[LimitStatus] = []
-        pos = 3
-        for j, b in enumerate(budgets, start=1):
-            used, reserved, carry = vals[pos], vals[pos + 1], vals[pos + 2]
-            pos += 3
-            spec = b.spec
-            eff = spec.units + carry
-            state = _budget_state(spec.mode, used, reserved, eff, j == blocker, dry_run)
-            statuses.append(LimitStatus(
-                scope=b.scopelimits.scope, kind="budget", metric=spec.metric,
-                period=spec.period.value, mode=spec.mode.value, limit=eff, used=used,
-                reserved=reserved, carry=carry,
-                resets_at=resets[j - 1] if resets else ms_to_datetime(b.window.end_ms),
-                state=state, origin=b.origin,
-            ))
-        for j, r in enumerate(rates, start=len(budgets) + 1):
-            ahead_us = vals[pos]
-            pos += 1
-            rs = r.spec
-            interval = math.ceil(rs.per_ms * 1000 / rs.limit)
-            taken = min(rs.burst_units, math.ceil(ahead_us / interval)) if ahead_us > 0 else 0
-            statuses.append(LimitStatus(
-                scope=r.scopelimits.scope, kind="rate", metric=rs.metric,
-                period=f"per {rs.per}", mode="hard", limit=rs.burst_units, used=taken,
-                reserved=0, carry=0, resets_at=None,
-                state="blocked" if j == blocker else "ok", origin=r.origin,
-            ))
-        blocked_by = statuses[blocker - 1] if blocker > 0 else None
-        retry_after: float | None = None
-        if blocked_by is not None:
-            if blocked_by.kind == "rate":
-                retry_after = vals[2] / 1_000_000
-            elif blocked_by.resets_at is not None:
-                retry_after = max(0.0, blocked_by.resets_at.timestamp() - now_ms / 1000)
-        return Decision(
-            allowed=allowed,
-            subject=subject,
-            reservation=reservation if allowed else None,
-            limits=tuple(statuses),
-            blocked_by=blocked_by,
-            retry_after=retry_after,
-            reason="" if allowed else (
-                f"{blocked_by.kind}_exceeded" if blocked_by else "denied"),
-        )
-
 
     # status ------------------------------------------------------------------------
     def plan_status(self, subject: Subject, now_ms: int) -> ScriptCall:
@@ -379,19 +403,36 @@ class Core(SettlePlanner):
         head: list[str | int] = [now_ms, 0, 1, 1, ks.reservation_prefix(org), "", len(budgets),
                                  len(rates)]
 
+        reader = _ReplyReader(budgets, rates)
+
         def parse(reply: Any) -> Decision:
-            return self._parse_check(subject, None, budgets, rates, now_ms, reply, True)
+            return _decision(subject, None, reader, now_ms, reply, True)
 
         return ScriptCall("check", keys, head + args, parse, org)
 
-def _budget_state(mode: Mode, used: int, reserved: int, eff: int, blocking: bool,
-                  status_read: bool) -> LimitState:
-    if blocking:
-        return "blocked"
-    taken = used + reserved
-    if mode is Mode.SOFT:
-        return "soft_exceeded" if taken > eff else "ok"
-    if status_read and taken >= eff:
-        return "blocked"  # exhausted: the next request would be refused
-    return "ok"
+def _decision(subject: Subject, reservation: Reservation | None, reader: _ReplyReader,
+              now_ms: int, reply: Any, status_read: bool) -> Decision:
+    """The decision of a check (or status read) reply; see ``lua/check.lua``."""
+    vals = [int(v) for v in reply]
+    allowed = vals[0] == 1
+    blocker = vals[1]
+    statuses = reader.statuses(vals, blocker, status_read)
+    if allowed:
+        return Decision(True, subject, reservation, tuple(statuses))
+    blocked_by = statuses[blocker - 1] if blocker > 0 else None
+    retry_after: float | None = None
+    if blocked_by is not None:
+        if blocked_by.kind == "rate":
+            retry_after = vals[2] / 1_000_000
+        elif blocked_by.resets_at is not None:
+            retry_after = max(0.0, blocked_by.resets_at.timestamp() - now_ms / 1000)
+    return Decision(
+        allowed=False,
+        subject=subject,
+        reservation=None,
+        limits=tuple(statuses),
+        blocked_by=blocked_by,
+        retry_after=retry_after,
+        reason=f"{blocked_by.kind}_exceeded" if blocked_by else "denied",
+    )
 
