@@ -32,7 +32,6 @@ from .settle_plan import SettlePlanner, validate_reservation_id
 from .subject import Scope, Subject
 from .usage import METRIC_ORDER, Amounts, Usage
 
-IDEMPOTENCY_MS = 24 * 3600 * 1000
 _SETTLE_STATUS: dict[int, SettleStatus] = {1: "committed", 2: "duplicate", 3: "late"}
 
 
@@ -133,11 +132,12 @@ class Core(SettlePlanner):
     """Builds script calls for one policy and key space."""
 
     def __init__(self, policy: Policy, keys: KeySpace | None = None, *,
-                 cluster: bool = False, idempotency_ms: int = IDEMPOTENCY_MS) -> None:
+                 cluster: bool = False, idempotency_ms: int | None = None) -> None:
         self.policy = policy
         self.keys = keys or KeySpace()
         self.cluster = cluster
-        self.idempotency_ms = idempotency_ms
+        self.idempotency_ms = (policy.idempotency_seconds * 1000 if idempotency_ms is None
+                               else idempotency_ms)
         self._week_start = policy.week_start_index()
         self._templates: dict[Subject, _Template] = {}
         self._amounts: dict[tuple[str, Usage], Amounts] = {}

@@ -58,6 +58,9 @@ class Policy(_Model):
     ] = "monday"
     reservation_ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86_400)] = 600
     retention_seconds: Annotated[StrictInt, Field(ge=0, le=10 * 366 * 86_400)] = 7 * 86_400
+    #: how long commit / release / record remember an id (a retry within it is a duplicate);
+    #: each settled call keeps a marker of about 200 bytes in Redis for this long
+    idempotency_seconds: Annotated[StrictInt, Field(ge=60, le=7 * 86_400)] = 3600
     outage: OutagePolicy = OutagePolicy.FAIL_CLOSED
     strict: bool = False
     pricing: dict[AgentId, Pricing] = Field(default_factory=dict)

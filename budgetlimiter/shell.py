@@ -97,8 +97,7 @@ class ClientBase:
     def set_policy(self, policy: Policy | str | Path) -> None:
         """Swap the policy atomically (requests see the old or the new one, never a mix)."""
         new = as_policy(policy)
-        self.core = Core(new, self.core.keys, cluster=self.core.cluster,
-                         idempotency_ms=self.core.idempotency_ms)
+        self.core = Core(new, self.core.keys, cluster=self.core.cluster)
         if self.deny_cache is not None:
             self.deny_cache.clear()
         if self.leases is not None:

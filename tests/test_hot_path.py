@@ -306,3 +306,13 @@ def test_scope_status_reads_one_scope(make_limiter):
     assert bl.scope_status(Scope("acme", "nobody")) == ()
     user = bl.scope_status("org:acme/team:eng/user:carol")  # undeclared user: team default
     assert [(s.limit, s.used) for s in user] == [(5000, 0)]
+
+
+def test_idempotency_window_comes_from_the_policy(make_limiter):
+    bl = make_limiter(BASIC.replace("reservation_ttl_seconds: 60",
+                                    "reservation_ttl_seconds: 60\nidempotency_seconds: 120"))
+    d = bl.check(ALICE, Usage(input_tokens=1))
+    assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "committed"
+    marker = bl.core.keys.reservation_prefix("acme") + d.reservation.id
+    assert 100_000 < bl.redis.pttl(marker) <= 120_000
+    assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "duplicate"
