@@ -28,3 +28,15 @@ def test_readme_names_the_two_fresh_machine_commands():
     assert "make demo" in text and "make test" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_leases_example_runs_as_written():
+    blocks = python_blocks()
+    leases = next(b for b in blocks if "LeaseConfig" in b)
+    scope: dict[str, object] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(blocks[0], "README.md", "exec"), scope)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(leases, "README.md", "exec"), scope)
+    assert out.getvalue().split() == ["True", "6120"]
