@@ -29,6 +29,7 @@ pytest: venv
 test: lint typecheck pytest
 
 bench: venv
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -194,6 +194,11 @@ def chart(path: Path, results: dict[str, Result]) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     if lib:
         ax.plot([c for c, _ in lib], [r for _, r in lib], marker="o", label="AsyncBudgetLimiter")
+    leased = [(c, results[n].rate) for c, n in ((1, "sync-lease"), (64, "async-64-lease"))
+              if n in results and results[n].rate > 0]
+    if leased:
+        ax.plot([c for c, _ in leased], [r for _, r in leased], marker="s", linestyle="--",
+                label="with leases (check+commit)")
     for name, label in (("sync", "BudgetLimiter (sync)"), ("raw-sync", "raw redis-py sync"),
                         ("raw-async-64", "raw redis.asyncio"), ("rb-check-c50",
                                                                 "redis-benchmark check -c 50")):
