@@ -15,7 +15,8 @@ from .coalesce import Coalescer, pipeline_replies
 from .errors import BackendRejected, BackendUnavailable
 from .guard import AsyncGuard, Extractor, OnCommit
 from .keys import DEFAULT_PREFIX
-from .leases import Lease, LeaseConfig
+from .lease_client import LeaseWork, Opening
+from .leases import LeaseConfig
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import run_async
@@ -48,6 +49,8 @@ class AsyncBudgetLimiter(ClientBase):
         #: subjects whose lease is being opened by some task (the others wait for it)
         self._lease_opening: dict[Subject, asyncio.Future[None]] = {}
         self._lease_returns: set[asyncio.Task[None]] = set()
+        self._lease_timer: asyncio.TimerHandle | None = None
+        self._closing = False
         self.coalescer = Coalescer(self.redis, self.scripts, max_batch=max_batch,
                                    max_inflight=max_inflight) if coalesce else None
 
@@ -98,7 +101,12 @@ class AsyncBudgetLimiter(ClientBase):
             if leased is not None:
                 # a leased answer never suspends: yield once so that a task checking in a
                 # loop does not starve the others (and drain the lease alone)
-                await asyncio.sleep(0)
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    if leased.reservation is not None:
+                        self._lease_settle(leased.reservation, None)
+                    raise
                 return leased
         call, est, now, cached = self._prepare_check(subject, estimate, reservation_id, ttl)
         if cached is not None:
@@ -115,54 +123,91 @@ class AsyncBudgetLimiter(ClientBase):
     async def _check_leased(self, subject: Subject, estimate: Usage | None,
                             reservation_id: str | None, ttl: float | None) -> Decision | None:
         self._return_leases()
-        decision, slice_usage, amounts, now = self._lease_take(subject, estimate,
-                                                               reservation_id, ttl)
-        if decision is not None or slice_usage is None:
+        decision, opening = self._lease_take(subject, estimate, reservation_id, ttl)
+        if decision is not None or opening is None:
             return decision
         assert self.leases is not None
-        opening = self._lease_opening.get(subject)
-        if opening is not None:  # another task is opening this subject's lease: share it
-            await asyncio.shield(opening)
-            return self.leases.take(subject, amounts, self.clock())
+        pending = self._lease_opening.get(subject)
+        if pending is not None:  # another task is opening this subject's lease: share it
+            await asyncio.shield(pending)
+            return self.leases.take(subject, opening.amounts, self.clock())
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lease_opening[subject] = done
         try:
-            opened = await self.check(subject, slice_usage,
-                                      ttl=self.leases.config.ttl_seconds)
-            return self._lease_opened(subject, opened, amounts, now)
+            if self._lease_returns:  # a lease going back refunds its slice first
+                await asyncio.gather(*list(self._lease_returns), return_exceptions=True)
+            ask = asyncio.ensure_future(
+                self.check(subject, opening.slice, ttl=self.leases.config.ttl_seconds))
+            try:
+                answer = await asyncio.shield(ask)
+            except asyncio.CancelledError:
+                # the slice may be reserved in Redis already: register it when it answers,
+                # so that it is used or handed back, never stranded
+                ask.add_done_callback(lambda t: self._adopt_lease(opening, t))
+                raise
+            decision = self._lease_opened(opening, answer)
+            self._schedule_lease_timer()
+            return decision
         finally:
             del self._lease_opening[subject]
             done.set_result(None)
 
-    def _return_leases(self, *, force: bool = False) -> asyncio.Task[None] | None:
-        """Return due leases in a background task (a check never waits for it)."""
-        due = self._leases_due(force=force)
-        if not due:
+    def _adopt_lease(self, opening: Opening, ask: asyncio.Future[Decision]) -> None:
+        if ask.cancelled() or ask.exception() is not None:
+            return
+        self._lease_opened(opening, ask.result())
+        self._schedule_lease_timer()
+
+    def _return_leases(self, *, force: bool = False,
+                       scan: bool = False) -> asyncio.Task[None] | None:
+        """Hand due leases back in a background task (a check never waits for it)."""
+        work = self._lease_work(force=force, scan=scan)
+        if not work:
             return None
-        task = asyncio.get_running_loop().create_task(self._send_returns(due))
+        task = asyncio.get_running_loop().create_task(self._send_lease_work(work))
         self._lease_returns.add(task)
         task.add_done_callback(self._lease_returns.discard)
         return task
 
-    async def _send_returns(self, due: list[tuple[Lease, ScriptCall]]) -> None:
-        for lease, call in due:
+    async def _send_lease_work(self, work: list[LeaseWork]) -> None:
+        for item in work:
             try:
-                await self._settle(call)
-            except UNAVAILABLE as exc:
-                self._lease_return_failed(lease, exc)
+                await self._settle(item.call)
+            except Exception as exc:  # one failure must not strand the other leases
+                self._lease_work_failed(item, exc)
+
+    def _schedule_lease_timer(self) -> None:
+        """Hand leases back on time even when no call comes (an idle process must not keep
+        budget or usage to itself): a loop timer while any lease is open."""
+        if self._lease_timer is not None or self.leases is None:
+            return
+        period = min(1.0, max(0.01, self.leases.config.seconds / 2))
+
+        def tick() -> None:
+            self._lease_timer = None
+            if self.leases is None or self._closing:
+                return
+            self._return_leases(scan=True)
+            if self.leases.open_leases:
+                self._schedule_lease_timer()
+
+        self._lease_timer = asyncio.get_running_loop().call_later(period, tick)
 
     async def return_leases(self) -> None:
         """See :meth:`BudgetLimiter.return_leases`."""
         self._return_leases(force=True)
         if self._lease_returns:
-            await asyncio.gather(*self._lease_returns, return_exceptions=True)
+            await asyncio.gather(*list(self._lease_returns), return_exceptions=True)
+        if self.pending_local:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.flush_local()
 
     async def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """See :meth:`BudgetLimiter.commit`."""
         if isinstance(reservation, Reservation) and reservation.local:
             return self._local_commit(reservation, actual)
         if isinstance(reservation, Reservation) and reservation.lease:
-            result, _ = self._lease_settle(reservation, actual)
+            result = self._lease_settle(reservation, actual)
             self._return_leases()
             if result is not None:
                 return result
@@ -178,7 +223,7 @@ class AsyncBudgetLimiter(ClientBase):
                       org: str | None = None) -> SettleResult:
         """See :meth:`BudgetLimiter.release`."""
         if isinstance(reservation, Reservation) and reservation.lease:
-            result, _ = self._lease_settle(reservation, None)
+            result = self._lease_settle(reservation, None)
             self._return_leases()
             return result or SettleResult(status="released", id=reservation.id)
         prepared = self._prepare_release(reservation, org)
@@ -246,11 +291,16 @@ class AsyncBudgetLimiter(ClientBase):
         return guarded_astream(self, subject, estimate, stream, **kwargs)
 
     async def aclose(self) -> None:
-        """Return open leases, then close the connection pool."""
-        if self.leases is not None:
-            with contextlib.suppress(*UNAVAILABLE):
+        """Hand every lease back, then close the connection pool."""
+        try:
+            if self.leases is not None:
+                self._closing = True
+                if self._lease_timer is not None:
+                    self._lease_timer.cancel()
+                    self._lease_timer = None
                 await self.return_leases()
-        await self.redis.aclose()
+        finally:
+            await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncBudgetLimiter:
         return self

@@ -20,7 +20,7 @@ from .leases import LeaseConfig
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .scripts import is_noscript, run_sync
-from .shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred
+from .shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred, log
 from .subject import Scope, Subject
 from .usage import Usage
 
@@ -41,6 +41,8 @@ class BudgetLimiter(ClientBase):
                          prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl,
                          leases=leases)
         self._lease_opening = threading.Lock()
+        self._lease_stop = threading.Event()
+        self._lease_thread: threading.Thread | None = None
 
     # plumbing ------------------------------------------------------------------
     def _run(self, call: ScriptCall) -> Any:
@@ -104,28 +106,51 @@ class BudgetLimiter(ClientBase):
     def _check_leased(self, subject: Subject, estimate: Usage | None,
                       reservation_id: str | None, ttl: float | None) -> Decision | None:
         self._return_leases()
-        decision, slice_usage, amounts, now = self._lease_take(subject, estimate,
-                                                               reservation_id, ttl)
-        if decision is not None or slice_usage is None:
+        decision, opening = self._lease_take(subject, estimate, reservation_id, ttl)
+        if decision is not None or opening is None:
             return decision
         assert self.leases is not None
         with self._lease_opening:  # one thread opens a subject's lease; the others reuse it
-            decision = self.leases.take(subject, amounts, now)
+            decision = self.leases.take(subject, opening.amounts, opening.now_ms)
             if decision is not None:
                 return decision
-            opening = self.check(subject, slice_usage, ttl=self.leases.config.ttl_seconds)
-            return self._lease_opened(subject, opening, amounts, now)
+            answer = self.check(subject, opening.slice, ttl=self.leases.config.ttl_seconds)
+            decision = self._lease_opened(opening, answer)
+        self._start_lease_timer()
+        return decision
 
-    def _return_leases(self, *, force: bool = False) -> None:
-        for lease, call in self._leases_due(force=force):
+    def _return_leases(self, *, force: bool = False, scan: bool = False) -> None:
+        for work in self._lease_work(force=force, scan=scan):
             try:
-                self._settle(call)
-            except UNAVAILABLE as exc:
-                self._lease_return_failed(lease, exc)
+                self._settle(work.call)
+            except Exception as exc:  # one failure must not strand the other leases
+                self._lease_work_failed(work, exc)
+
+    def _start_lease_timer(self) -> None:
+        """A daemon thread hands leases back on time even when no call comes (an idle
+        process must not keep budget or usage to itself)."""
+        if self._lease_thread is not None or self.leases is None:
+            return
+        period = min(1.0, max(0.01, self.leases.config.seconds / 2))
+        stop = self._lease_stop
+
+        def run() -> None:
+            while not stop.wait(period):
+                try:
+                    self._return_leases(scan=True)
+                except Exception:  # pragma: no cover - logged, the timer keeps going
+                    log.exception("returning leases failed")
+
+        self._lease_thread = threading.Thread(target=run, name="budgetlimiter-leases",
+                                              daemon=True)
+        self._lease_thread.start()
 
     def return_leases(self) -> None:
-        """Send the usage of every open lease to Redis and refund the unused slices now."""
+        """Send the usage of every lease to Redis and refund the unused slices now (also
+        what an outage kept in-process, when Redis answers)."""
         self._return_leases(force=True)
+        if self.pending_local:
+            self._try_flush_local()
 
     def _try_flush_local(self) -> None:
         with contextlib.suppress(*UNAVAILABLE):
@@ -136,7 +161,7 @@ class BudgetLimiter(ClientBase):
         if isinstance(reservation, Reservation) and reservation.local:
             return self._local_commit(reservation, actual)
         if isinstance(reservation, Reservation) and reservation.lease:
-            result, _ = self._lease_settle(reservation, actual)
+            result = self._lease_settle(reservation, actual)
             self._return_leases()
             if result is not None:
                 return result
@@ -151,7 +176,7 @@ class BudgetLimiter(ClientBase):
     def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
         """Refund a reservation that will not be used. Retrying is safe."""
         if isinstance(reservation, Reservation) and reservation.lease:
-            result, _ = self._lease_settle(reservation, None)
+            result = self._lease_settle(reservation, None)
             self._return_leases()
             return result or SettleResult(status="released", id=reservation.id)
         prepared = self._prepare_release(reservation, org)
@@ -232,11 +257,13 @@ class BudgetLimiter(ClientBase):
         return guarded_stream(self, subject, estimate, stream, **kwargs)
 
     def close(self) -> None:
-        """Return open leases, then close the connection pool."""
-        if self.leases is not None:
-            with contextlib.suppress(*UNAVAILABLE):
+        """Hand every lease back, then close the connection pool."""
+        try:
+            if self.leases is not None:
+                self._lease_stop.set()
                 self.return_leases()
-        self.redis.close()
+        finally:
+            self.redis.close()
 
     def __enter__(self) -> BudgetLimiter:
         return self

@@ -326,6 +326,14 @@ class Core(SettlePlanner):
         self._templates[subject] = t
         return t
 
+    def lease_terms(self, subject: Subject, now_ms: int) -> tuple[bool, tuple[int, ...], int]:
+        """What leases need to know of a subject: whether it has rate limits, the metrics of
+        its hard budgets (indexes in the amount vector), and when its earliest period ends."""
+        t = self._template(subject, now_ms)
+        hard = sorted({_METRIC_INDEX[b.spec.metric.value] for b in t.budgets
+                       if b.spec.mode is Mode.HARD})
+        return bool(t.rates), tuple(hard), t.valid_until
+
     def plan_check(self, subject: Subject, estimate: Usage, now_ms: int, *,
                    reservation_id: str | None = None, ttl_seconds: float | None = None,
                    dry_run: bool = False) -> ScriptCall:

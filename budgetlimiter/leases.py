@@ -3,18 +3,22 @@
 A lease is an ordinary reservation whose estimate is ``calls`` times the estimate of the
 request that opened it. While it is open, checks of the same subject whose estimate fits what
 is left of the slice are admitted in-process, and their commits and releases are settled
-in-process too. When the lease ends (after ``seconds``, when a request does not fit, on
-:meth:`close`) one commit sends the summed actual usage to Redis, which counts it and refunds
-the unused part of the slice. Admission stays exact: the whole slice counts as reserved in
-Redis while it is held, so no other process can spend it.
+in-process too. When the lease stops admitting (after ``seconds``, at the end of a budget
+period, when a request does not fit, on a policy change) the unused part of the slice goes
+back to Redis at once, keeping only the estimates of calls still in flight (held like
+ordinary reservations, for the policy's ``reservation_ttl_seconds``); when those are settled
+(or on :meth:`close`), one commit sends the summed actual usage, which Redis counts. Admission
+stays exact: the whole slice counts as reserved in Redis while it is held, so no other process
+can spend it.
 
 The trade-off, and why leases are off by default: budget held in a slice is unavailable to
-other processes until the lease ends (at most ``seconds`` plus ``grace`` if the process dies),
-thresholds, alerts, the ledger and live counters see usage only when a lease ends, and the
-usage admitted under a lease by a process that dies before returning it is lost (its slice is
-refunded by Redis when the reservation expires). When a slice does not fit (a budget is nearly
-spent) or the subject has a rate limit that a slice would exceed, checks go to Redis one by
-one as without leases, so the edge of a budget is decided exactly.
+other processes until the lease stops admitting (at most ``seconds``, or ``seconds`` plus
+``grace`` if the process dies), thresholds, alerts, the ledger and live counters see usage
+only when a lease is returned, and the usage admitted under a lease by a process that dies
+before returning it is lost (Redis refunds the slice when the reservation expires). Subjects
+with rate limits, strict policies, and estimates that leave a hard budget's metric at zero are
+never leased: they are decided in Redis call by call, as are the last units of a budget (when
+a slice no longer fits).
 
 Nothing here does I/O: the clients call :class:`LeaseTable` under their own I/O.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,6 +37,11 @@ from .usage import Amounts, Usage, micros_to_usd
 
 #: slices above this (in any metric's unit) are not leased: Lua numbers must stay below 2^53
 _MAX_SLICE = 2**50
+#: returned leases remembered for duplicate detection (oldest forgotten first beyond this)
+_MAX_REMEMBERED = 100_000
+_ZERO = (0, 0, 0, 0, 0)
+
+SettleOutcome = Literal["committed", "released", "duplicate", "unknown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +49,10 @@ class LeaseConfig:
     """How leases are sized and how long they live.
 
     ``calls``: a slice holds this many estimates of the request that opened it.
-    ``seconds``: how long a lease admits locally before its usage is sent to Redis.
+    ``seconds``: how long a lease admits locally before its unused part goes back to Redis.
     ``grace``: added to ``seconds`` for the Redis reservation's TTL, so that a busy process can
-    return a lease late without Redis refunding it first (a late return is still counted).
+    return a lease late without Redis refunding it first (a late return is still counted);
+    it is also how long a dead process's slice stays reserved beyond ``seconds``.
     """
 
     calls: int = 64
@@ -51,11 +62,12 @@ class LeaseConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.calls, int) or isinstance(self.calls, bool) or self.calls < 2:
             raise ValueError(f"lease calls must be an integer >= 2, got {self.calls!r}")
-        for name, value, top in (("seconds", self.seconds, 300.0), ("grace", self.grace, 3600.0)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value)
-                    and 0 <= value <= top) or (name == "seconds" and value == 0):
-                raise ValueError(f"lease {name} must be in {'(0' if name == 'seconds' else '[0'}"
-                                 f", {top:g}] seconds, got {value!r}")
+        for name, value, low, top in (("seconds", self.seconds, 0.01, 300.0),
+                                      ("grace", self.grace, 0.0, 3600.0)):
+            if isinstance(value, bool) or not (isinstance(value, (int, float))
+                                               and math.isfinite(value) and low <= value <= top):
+                raise ValueError(f"lease {name} must be in [{low:g}, {top:g}] seconds, "
+                                 f"got {value!r}")
 
     @property
     def ttl_seconds(self) -> float:
@@ -65,17 +77,19 @@ class LeaseConfig:
 
 @dataclass(slots=True)
 class Lease:
-    """One open (or ending) lease: a Redis reservation spent locally."""
+    """One lease: a Redis reservation spent locally."""
 
     subject: Subject
     reservation: Reservation
     remaining: list[int]  #: per metric, in :meth:`Amounts.as_list` order
     deadline_ms: int
     limits: tuple[LimitStatus, ...]
+    guarded: tuple[int, ...]  #: metrics with a hard budget (a zero estimate needs some left)
     spent: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
     outstanding: dict[str, list[int]] = field(default_factory=dict)
     settled_ids: set[str] = field(default_factory=set)
     retired: bool = False
+    hold_until_ms: int = 0  #: retired with calls in flight: returned by then at the latest
     taken: int = 0
 
     @property
@@ -87,19 +101,47 @@ class Lease:
         n, i, o, _t, c = self.spent
         return Usage(input_tokens=i, output_tokens=o, invocations=n, cost=micros_to_usd(c))
 
+    def in_flight(self) -> Amounts:
+        """The summed estimates of the calls admitted and not settled yet."""
+        total = [0, 0, 0, 0, 0]
+        for est in self.outstanding.values():
+            total = [a + b for a, b in zip(total, est, strict=True)]
+        return Amounts(*total)
 
-def _amounts(vec: list[int]) -> Amounts:
-    return Amounts(*vec)
+
+@dataclass(frozen=True, slots=True)
+class Shrink:
+    """Keep only ``keep`` of a retired lease's reservation in Redis, until ``expires_ms``."""
+
+    lease: Lease
+    keep: Amounts
+    expires_ms: int
+
+
+@dataclass(slots=True)
+class _Returned:
+    taken: int
+    open_ids: set[str]
+    until_ms: int
 
 
 class LeaseTable:
     """The leases of one client, keyed by subject. Thread-safe; no I/O."""
 
-    def __init__(self, config: LeaseConfig) -> None:
+    def __init__(self, config: LeaseConfig, *, hold_ms: int = 600_000,
+                 remember_ms: int = 3_600_000) -> None:
         self.config = config
+        #: how long calls in flight keep their estimates once their lease stops admitting
+        self.hold_ms = hold_ms
+        #: how long a returned lease's reservation ids are recognised (duplicate commits)
+        self.remember_ms = remember_ms
+        #: bumped by a policy change: leases opened under an older policy never admit
+        self.generation = 0
         self._lock = threading.Lock()
         self._active: dict[Subject, Lease] = {}
         self._unsettled: dict[str, Lease] = {}  # lease id -> lease (active or retired)
+        self._shrinks: list[Shrink] = []
+        self._returned: dict[str, _Returned] = {}
         self._no_lease_until: dict[Subject, int] = {}
         self._next_maintenance = 0
         #: decisions admitted locally, leases opened, leases returned, refused slices
@@ -111,124 +153,171 @@ class LeaseTable:
     # admission ---------------------------------------------------------------------
     def take(self, subject: Subject, est: Amounts, now_ms: int) -> Decision | None:
         """Admit from the subject's lease, or None (ask Redis). A lease that is past its time
-        or too small for ``est`` is retired here (returned by :meth:`due`)."""
+        or too small for ``est`` is retired here (:meth:`due` hands it back)."""
         want = est.as_list()
         with self._lock:
             lease = self._active.get(subject)
             if lease is None:
                 return None
-            if now_ms >= lease.deadline_ms or any(
-                    r < w for r, w in zip(lease.remaining, want, strict=True)):
-                self._retire(lease)
+            rem = lease.remaining
+            if now_ms >= lease.deadline_ms or any(r < w for r, w in zip(rem, want, strict=True)) \
+                    or any(want[m] == 0 and rem[m] <= 0 for m in lease.guarded):
+                self._retire(lease, now_ms)
                 return None
-            lease.remaining = [r - w for r, w in zip(lease.remaining, want, strict=True)]
+            lease.remaining = [r - w for r, w in zip(rem, want, strict=True)]
             lease.taken += 1
             rid = f"{lease.id}.{lease.taken}"
             lease.outstanding[rid] = want
             self.local_admits += 1
         reservation = Reservation(id=rid, subject=subject, estimate=est, created_ms=now_ms,
-                                  expires_ms=lease.deadline_ms, lease=lease.id)
+                                  expires_ms=now_ms + self.hold_ms, lease=lease.id)
         return Decision(allowed=True, subject=subject, reservation=reservation,
                         limits=lease.limits, leased=True)
 
-    def slice_for(self, subject: Subject, est: Amounts, now_ms: int) -> Usage | None:
+    def slice_for(self, subject: Subject, est: Amounts, now_ms: int,
+                  guarded: Sequence[int]) -> Usage | None:
         """The usage a new lease of ``subject`` would reserve, or None when leasing is not
-        worth trying now (refused recently, or a slice would be too large)."""
+        possible or not worth trying now (refused recently, a hard budget's metric estimated
+        at zero, or a slice too large)."""
         with self._lock:
             until = self._no_lease_until.get(subject)
             if until is not None:
                 if now_ms < until:
                     return None
                 del self._no_lease_until[subject]
+        vec = est.as_list()
+        if not any(vec) or any(vec[m] == 0 for m in guarded):
+            return None
         k = self.config.calls
-        vec = [v * k for v in est.as_list()]
+        vec = [v * k for v in vec]
         if max(vec) > _MAX_SLICE:
             return None
         n, i, o, _t, c = vec
         return Usage(input_tokens=i, output_tokens=o, invocations=n, cost=micros_to_usd(c))
 
-    def opened_with(self, subject: Subject, decision: Decision, now_ms: int) -> None:
-        """Register the lease that ``decision`` (a check of a slice) opened or refused."""
+    def opened_with(self, subject: Subject, decision: Decision, now_ms: int, *,
+                    generation: int, until_ms: int, guarded: Sequence[int]) -> None:
+        """Register what the check of a slice answered: a new lease (admitting until
+        ``until_ms`` at the latest, the end of the subject's earliest period) or a refusal."""
         with self._lock:
             if not decision.allowed or decision.reservation is None:
                 self.refused += 1
                 self._no_lease_until[subject] = now_ms + int(self.config.seconds * 1000)
                 return
-            old = self._active.get(subject)
-            if old is not None:
-                self._retire(old)
             res = decision.reservation
             lease = Lease(subject=subject, reservation=res, remaining=res.estimate.as_list(),
-                          deadline_ms=now_ms + int(self.config.seconds * 1000),
-                          limits=decision.limits)
-            self._active[subject] = lease
+                          deadline_ms=min(now_ms + int(self.config.seconds * 1000), until_ms),
+                          limits=decision.limits, guarded=tuple(guarded))
             self._unsettled[lease.id] = lease
             self.opened += 1
+            if generation != self.generation:  # the policy changed meanwhile: never admit
+                self._retire(lease, now_ms)
+                return
+            old = self._active.get(subject)
+            if old is not None:
+                self._retire(old, now_ms)
+            self._active[subject] = lease
 
     # settling local reservations --------------------------------------------------------
-    def settle(self, reservation: Reservation, actual: Amounts | None
-               ) -> tuple[Literal["committed", "released", "duplicate", "unknown"], bool]:
+    def settle(self, reservation: Reservation, actual: Amounts | None) -> SettleOutcome:
         """Commit (``actual``) or release (None) a reservation admitted from a lease.
 
-        Returns (status, lease ready to return). Status ``unknown`` means the lease already
-        went back to Redis: the caller records ``actual`` there instead (idempotently).
+        ``unknown`` means the lease went back to Redis while this call was in flight: the
+        caller records ``actual`` there (idempotently). A retry of a settled id is a
+        ``duplicate``, also after its lease went back (for ``remember_ms``).
         """
         with self._lock:
             lease = self._unsettled.get(reservation.lease)
             if lease is None:
-                return "unknown", False
+                return self._settle_returned(reservation)
             if reservation.id in lease.settled_ids:
-                return "duplicate", False
+                return "duplicate"
             est = lease.outstanding.pop(reservation.id, None)
             if est is None:
-                return "unknown", False
+                return "unknown"
             lease.settled_ids.add(reservation.id)
-            got = actual.as_list() if actual is not None else [0, 0, 0, 0, 0]
+            got = actual.as_list() if actual is not None else list(_ZERO)
             lease.spent = [s + a for s, a in zip(lease.spent, got, strict=True)]
             if not lease.retired:
                 lease.remaining = [r + e - a
                                    for r, e, a in zip(lease.remaining, est, got, strict=True)]
-            ready = lease.retired and not lease.outstanding
-            return ("committed" if actual is not None else "released"), ready
+            elif not lease.outstanding:
+                self._next_maintenance = 0  # the last call in flight: return the lease now
+            return "committed" if actual is not None else "released"
 
-    # returning leases -----------------------------------------------------------------
-    def due(self, now_ms: int, *, force: bool = False) -> list[Lease]:
-        """Leases to return now: retired ones with nothing outstanding, ones past their time
-        (retired first), and ones whose outstanding reservations are overdue. Removes them.
-        Cheap when called often: the table is scanned at most every 100 ms unless forced."""
+    def _settle_returned(self, reservation: Reservation) -> SettleOutcome:
+        gone = self._returned.get(reservation.lease)
+        if gone is None:
+            return "unknown"
+        if reservation.id in gone.open_ids:
+            gone.open_ids.discard(reservation.id)
+            return "unknown"
+        prefix, _, seq = reservation.id.rpartition(".")
+        if prefix == reservation.lease and seq.isdigit() and 0 < int(seq) <= gone.taken:
+            return "duplicate"
+        return "unknown"
+
+    # handing leases back ------------------------------------------------------------
+    def due(self, now_ms: int, *, force: bool = False,
+            scan: bool = False) -> tuple[list[Lease], list[Shrink]]:
+        """What to send to Redis now: leases to return (commit their usage), and retired
+        leases with calls in flight to shrink to those calls' estimates. ``force`` returns
+        every lease (shutdown). The table is scanned at most every 100 ms unless something
+        changed, ``scan`` or ``force``."""
         with self._lock:
-            if not force and now_ms < self._next_maintenance:
-                return []
+            if not (force or scan) and now_ms < self._next_maintenance:
+                shrinks, self._shrinks = self._shrinks, []
+                return [], shrinks
             self._next_maintenance = now_ms + 100
-            hard_ms = int(self.config.grace * 500)  # half the grace: return before Redis expires
             out = []
             for lease in list(self._unsettled.values()):
                 if not lease.retired and (force or now_ms >= lease.deadline_ms):
-                    self._retire(lease)
+                    self._retire(lease, now_ms)
                 if lease.retired and (force or not lease.outstanding
-                                      or now_ms >= lease.deadline_ms + hard_ms):
+                                      or now_ms >= lease.hold_until_ms):
                     del self._unsettled[lease.id]
                     out.append(lease)
+                    self._returned[lease.id] = _Returned(
+                        lease.taken, set(lease.outstanding), now_ms + self.remember_ms)
+            shrinks, self._shrinks = self._shrinks, []
+            if force:
+                shrinks = [s for s in shrinks if s.lease.id in self._unsettled]
             self.returned += len(out)
-            return out
+            self._prune(now_ms)
+            return out, shrinks
 
-    def retire_all(self) -> None:
-        """Stop admitting from every lease (a policy change); :meth:`due` returns them."""
+    def _prune(self, now_ms: int) -> None:
+        for lid in [lid for lid, r in self._returned.items() if r.until_ms <= now_ms]:
+            del self._returned[lid]
+        while len(self._returned) > _MAX_REMEMBERED:
+            del self._returned[next(iter(self._returned))]
+        for subject in [s for s, t in self._no_lease_until.items() if t <= now_ms]:
+            del self._no_lease_until[subject]
+
+    def retire_all(self, now_ms: int) -> None:
+        """Stop admitting from every lease (a policy change); :meth:`due` hands them back."""
         with self._lock:
+            self.generation += 1
             for lease in list(self._active.values()):
-                self._retire(lease)
+                self._retire(lease, now_ms)
             self._no_lease_until.clear()
-            self._next_maintenance = 0
 
-    def _retire(self, lease: Lease) -> None:
+    def _retire(self, lease: Lease, now_ms: int) -> None:
+        if lease.retired:
+            return
         lease.retired = True
         if self._active.get(lease.subject) is lease:
             del self._active[lease.subject]
         self._next_maintenance = 0
+        if lease.outstanding:
+            # give the unused part back now; calls in flight keep their estimates, held like
+            # ordinary reservations
+            lease.hold_until_ms = now_ms + self.hold_ms
+            self._shrinks.append(Shrink(lease, lease.in_flight(), lease.hold_until_ms))
 
     @property
     def open_leases(self) -> int:
         return len(self._unsettled)
 
 
-__all__ = ["Lease", "LeaseConfig", "LeaseTable"]
+__all__ = ["Lease", "LeaseConfig", "LeaseTable", "Shrink"]

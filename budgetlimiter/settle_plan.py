@@ -99,6 +99,28 @@ class SettlePlanner:
         return self._settle("release", org, self.keys.reservation(org, reservation_id),
                             reservation_id, now_ms, "", 0, None, "released")
 
+    def plan_shrink(self, reservation: Reservation, keep: Amounts, expires_ms: int,
+                    now_ms: int) -> ScriptCall:
+        """Keep only ``keep`` of a live reservation's estimate (refund the rest now) and move
+        its expiry to ``expires_ms``. Leases use it when they stop admitting while calls they
+        admitted are still in flight."""
+        org = reservation.subject.org
+        ks = self.keys
+        keys = [ks.reservation(org, reservation.id), ks.reservations_by_expiry(org),
+                ks.dirty(org), ks.events(org)]
+        args: list[str | int] = [now_ms, "shrink",
+                                 max(1, expires_ms - now_ms) + self.idempotency_ms, 0, org, "",
+                                 expires_ms, *keep.as_list()]
+        rid = reservation.id
+
+        def parse(reply: Any) -> SettleResult:
+            code = int(reply[0])
+            if code == -1:
+                raise ReservationNotFound(f"reservation {rid!r} is unknown")
+            return SettleResult(status="released" if code == 1 else _SETTLE_STATUS[code], id=rid)
+
+        return ScriptCall("settle", keys, args, parse, org)
+
     def plan_record(self, subject: Subject, actual: Usage, now_ms: int,
                     request_id: str) -> ScriptCall:
         """Post-hoc usage without a reservation, idempotent by ``request_id``."""

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,14 @@ from .breaker import CircuitBreaker
 from .calls import ScriptCall
 from .core import Core
 from .denycache import DenyCache
-from .errors import InvalidInput
 from .keys import DEFAULT_PREFIX, KeySpace
-from .leases import Lease, LeaseConfig, LeaseTable
+from .lease_client import LeaseHelpers
+from .leases import LeaseConfig, LeaseTable
 from .policy import OutagePolicy, Policy, load_policy
-from .results import Decision, Reservation, SettleResult, SettleStatus
+from .results import Decision, Reservation, SettleResult
 from .scripts import Registry
 from .subject import Subject
-from .usage import Amounts, Usage
+from .usage import Usage
 
 log = logging.getLogger("budgetlimiter")
 
@@ -65,7 +65,7 @@ def as_policy(policy: Policy | str | Path) -> Policy:
     return load_policy(Path(policy))
 
 
-class ClientBase:
+class ClientBase(LeaseHelpers):
     """Configuration and outage behaviour common to both clients."""
 
     def __init__(self, policy: Policy | str | Path, redis: str | Any,
@@ -88,7 +88,10 @@ class ClientBase:
         self.pending_local: deque[Deferred] = deque(maxlen=MAX_PENDING)
         self.breaker = CircuitBreaker()
         #: optional leases (None: off); see :mod:`budgetlimiter.leases`
-        self.leases = LeaseTable(leases) if leases is not None else None
+        pol = self.core.policy
+        self.leases = LeaseTable(leases, hold_ms=pol.reservation_ttl_seconds * 1000,
+                                 remember_ms=pol.idempotency_seconds * 1000) \
+            if leases is not None else None
 
     @property
     def policy(self) -> Policy:
@@ -101,74 +104,9 @@ class ClientBase:
         if self.deny_cache is not None:
             self.deny_cache.clear()
         if self.leases is not None:
-            self.leases.retire_all()
-
-    # leases --------------------------------------------------------------------------
-    def _lease_take(self, subject: Subject, estimate: Usage | None, reservation_id: str | None,
-                    ttl: float | None) -> tuple[Decision | None, Usage | None, Amounts, int]:
-        """A decision from the subject's lease, else the slice a new lease would reserve
-        (None: check with Redis as usual). Only plain checks (no explicit id or TTL) lease."""
-        now = self.clock()
-        table = self.leases
-        assert table is not None
-        if not isinstance(subject, Subject):
-            raise InvalidInput(
-                f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
-        amounts = self.core.amounts(subject, estimate if estimate is not None else Usage())
-        if reservation_id is not None or ttl is not None:
-            return None, None, amounts, now
-        decision = table.take(subject, amounts, now)
-        if decision is not None:
-            return decision, None, amounts, now
-        return None, table.slice_for(subject, amounts, now), amounts, now
-
-    def _lease_opened(self, subject: Subject, opening: Decision, amounts: Amounts,
-                      now: int) -> Decision | None:
-        table = self.leases
-        assert table is not None
-        if opening.degraded:  # Redis is away: the usual outage policy decides, not a lease
-            table.opened_with(subject, replace(opening, allowed=False), now)
-            return None
-        table.opened_with(subject, opening, now)
-        return table.take(subject, amounts, now)
-
-    def _lease_settle(self, reservation: Reservation,
-                      actual: Usage | None) -> tuple[SettleResult | None, Amounts | None]:
-        """Commit (``actual``) or release (None) of a leased reservation, in-process. The
-        result is None when the lease already went back to Redis: the caller records the
-        actual usage there (idempotently, under the reservation id)."""
-        table = self.leases
-        amounts = self.core.amounts(reservation.subject, actual) if actual is not None else None
-        if table is None:
-            return None, amounts
-        status, _ready = table.settle(reservation, amounts)
-        if status == "unknown":
-            return None, amounts
-        settled: SettleStatus = status
-        overshoot = amounts is not None and any(
-            a > e for a, e in zip(amounts.as_list(), reservation.estimate.as_list(), strict=True))
-        return SettleResult(status=settled, id=reservation.id, actual=amounts,
-                            overshoot=overshoot), amounts
-
-    def _leases_due(self, *, force: bool = False) -> list[tuple[Lease, ScriptCall]]:
-        """Leases to return now, each with its settle call (commit of the summed usage, or a
-        release when nothing was used)."""
-        if self.leases is None:
-            return []
-        now = self.clock()
-        out = []
-        for lease in self.leases.due(now, force=force):
-            if any(lease.spent):
-                call = self.core.plan_commit(lease.reservation, lease.spent_usage(), now)
-            else:
-                call = self.core.plan_release(lease.subject.org, lease.id, now)
-            out.append((lease, call))
-        return out
-
-    def _lease_return_failed(self, lease: Lease, exc: BaseException) -> None:
-        log.warning("redis unavailable while returning lease %s: %s", lease.id, exc)
-        if any(lease.spent):
-            self._defer(Deferred(usage=lease.spent_usage(), reservation=lease.reservation))
+            self.leases.hold_ms = new.reservation_ttl_seconds * 1000
+            self.leases.remember_ms = new.idempotency_seconds * 1000
+            self.leases.retire_all(self.clock())
 
     def _prepare_check(self, subject: Subject, estimate: Usage | None,
                        reservation_id: str | None, ttl: float | None

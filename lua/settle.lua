@@ -1,4 +1,5 @@
--- settle: commit (actual replaces estimate), release (refund) and record (post-hoc usage).
+-- settle: commit (actual replaces estimate), release (refund) and record (post-hoc usage);
+-- also shrink (a live reservation keeps only part of its estimate, see below).
 -- Idempotent: the first settle of an id leaves a 'D' marker; later ones change nothing.
 --
 -- KEYS[1]  marker key: P:{org}:r:<reservation id> (commit/release) or P:{org}:d:<request id>
@@ -11,6 +12,10 @@
 --          with it, so nothing is refunded). '' = none.
 -- ARGV[7]  ledger expire-at (ms)
 -- ARGV[8..12] actual amounts: invocations, input, output, total tokens, cost (micro-USD)
+--
+-- op 'shrink' (a lease that stops admitting but still covers calls in flight): ARGV[8..12]
+-- are the estimates to keep (at most the reserved ones), ARGV[7] the new expiry (ms) and
+-- ARGV[3] the new key TTL (ms); the rest of the estimate is refunded now. Nothing is counted.
 --
 -- Returns {status, newly dirty (1/0), overshoot flag, then 5 values per threshold crossed:
 --          counter key, metric code, threshold percent, used, effective limit}
@@ -44,6 +49,30 @@ end
 
 local head, body = plan_lines(plan)
 local ledger = string.match(head, '^|%d+|(.*)$')
+if op == 'shrink' then
+  if not live then
+    return {status == 3 and 3 or -1, 0, 0}
+  end
+  local lines = {'R|' .. ARGV[7] .. '|' .. ledger .. '\n'}
+  for line in string.gmatch(body, '[^\n]*\n') do
+    local key, m, est, rest = string.match(line, '^c\t([^\t]+)\t(%a)\t(%d+)(\t.*)$')
+    if key then
+      local old = tonumber(est)
+      local keep = tonumber(actual[m])
+      if keep > old then
+        keep = old
+      end
+      if keep < old then
+        redis.call('HINCRBY', key, 'r:' .. m, I(keep - old))
+      end
+      line = 'c\t' .. key .. '\t' .. m .. '\t' .. I(keep) .. rest
+    end
+    lines[#lines + 1] = line
+  end
+  redis.call('SET', KEYS[1], table.concat(lines), 'PX', ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[7], string.match(KEYS[1], ':r:([^:]*)$'))
+  return {1, 0, 0}
+end
 if live then
   refund(body)
   redis.call('ZREM', KEYS[2], string.match(KEYS[1], ':r:([^:]*)$'))

@@ -116,12 +116,13 @@ def test_a_dead_process_holds_its_slice_only_until_the_reservation_expires(make_
 
 
 def test_rate_limits_are_decided_per_call(make_limiter):
-    """A slice of 10 invocations does not fit a 5/s rate: every check goes to Redis."""
+    """Subjects with rate limits are never leased (a slice would spend the rate limit at
+    once, and Redis never refunds a rate limit): every check goes to Redis."""
     bl = make_limiter(RATES, leases=LeaseConfig(calls=10, seconds=1))
     decisions = [bl.check(ORG, Usage(input_tokens=1)) for _ in range(7)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
     assert not any(d.leased for d in decisions)
-    assert bl.leases.refused == 1  # tried once, then not again within `seconds`
+    assert bl.leases.opened == 0 and bl.leases.refused == 0
 
 
 def test_explicit_ids_and_ttls_bypass_leases(make_limiter):
