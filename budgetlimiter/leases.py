@@ -101,9 +101,11 @@ class Lease:
         n, i, o, _t, c = self.spent
         return Usage(input_tokens=i, output_tokens=o, invocations=n, cost=micros_to_usd(c))
 
-    def in_flight(self) -> Amounts:
-        """The summed estimates of the calls admitted and not settled yet."""
-        total = [0, 0, 0, 0, 0]
+    def still_held(self) -> Amounts:
+        """What the lease's reservation must keep covering once it stops admitting: the
+        usage already committed under it (not in Redis yet) and the estimates of the calls
+        still in flight."""
+        total = list(self.spent)
         for est in self.outstanding.values():
             total = [a + b for a, b in zip(total, est, strict=True)]
         return Amounts(*total)
@@ -310,10 +312,10 @@ class LeaseTable:
             del self._active[lease.subject]
         self._next_maintenance = 0
         if lease.outstanding:
-            # give the unused part back now; calls in flight keep their estimates, held like
-            # ordinary reservations
+            # give the unused part back now; what was spent and what is in flight stays
+            # reserved (held like ordinary reservations) until the lease goes back
             lease.hold_until_ms = now_ms + self.hold_ms
-            self._shrinks.append(Shrink(lease, lease.in_flight(), lease.hold_until_ms))
+            self._shrinks.append(Shrink(lease, lease.still_held(), lease.hold_until_ms))
 
     @property
     def open_leases(self) -> int:

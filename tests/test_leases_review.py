@@ -516,3 +516,23 @@ def test_last_settle_of_a_retired_lease_returns_it(make_limiter, clock):
     bl.commit(d.reservation, ONE)  # its last outstanding request: it is ready to go back
     assert bl.leases.open_leases == 1
     assert inv(make_limiter(POLICY).status(ORG)).used == 1
+
+
+def test_a_retired_lease_keeps_covering_what_was_spent_under_it(make_limiter):
+    """Found by the threaded test in CI: the shrink of a retired lease kept only the calls in
+    flight, so usage committed locally (not in Redis yet) was no longer reserved and another
+    process admitted into it."""
+    a = make_limiter(with_amount(10), leases=LeaseConfig(calls=10, seconds=60))
+    for _ in range(8):
+        d = a.check(ORG, ONE)
+        a.commit(d.reservation, ONE)
+    in_flight = a.check(ORG, ONE)
+    assert in_flight.leased
+    big = a.check(ORG, Usage(input_tokens=20, invocations=2))  # does not fit: lease retired
+    assert not big.allowed  # 8 used + 1 in flight + 2 > 10
+    b = make_limiter(with_amount(10))
+    assert sum(b.check(ORG, ONE).allowed for _ in range(5)) == 1
+    a.commit(in_flight.reservation, ONE)
+    a.close()
+    status = inv(b.status(ORG))
+    assert status.used + status.reserved == 10
