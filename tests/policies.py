@@ -75,3 +75,25 @@ defaults:
     limits: [{metric: total_tokens, amount: 100000, period: day}]
     rates: [{metric: invocations, limit: 10, per: second}]
 """
+
+LEASES = """
+timezone: UTC
+reservation_ttl_seconds: 60
+pricing:
+  gpt: {input_per_million: "1", output_per_million: "2"}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 25, period: day}
+      - {metric: cost, amount: "10", period: month}
+"""
+
+RATE_ONLY = """
+timezone: UTC
+pricing:
+  gpt: {input_per_million: "1", output_per_million: "2"}
+orgs:
+  acme:
+    rates:
+      - {metric: invocations, limit: 5, per: second}
+"""

@@ -9,20 +9,10 @@ import pytest
 
 from budgetlimiter import AsyncBudgetLimiter, LeaseConfig, Subject, Usage, parse_policy
 
-from .policies import RATES
+from .policies import LEASES, RATES
 
 ORG = Subject("acme", "gpt")
-POLICY = """
-timezone: UTC
-reservation_ttl_seconds: 60
-pricing:
-  gpt: {input_per_million: "1", output_per_million: "2"}
-orgs:
-  acme:
-    limits:
-      - {metric: invocations, amount: 25, period: day}
-      - {metric: cost, amount: "10", period: month}
-"""
+POLICY = LEASES
 ONE = Usage(input_tokens=10)  # 1 invocation, 10 micro-USD
 
 

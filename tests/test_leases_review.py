@@ -22,29 +22,12 @@ from budgetlimiter import (
     parse_policy,
 )
 
+from .policies import LEASES, RATE_ONLY
+
 ORG = Subject("acme", "gpt")
-POLICY = """
-timezone: UTC
-reservation_ttl_seconds: 60
-pricing:
-  gpt: {input_per_million: "1", output_per_million: "2"}
-orgs:
-  acme:
-    limits:
-      - {metric: invocations, amount: 25, period: day}
-      - {metric: cost, amount: "10", period: month}
-"""
+POLICY = LEASES
 ONE = Usage(input_tokens=10)  # 1 invocation, 10 micro-USD
 ZERO = Usage(invocations=0)  # an all-zero estimate
-RATE_ONLY = """
-timezone: UTC
-pricing:
-  gpt: {input_per_million: "1", output_per_million: "2"}
-orgs:
-  acme:
-    rates:
-      - {metric: invocations, limit: 5, per: second}
-"""
 
 
 def inv(limits):
