@@ -69,8 +69,13 @@ class Coalescer:
     def _drain(self) -> None:
         self._scheduled = False
         while self._queue and self._inflight < self.max_inflight:
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
+            # Spread what is waiting over the free connections: Redis then runs one pipeline
+            # while this process reads the replies of another, instead of each waiting for
+            # the other with one big pipeline.
+            free = self.max_inflight - self._inflight
+            size = min(self.max_batch, -(-len(self._queue) // free))
+            batch = self._queue[:size]
+            del self._queue[:size]
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)
