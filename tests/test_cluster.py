@@ -168,3 +168,32 @@ def _slots_of(client: redis.Redis, node_id: str) -> set[int]:
         if mid == node_id:
             owned.update(range(int(start), int(end) + 1))
     return owned
+
+
+def test_leases_on_a_cluster(cluster, clock):
+    """Leases open, shrink and go back through the same single-slot scripts."""
+    from budgetlimiter import LeaseConfig
+
+    cluster.flushall()
+    bl = BudgetLimiter(parse_policy(DEFAULTS_ONLY), cluster.url, clock=clock, timeout=2,
+                       leases=LeaseConfig(calls=8, seconds=60))
+    orgs = [f"lease-{i}" for i in range(6)]
+    for org in orgs:
+        s = Subject(org, "gpt", team="t")  # no user: no rate limit, so it is leased
+        kept = None
+        for n in range(10):
+            d = bl.check(s, Usage(input_tokens=10))
+            assert d.allowed and d.leased
+            if n == 7:
+                kept = d  # in flight when the lease stops admitting (shrink)
+            else:
+                bl.commit(d.reservation, Usage(input_tokens=10))
+        assert kept is not None
+        bl.commit(kept.reservation, Usage(input_tokens=10))
+    bl.close()
+    plain = BudgetLimiter(parse_policy(DEFAULTS_ONLY), cluster.url, clock=clock, timeout=2)
+    for org in orgs:
+        inv = next(x for x in plain.status(Subject(org, "gpt", team="t"))
+                   if x.metric.value == "invocations")
+        assert (inv.used, inv.reserved) == (10, 0)
+    plain.close()
