@@ -64,9 +64,13 @@ class AsyncBudgetLimiter(ClientBase):
                 reply = await run_async(self.redis, self.scripts[call.script], call.keys,
                                         call.args)
         except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
+            self.breaker.success()  # Redis answered: it is there, it refused us
             raise BackendRejected(f"redis rejected the client: {exc}") from None
         except UNAVAILABLE:
             self.breaker.failure()
+            raise
+        except BaseException:  # an error reply, a cancellation: free a half-open probe
+            self.breaker.abandon()
             raise
         self.breaker.success()
         return reply
@@ -124,8 +128,14 @@ class AsyncBudgetLimiter(ClientBase):
                             reservation_id: str | None, ttl: float | None) -> Decision | None:
         self._return_leases()
         decision, opening = self._lease_take(subject, estimate, reservation_id, ttl)
-        if decision is not None or opening is None:
+        if decision is not None:
             return decision
+        # a lease that take() just retired gives its unused part back before Redis decides
+        self._return_leases()
+        if self._lease_returns:
+            await asyncio.gather(*list(self._lease_returns), return_exceptions=True)
+        if opening is None:
+            return None
         assert self.leases is not None
         pending = self._lease_opening.get(subject)
         if pending is not None:  # another task is opening this subject's lease: share it
@@ -134,10 +144,9 @@ class AsyncBudgetLimiter(ClientBase):
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lease_opening[subject] = done
         try:
-            if self._lease_returns:  # a lease going back refunds its slice first
-                await asyncio.gather(*list(self._lease_returns), return_exceptions=True)
             ask = asyncio.ensure_future(
-                self.check(subject, opening.slice, ttl=self.leases.config.ttl_seconds))
+                self.check(subject, opening.slice, ttl=self.leases.config.ttl_seconds,
+                           reservation_id=opening.lease_id))
             try:
                 answer = await asyncio.shield(ask)
             except asyncio.CancelledError:
@@ -156,7 +165,10 @@ class AsyncBudgetLimiter(ClientBase):
         if ask.cancelled() or ask.exception() is not None:
             return
         self._lease_opened(opening, ask.result())
-        self._schedule_lease_timer()
+        if self._closing:  # closed meanwhile: hand it straight back
+            self._return_leases(force=True)
+        else:
+            self._schedule_lease_timer()
 
     def _return_leases(self, *, force: bool = False,
                        scan: bool = False) -> asyncio.Task[None] | None:

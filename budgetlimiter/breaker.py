@@ -61,6 +61,11 @@ class CircuitBreaker:
         self.open_for = self.reset_s
         self.probing = False
 
+    def abandon(self) -> None:
+        """The call ended without telling whether Redis is reachable (an error reply, a
+        cancelled task): a half-open probe may be sent again."""
+        self.probing = False
+
     def failure(self) -> None:
         self.failures += 1
         if self.probing:  # the probe failed: open again, for longer

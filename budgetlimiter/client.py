@@ -51,9 +51,13 @@ class BudgetLimiter(ClientBase):
         try:
             reply = run_sync(self.redis, self.scripts[call.script], call.keys, call.args)
         except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
+            self.breaker.success()  # Redis answered: it is there, it refused us
             raise BackendRejected(f"redis rejected the client: {exc}") from None
         except UNAVAILABLE:
             self.breaker.failure()
+            raise
+        except BaseException:  # an error reply, a cancellation: free a half-open probe
+            self.breaker.abandon()
             raise
         self.breaker.success()
         return reply
@@ -107,14 +111,19 @@ class BudgetLimiter(ClientBase):
                       reservation_id: str | None, ttl: float | None) -> Decision | None:
         self._return_leases()
         decision, opening = self._lease_take(subject, estimate, reservation_id, ttl)
-        if decision is not None or opening is None:
+        if decision is not None:
             return decision
+        # a lease that take() just retired gives its unused part back before Redis decides
+        self._return_leases()
+        if opening is None:
+            return None
         assert self.leases is not None
         with self._lease_opening:  # one thread opens a subject's lease; the others reuse it
-            decision = self.leases.take(subject, opening.amounts, opening.now_ms)
+            decision = self.leases.take(subject, opening.amounts, self.clock())
             if decision is not None:
                 return decision
-            answer = self.check(subject, opening.slice, ttl=self.leases.config.ttl_seconds)
+            answer = self.check(subject, opening.slice, ttl=self.leases.config.ttl_seconds,
+                                reservation_id=opening.lease_id)
             decision = self._lease_opened(opening, answer)
         self._start_lease_timer()
         return decision
@@ -261,6 +270,8 @@ class BudgetLimiter(ClientBase):
         try:
             if self.leases is not None:
                 self._lease_stop.set()
+                if self._lease_thread is not None:  # let a hand-back in flight finish
+                    self._lease_thread.join(timeout=10)
                 self.return_leases()
         finally:
             self.redis.close()

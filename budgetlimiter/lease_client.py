@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .calls import ScriptCall
 from .errors import InvalidInput, ReservationNotFound
-from .leases import Lease, LeaseTable
+from .leases import Lease, LeaseTable, Shrink
 from .results import Decision, Reservation, SettleResult
 from .subject import Subject
 from .usage import Amounts, Usage
@@ -33,6 +33,7 @@ class Opening:
     generation: int
     until_ms: int
     guarded: tuple[int, ...]
+    lease_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ class LeaseWork:
 
     lease: Lease
     call: ScriptCall
-    returning: bool  #: the final commit or release (False: a shrink)
+    shrink: Shrink | None = None  #: None: the final commit or release of the lease
 
 
 class LeaseHelpers:
@@ -64,21 +65,25 @@ class LeaseHelpers:
         if not isinstance(subject, Subject):
             raise InvalidInput(
                 f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
+        # one policy throughout: a reload meanwhile bumps the generation, and a lease opened
+        # under an older one never admits
+        generation = table.generation
+        core = self.core
         now = self.clock()
-        amounts = self.core.amounts(subject, estimate if estimate is not None else Usage())
-        if reservation_id is not None or ttl is not None or self.core.policy.strict:
+        amounts = core.amounts(subject, estimate if estimate is not None else Usage())
+        if reservation_id is not None or ttl is not None or core.policy.strict:
             return None, None
         decision = table.take(subject, amounts, now)
         if decision is not None:
             return decision, None
-        generation = table.generation
-        has_rates, guarded, until = self.core.lease_terms(subject, now)
+        has_rates, guarded, until = core.lease_terms(subject, now)
         if has_rates:
             return None, None
         piece = table.slice_for(subject, amounts, now, guarded)
         if piece is None:
             return None, None
-        return None, Opening(subject, amounts, piece, now, generation, until, guarded)
+        return None, Opening(subject, amounts, piece, now, generation, until, guarded,
+                             table.new_lease_id())
 
     def _lease_opened(self, opening: Opening, answer: Decision) -> Decision | None:
         """Register the answer to a slice's check; the decision for the request that opened
@@ -121,14 +126,14 @@ class LeaseHelpers:
         now = self.clock()
         leases, shrinks = table.due(now, force=force, scan=scan)
         work = [LeaseWork(s.lease, self.core.plan_shrink(s.lease.reservation, s.keep,
-                                                         s.expires_ms, now), False)
+                                                         s.expires_ms, now), s)
                 for s in shrinks]
         for lease in leases:
             if any(lease.spent):
                 call = self.core.plan_commit(lease.reservation, lease.spent_usage(), now)
             else:
                 call = self.core.plan_release(lease.subject.org, lease.id, now)
-            work.append(LeaseWork(lease, call, True))
+            work.append(LeaseWork(lease, call))
         return work
 
     def _lease_work_failed(self, work: LeaseWork, exc: Exception) -> None:
@@ -140,7 +145,10 @@ class LeaseHelpers:
             # committed with the plan this process kept, so it never ends here
         if isinstance(exc, UNAVAILABLE):
             log.warning("redis unavailable while returning lease %s: %s", work.lease.id, exc)
-            if work.returning and any(work.lease.spent):
+            if work.shrink is not None:
+                if self.leases is not None:
+                    self.leases.retry_shrink(work.shrink)
+            elif any(work.lease.spent):
                 self._defer(Deferred(usage=work.lease.spent_usage(),
                                      reservation=work.lease.reservation))
             return

@@ -26,6 +26,7 @@ Nothing here does I/O: the clients call :class:`LeaseTable` under their own I/O.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from .usage import Amounts, Usage, micros_to_usd
 
 #: slices above this (in any metric's unit) are not leased: Lua numbers must stay below 2^53
 _MAX_SLICE = 2**50
-#: returned leases remembered for duplicate detection (oldest forgotten first beyond this)
+#: leases handed back with calls still open, remembered for those calls (oldest first beyond)
 _MAX_REMEMBERED = 100_000
 _ZERO = (0, 0, 0, 0, 0)
 
@@ -122,7 +123,6 @@ class Shrink:
 
 @dataclass(slots=True)
 class _Returned:
-    taken: int
     open_ids: set[str]
     until_ms: int
 
@@ -143,6 +143,11 @@ class LeaseTable:
         self._active: dict[Subject, Lease] = {}
         self._unsettled: dict[str, Lease] = {}  # lease id -> lease (active or retired)
         self._shrinks: list[Shrink] = []
+        # Lease ids are this table's prefix and a sequence number, so that a lease handed
+        # back is recognised without remembering it: every call it admitted was settled
+        # before (a retry is a duplicate), except those still open when it went back.
+        self._prefix = "L" + os.urandom(6).hex() + "-"
+        self._seq = 0
         self._returned: dict[str, _Returned] = {}
         self._no_lease_until: dict[Subject, int] = {}
         self._next_maintenance = 0
@@ -197,6 +202,12 @@ class LeaseTable:
         n, i, o, _t, c = vec
         return Usage(input_tokens=i, output_tokens=o, invocations=n, cost=micros_to_usd(c))
 
+    def new_lease_id(self) -> str:
+        """The reservation id of the next lease (its slice's check uses it)."""
+        with self._lock:
+            self._seq += 1
+            return f"{self._prefix}{self._seq}"
+
     def opened_with(self, subject: Subject, decision: Decision, now_ms: int, *,
                     generation: int, until_ms: int, guarded: Sequence[int]) -> None:
         """Register what the check of a slice answered: a new lease (admitting until
@@ -248,16 +259,19 @@ class LeaseTable:
             return "committed" if actual is not None else "released"
 
     def _settle_returned(self, reservation: Reservation) -> SettleOutcome:
-        gone = self._returned.get(reservation.lease)
-        if gone is None:
-            return "unknown"
-        if reservation.id in gone.open_ids:
+        lease_id = reservation.lease
+        seq = lease_id[len(self._prefix):]
+        if not (lease_id.startswith(self._prefix) and seq.isdigit()
+                and 0 < int(seq) <= self._seq
+                and reservation.id.startswith(lease_id + ".")):
+            return "unknown"  # not a lease of this table: record it (Redis dedupes retries)
+        gone = self._returned.get(lease_id)
+        if gone is not None and reservation.id in gone.open_ids:
             gone.open_ids.discard(reservation.id)
-            return "unknown"
-        prefix, _, seq = reservation.id.rpartition(".")
-        if prefix == reservation.lease and seq.isdigit() and 0 < int(seq) <= gone.taken:
-            return "duplicate"
-        return "unknown"
+            if not gone.open_ids:
+                del self._returned[lease_id]
+            return "unknown"  # in flight when its lease went back: the caller records it
+        return "duplicate"
 
     # handing leases back ------------------------------------------------------------
     def due(self, now_ms: int, *, force: bool = False,
@@ -279,8 +293,9 @@ class LeaseTable:
                                       or now_ms >= lease.hold_until_ms):
                     del self._unsettled[lease.id]
                     out.append(lease)
-                    self._returned[lease.id] = _Returned(
-                        lease.taken, set(lease.outstanding), now_ms + self.remember_ms)
+                    if lease.outstanding:
+                        self._returned[lease.id] = _Returned(set(lease.outstanding),
+                                                             now_ms + self.remember_ms)
             shrinks, self._shrinks = self._shrinks, []
             if force:
                 shrinks = [s for s in shrinks if s.lease.id in self._unsettled]
@@ -295,6 +310,13 @@ class LeaseTable:
             del self._returned[next(iter(self._returned))]
         for subject in [s for s, t in self._no_lease_until.items() if t <= now_ms]:
             del self._no_lease_until[subject]
+
+    def retry_shrink(self, shrink: Shrink) -> None:
+        """A shrink that could not reach Redis is sent again with the next hand-backs (unless
+        its lease went back meanwhile)."""
+        with self._lock:
+            if shrink.lease.id in self._unsettled:
+                self._shrinks.append(shrink)
 
     def retire_all(self, now_ms: int) -> None:
         """Stop admitting from every lease (a policy change); :meth:`due` hands them back."""

@@ -28,9 +28,11 @@ local ng = tonumber(ARGV[8])
 -- refusal by a budget and before a carry is computed: an expired reservation can then never
 -- cause a refusal or shrink a carry (no under-grant), and the set of live reservations stays
 -- bounded.
-local swept = dry or (string.byte(KEYS[2], -1) + now) % 8 == 0
-if swept then
-  sweep(KEYS[1], ARGV[5], now)
+local swept = dry
+if dry then
+  sweep(KEYS[1], ARGV[5], now, true)
+elseif (string.byte(KEYS[2], -1) + now) % 8 == 0 then
+  sweep(KEYS[1], ARGV[5], now, false)
 end
 
 local out, n, blocker, fresh, carries, o
@@ -85,7 +87,7 @@ end
 read_budgets()
 if (blocker > 0 or stale) and not swept then
   swept = true
-  if sweep(KEYS[1], ARGV[5], now) > 0 then
+  if sweep(KEYS[1], ARGV[5], now, true) > 0 then
     read_budgets()
   end
 end

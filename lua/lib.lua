@@ -40,10 +40,14 @@ end
 
 -- Refund reservations of this org whose TTL passed. Lazy: runs inside the org's own scripts,
 -- so no background job is needed for limits to stay correct. Returns how many it refunded.
-local function sweep(zkey, res_prefix, now)
+-- A sampled sweep does bounded work (at most 1000 reservations; the next one continues); a
+-- full sweep (before a refusal, a carry or a status read) empties the backlog, however long.
+local function sweep(zkey, res_prefix, now, full)
   local swept = 0
-  -- Bounded work per call (at most 1000 reservations); the next call continues.
-  for _ = 1, 10 do
+  local rounds = full and math.huge or 10
+  local round = 0
+  while round < rounds do
+    round = round + 1
     local ids = redis.call('ZRANGEBYSCORE', zkey, '-inf', now, 'LIMIT', 0, 100)
     for i = 1, #ids do
       local rkey = res_prefix .. ids[i]

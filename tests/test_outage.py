@@ -139,3 +139,19 @@ def test_reconciler_started_while_redis_is_down_recovers_on_its_own(make_store, 
         t.join(10)
         bl.close()
         server.stop()
+
+
+def test_a_half_open_probe_that_ends_without_an_answer_does_not_stick():
+    """A probe met by an error reply or a cancellation frees the half-open slot; a probe that
+    Redis answers with a refusal (credentials, ACL) closes the circuit: Redis is there."""
+    from budgetlimiter.breaker import CircuitBreaker
+
+    now = [0.0]
+    b = CircuitBreaker(threshold=1, reset_s=1.0, clock=lambda: now[0])
+    b.failure()
+    now[0] = 2.0
+    assert b.allow() and not b.allow()  # one probe at a time
+    b.abandon()
+    assert b.allow()  # the next call may probe again
+    b.success()
+    assert b.state == "closed"
