@@ -22,6 +22,7 @@ local now = tonumber(ARGV[1])
 local dry = ARGV[4] == '1'
 local nc = tonumber(ARGV[7])
 local ng = tonumber(ARGV[8])
+local rkey = KEYS[2]
 
 -- The expiry sweep costs about a fifth of this script, so it runs on about one check in eight
 -- (picked from the random reservation id and the clock), on every status read, before any
@@ -31,25 +32,24 @@ local ng = tonumber(ARGV[8])
 local swept = dry
 if dry then
   sweep(KEYS[1], ARGV[5], now, true)
-elseif (string.byte(KEYS[2], -1) + now) % 8 == 0 then
+elseif (string.byte(rkey, -1) + now) % 8 == 0 then
   sweep(KEYS[1], ARGV[5], now, false)
 end
 
+-- Read every budget; if that would refuse (or compute a carry) without a full sweep first,
+-- sweep and read again. Plain locals, no closure: this loop is most of the script's CPU.
 local out, n, blocker, fresh, carries, o
-local stale = false  -- a carry was computed without a sweep first
-
-local function read_budgets()
+for _ = 1, 2 do
   out = {1, 0, 0}
   n = 3
   blocker = 0
-  fresh = {}
-  carries = {}
+  fresh = nil
+  carries = nil
+  local stale = false  -- a carry was computed without a sweep first
   o = 8
   for j = 1, nc do
     local key = KEYS[tonumber(ARGV[o + 1])]
     local m = ARGV[o + 2]
-    local est = tonumber(ARGV[o + 3])
-    local limit = tonumber(ARGV[o + 4])
     local cap = ARGV[o + 7]
     local f
     if cap == '-1' then
@@ -60,21 +60,29 @@ local function read_budgets()
     local u = tonumber(f[1]) or 0
     local r = tonumber(f[2]) or 0
     local c = 0
+    local limit = tonumber(ARGV[o + 4])
     if cap ~= '-1' then
       c = tonumber(f[3])
       if c == nil then
         local prev = tonumber(ARGV[o + 8])
         cap = tonumber(cap)
         c = carry_from(prev > 0 and KEYS[prev] or nil, m, limit, cap == -2 and -1 or cap)
+        carries = carries or {}
         carries[j] = c
         stale = not swept
       end
     end
-    fresh[j] = not f[1] and not f[2]
+    if not f[1] and not f[2] then
+      fresh = fresh or {}
+      fresh[j] = true
+    end
     -- Blocks when the estimate does not fit, or when nothing is left (a zero estimate must not
     -- slip through an exhausted budget; a zero budget blocks everything).
-    if blocker == 0 and ARGV[o + 5] == '1' and (u + r + est > limit + c or (est == 0 and u + r >= limit + c)) then
-      blocker = j
+    if blocker == 0 and ARGV[o + 5] == '1' then
+      local est = tonumber(ARGV[o + 3])
+      if u + r + est > limit + c or (est == 0 and u + r >= limit + c) then
+        blocker = j
+      end
     end
     out[n + 1] = u
     out[n + 2] = r
@@ -82,41 +90,43 @@ local function read_budgets()
     n = n + 3
     o = o + 8
   end
-end
-
-read_budgets()
-if (blocker > 0 or stale) and not swept then
+  if swept or not (blocker > 0 or stale) then
+    break
+  end
   swept = true
-  if sweep(KEYS[1], ARGV[5], now, true) > 0 then
-    read_budgets()
+  if sweep(KEYS[1], ARGV[5], now, true) == 0 then
+    break
   end
 end
-local retry = 0
 
-local tats = {}
-local now_us = now * 1000
-for j = 1, ng do
-  local key = KEYS[tonumber(ARGV[o + 1])]
-  local est = tonumber(ARGV[o + 2])
-  local tat = tonumber(redis.call('GET', key)) or now_us
-  if tat < now_us then
-    tat = now_us
-  end
-  local new_tat = tat + est * tonumber(ARGV[o + 3])
-  local ahead = new_tat - now_us
-  local tolerance = tonumber(ARGV[o + 4])
-  n = n + 1
-  if est > 0 and ahead > tolerance then
-    if blocker == 0 then
-      blocker = nc + j
-      retry = ahead - tolerance
+local retry = 0
+local tats
+if ng > 0 then
+  tats = {}
+  local now_us = now * 1000
+  for j = 1, ng do
+    local key = KEYS[tonumber(ARGV[o + 1])]
+    local est = tonumber(ARGV[o + 2])
+    local tat = tonumber(redis.call('GET', key)) or now_us
+    if tat < now_us then
+      tat = now_us
     end
-    out[n] = tat - now_us
-  else
-    tats[j] = new_tat
-    out[n] = dry and (tat - now_us) or ahead
+    local new_tat = tat + est * tonumber(ARGV[o + 3])
+    local ahead = new_tat - now_us
+    local tolerance = tonumber(ARGV[o + 4])
+    n = n + 1
+    if est > 0 and ahead > tolerance then
+      if blocker == 0 then
+        blocker = nc + j
+        retry = ahead - tolerance
+      end
+      out[n] = tat - now_us
+    else
+      tats[j] = new_tat
+      out[n] = dry and (tat - now_us) or ahead
+    end
+    o = o + 4
   end
-  o = o + 4
 end
 
 if blocker > 0 then
@@ -133,27 +143,36 @@ end
 o = 8
 for j = 1, nc do
   local est = ARGV[o + 3]
-  local key = KEYS[tonumber(ARGV[o + 1])]
   if est ~= '0' then
-    out[2 + 3 * j] = redis.call('HINCRBY', key, 'r:' .. ARGV[o + 2], est)
-  end
-  if carries[j] ~= nil then
-    redis.call('HSET', key, 'c:' .. ARGV[o + 2], I(carries[j]))
-  end
-  if fresh[j] and (est ~= '0' or carries[j] ~= nil) then
-    expire_at(key, ARGV[o + 6], now)
+    out[2 + 3 * j] = redis.call('HINCRBY', KEYS[tonumber(ARGV[o + 1])], 'r:' .. ARGV[o + 2], est)
   end
   o = o + 8
 end
-for j = 1, ng do
-  if ARGV[o + 2] ~= '0' then
-    local ttl = math.floor((tats[j] - now_us) / 1000) + 1000
-    redis.call('SET', KEYS[tonumber(ARGV[o + 1])], I(tats[j]), 'PX', I(ttl))
+if carries or fresh then
+  o = 8
+  for j = 1, nc do
+    local key = KEYS[tonumber(ARGV[o + 1])]
+    if carries and carries[j] ~= nil then
+      redis.call('HSET', key, 'c:' .. ARGV[o + 2], I(carries[j]))
+    end
+    if fresh and fresh[j] and (ARGV[o + 3] ~= '0' or (carries and carries[j] ~= nil)) then
+      expire_at(key, ARGV[o + 6], now)
+    end
+    o = o + 8
   end
-  o = o + 4
+end
+if ng > 0 then
+  local now_us = now * 1000
+  for j = 1, ng do
+    if ARGV[o + 2] ~= '0' then
+      local ttl = math.floor((tats[j] - now_us) / 1000) + 1000
+      redis.call('SET', KEYS[tonumber(ARGV[o + 1])], I(tats[j]), 'PX', I(ttl))
+    end
+    o = o + 4
+  end
 end
 if ARGV[2] ~= '0' then
-  redis.call('SET', KEYS[2], 'R' .. ARGV[6], 'PX', ARGV[3])
-  redis.call('ZADD', KEYS[1], ARGV[2], string.sub(KEYS[2], #ARGV[5] + 1))
+  redis.call('SET', rkey, 'R' .. ARGV[6], 'PX', ARGV[3])
+  redis.call('ZADD', KEYS[1], ARGV[2], string.sub(rkey, #ARGV[5] + 1))
 end
 return out
