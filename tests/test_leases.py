@@ -7,17 +7,14 @@ import asyncio
 
 import pytest
 
-from budgetlimiter import AsyncBudgetLimiter, LeaseConfig, Subject, Usage, parse_policy
+from budgetlimiter import AsyncBudgetLimiter, LeaseConfig, Usage, parse_policy
 
+from .lease_helpers import ONE, ORG, inv
 from .policies import LEASES, RATES
 
-ORG = Subject("acme", "gpt")
 POLICY = LEASES
-ONE = Usage(input_tokens=10)  # 1 invocation, 10 micro-USD
 
 
-def inv(limits):
-    return next(s for s in limits if s.metric.value == "invocations")
 
 
 def test_a_lease_admits_locally_and_counts_as_reserved_in_redis(make_limiter, clock):

@@ -22,24 +22,16 @@ from budgetlimiter import (
     parse_policy,
 )
 
+from .lease_helpers import ONE, ORG, ZERO, cost, inv, with_amount
 from .policies import LEASES, RATE_ONLY
 
-ORG = Subject("acme", "gpt")
 POLICY = LEASES
-ONE = Usage(input_tokens=10)  # 1 invocation, 10 micro-USD
-ZERO = Usage(invocations=0)  # an all-zero estimate
 
 
-def inv(limits):
-    return next(s for s in limits if s.metric.value == "invocations")
 
 
-def cost(limits):
-    return next(s for s in limits if s.metric.value == "cost")
 
 
-def with_amount(n: int) -> str:
-    return POLICY.replace("amount: 25", f"amount: {n}")
 
 
 # ---------------------------------------------------------------------------------------

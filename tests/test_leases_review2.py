@@ -23,23 +23,8 @@ from budgetlimiter import (
 )
 from budgetlimiter.usage import Amounts
 
+from .lease_helpers import ONE, ORG, cost, inv, with_amount
 from .policies import LEASES, ROLLOVER
-
-ORG = Subject("acme", "gpt")
-ONE = Usage(input_tokens=10)  # 1 invocation, 10 micro-USD
-
-
-def inv(limits):
-    return next(s for s in limits if s.metric.value == "invocations")
-
-
-def cost(limits):
-    return next(s for s in limits if s.metric.value == "cost")
-
-
-def with_amount(n: int) -> str:
-    return LEASES.replace("amount: 25", f"amount: {n}")
-
 
 # a tight cost budget: 45 micro-USD a month (4 calls of ONE fit, a 5th does not)
 TIGHT_COST = LEASES.replace('amount: "10"', 'amount: "0.000045"')
