@@ -235,9 +235,9 @@ class AsyncBudgetLimiter(ClientBase):
                       org: str | None = None) -> SettleResult:
         """See :meth:`BudgetLimiter.release`."""
         if isinstance(reservation, Reservation) and reservation.lease:
-            result = self._lease_settle(reservation, None)
+            released = self._lease_release(reservation)
             self._return_leases()
-            return result or SettleResult(status="released", id=reservation.id)
+            return released
         prepared = self._prepare_release(reservation, org)
         if isinstance(prepared, SettleResult):
             return prepared

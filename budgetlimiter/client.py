@@ -185,9 +185,9 @@ class BudgetLimiter(ClientBase):
     def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
         """Refund a reservation that will not be used. Retrying is safe."""
         if isinstance(reservation, Reservation) and reservation.lease:
-            result = self._lease_settle(reservation, None)
+            released = self._lease_release(reservation)
             self._return_leases()
-            return result or SettleResult(status="released", id=reservation.id)
+            return released
         prepared = self._prepare_release(reservation, org)
         if isinstance(prepared, SettleResult):
             return prepared

@@ -71,6 +71,8 @@ class _Template:
     arg_tail: list[str | int]
     amount_slots: list[tuple[int, int]]
     reader: _ReplyReader
+    #: metrics of the hard budgets (indexes in the amount vector), for leases
+    hard_metrics: tuple[int, ...]
 
 
 class _ReplyReader:
@@ -320,6 +322,8 @@ class Core(SettlePlanner):
                               for b in budgets),
             resets=[ms_to_datetime(b.window.end_ms) for b in budgets],
             arg_tail=arg_tail, amount_slots=slots, reader=_ReplyReader(budgets, rates),
+            hard_metrics=tuple(sorted({_METRIC_INDEX[b.spec.metric.value] for b in budgets
+                                       if b.spec.mode is Mode.HARD})),
         )
         if len(self._templates) >= _TEMPLATE_CACHE_MAX:
             self._templates.clear()
@@ -330,9 +334,7 @@ class Core(SettlePlanner):
         """What leases need to know of a subject: whether it has rate limits, the metrics of
         its hard budgets (indexes in the amount vector), and when its earliest period ends."""
         t = self._template(subject, now_ms)
-        hard = sorted({_METRIC_INDEX[b.spec.metric.value] for b in t.budgets
-                       if b.spec.mode is Mode.HARD})
-        return bool(t.rates), tuple(hard), t.valid_until
+        return bool(t.rates), t.hard_metrics, t.valid_until
 
     def plan_check(self, subject: Subject, estimate: Usage, now_ms: int, *,
                    reservation_id: str | None = None, ttl_seconds: float | None = None,

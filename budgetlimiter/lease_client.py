@@ -116,6 +116,12 @@ class LeaseHelpers:
         return SettleResult(status=outcome, id=reservation.id, actual=amounts,
                             overshoot=overshoot)
 
+    def _lease_release(self, reservation: Reservation) -> SettleResult:
+        """Release of a leased reservation: its estimate goes back to the lease, or nowhere
+        when the lease already went back (Redis refunded it then)."""
+        result = self._lease_settle(reservation, None)
+        return result or SettleResult(status="released", id=reservation.id)
+
     def _lease_work(self, *, force: bool = False, scan: bool = False) -> list[LeaseWork]:
         """The Redis calls due now: shrinks of leases that stopped admitting with calls in
         flight, then returns (a commit of the summed usage, or a release when nothing was

@@ -88,12 +88,5 @@ orgs:
       - {metric: cost, amount: "10", period: month}
 """
 
-RATE_ONLY = """
-timezone: UTC
-pricing:
-  gpt: {input_per_million: "1", output_per_million: "2"}
-orgs:
-  acme:
-    rates:
-      - {metric: invocations, limit: 5, per: second}
-"""
+#: RATES without the agent-level rate: one org-wide invocation rate
+RATE_ONLY = RATES.split("    agents:")[0]
