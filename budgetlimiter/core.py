@@ -97,10 +97,15 @@ class _ReplyReader:
         j = 0
         for scope, metric, period, mode, units, resets, origin, soft in self.budgets:
             j += 1
-            used, reserved, carry = vals[pos], vals[pos + 1], vals[pos + 2]
+            u, r, carry = vals[pos], vals[pos + 1], vals[pos + 2]
             pos += 3
+            used: int | None
+            reserved: int | None
+            if u == -1:  # admitted: the script read only used + reserved, in r
+                taken, used, reserved = r, None, None
+            else:
+                taken, used, reserved = u + r, u, r
             eff = units + carry
-            taken = used + reserved
             if j == blocker:
                 state: LimitState = "blocked"
             elif soft:
@@ -110,13 +115,14 @@ class _ReplyReader:
             else:
                 state = "ok"
             out.append(LimitStatus(scope, "budget", metric, period, mode,  # type: ignore[arg-type]
-                                   eff, used, reserved, carry, resets, state, origin))
+                                   eff, taken, used, reserved, carry, resets, state, origin))
         for scope, metric, period, burst, interval, origin in self.rates:
             j += 1
             ahead_us = vals[pos]
             pos += 1
             taken = min(burst, math.ceil(ahead_us / interval)) if ahead_us > 0 else 0
-            out.append(LimitStatus(scope, "rate", metric, period, "hard", burst, taken, 0, 0,
+            out.append(LimitStatus(scope, "rate", metric, period, "hard", burst, taken, taken,
+                                   0, 0,
                                    None, "blocked" if j == blocker else "ok", origin))
         return out
 

@@ -58,7 +58,8 @@ class DenyCache:
     def remember(self, call: ScriptCall, decision: Decision, now_ms: int) -> None:
         """Store a denial when its blocking budget is exhausted by committed usage."""
         b = decision.blocked_by
-        if decision.allowed or b is None or b.kind != "budget" or b.used < b.limit:
+        if (decision.allowed or b is None or b.kind != "budget"
+                or b.used is None or b.used < b.limit):
             return
         if b.mode != "hard" or b.resets_at is None:
             return

@@ -34,7 +34,7 @@ from .periods import PeriodKind, Window
 from .subject import Scope, Subject
 from .usage import Metric
 
-DEFAULT_PREFIX = "bl:v1"
+DEFAULT_PREFIX = "bl:v2"
 
 
 @lru_cache(maxsize=65536)

@@ -36,7 +36,7 @@ def scope_overview(limiter: Any, store: Any, scope: Scope | str, metric: Metric 
                and s.period == granularity]
     if series and current:
         label, recorded = series[-1]
-        series[-1] = (label, max(recorded, current[0].used))
+        series[-1] = (label, max(recorded, current[0].used or 0))
     return {
         "scope": str(target),
         "metric": met.value,

@@ -28,8 +28,13 @@ class LimitStatus:
     """One limit of one scope as Redis saw it during the decision.
 
     Amounts are integers in the metric's unit (micro-USD for cost). For budgets ``limit`` is
-    the effective limit (declared amount plus carried-over budget). For rate limits ``used``
+    the effective limit (declared amount plus carried-over budget) and ``taken`` is what is
+    used or reserved (an admitted check's own reservation included). For rate limits ``used``
     is how much of the burst is currently taken and ``period`` is ``per <second|minute|hour>``.
+
+    ``used`` and ``reserved`` are ``None`` in the statuses of an *admitted* check: it reads and
+    reserves one counter per budget (used + reserved together), which keeps the hot path at
+    one Redis command per budget. Refusals, ``status()`` and dry runs report both.
     """
 
     scope: Scope
@@ -38,8 +43,9 @@ class LimitStatus:
     period: str
     mode: Literal["hard", "soft"]
     limit: int
-    used: int
-    reserved: int
+    taken: int
+    used: int | None
+    reserved: int | None
     carry: int
     resets_at: datetime | None
     state: LimitState
@@ -47,14 +53,14 @@ class LimitStatus:
 
     @property
     def remaining(self) -> int:
-        return max(0, self.limit - self.used - self.reserved)
+        return max(0, self.limit - self.taken)
 
     @property
     def percent(self) -> float:
         """Share of the limit used or reserved, for display only."""
         if self.limit <= 0:
-            return 100.0 if self.used + self.reserved > 0 else 0.0
-        return 100.0 * (self.used + self.reserved) / self.limit
+            return 100.0 if self.taken > 0 else 0.0
+        return 100.0 * self.taken / self.limit
 
     def to_dict(self) -> dict[str, Any]:
         m = self.metric
@@ -65,8 +71,9 @@ class LimitStatus:
             "period": self.period,
             "mode": self.mode,
             "limit": _money(m, self.limit),
-            "used": _money(m, self.used),
-            "reserved": _money(m, self.reserved),
+            "taken": _money(m, self.taken),
+            "used": None if self.used is None else _money(m, self.used),
+            "reserved": None if self.reserved is None else _money(m, self.reserved),
             "remaining": _money(m, self.remaining),
             "carry": _money(m, self.carry),
             "percent": round(self.percent, 2),
@@ -139,10 +146,14 @@ class Decision:
             return f"allowed {self.subject}"
         if self.blocked_by is not None:
             b = self.blocked_by
+            if b.used is None or b.reserved is None:
+                taken = f"taken {_money(b.metric, b.taken)}"
+            else:
+                taken = (f"used {_money(b.metric, b.used)}, "
+                         f"reserved {_money(b.metric, b.reserved)}")
             return (
                 f"denied {self.subject}: {b.kind} {b.metric.value} per {b.period} of {b.scope} "
-                f"(limit {_money(b.metric, b.limit)}, used {_money(b.metric, b.used)}, "
-                f"reserved {_money(b.metric, b.reserved)})"
+                f"(limit {_money(b.metric, b.limit)}, {taken})"
             )
         return f"denied {self.subject}: {self.reason}"
 

@@ -12,9 +12,15 @@ local out = {}
 for i = 1, #KEYS do
   local fresh = redis.call('EXISTS', KEYS[i]) == 0
   local v = redis.call('HINCRBY', KEYS[i], 'u:' .. m, ARGV[3])
+  local moved = tonumber(ARGV[3])
   if v < 0 then
     redis.call('HSET', KEYS[i], 'u:' .. m, '0')
+    moved = moved - v
     v = 0
+  end
+  -- held (used + reserved) moves with used
+  if moved ~= 0 then
+    redis.call('HINCRBY', KEYS[i], 'h:' .. m, I(moved))
   end
   if fresh then
     expire_at(KEYS[i], ARGV[3 + i], now)

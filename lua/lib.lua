@@ -30,10 +30,11 @@ local function plan_lines(plan)
 end
 
 -- Undo the reserved amounts of a plan (counters only; rate limits are charged at admission).
+-- Counter fields: u:<m> used, h:<m> held (used + reserved), c:<m> carry, a:<m> alerts fired.
 local function refund(body)
   for key, m, est in string.gmatch(body, 'c\t([^\t]+)\t(%a)\t(%d+)\t[^\n]*\n') do
     if est ~= '0' then
-      redis.call('HINCRBY', key, 'r:' .. m, '-' .. est)
+      redis.call('HINCRBY', key, 'h:' .. m, '-' .. est)
     end
   end
 end
@@ -75,11 +76,11 @@ local function carry_from(prev_key, m, limit, cap)
   if prev_key == nil then
     return 0
   end
-  local f = redis.call('HMGET', prev_key, 'u:' .. m, 'r:' .. m, 'c:' .. m)
+  local f = redis.call('HMGET', prev_key, 'u:' .. m, 'h:' .. m, 'c:' .. m)
   if not f[1] and not f[2] and not f[3] then
     return 0
   end
-  local unused = limit + (tonumber(f[3]) or 0) - (tonumber(f[1]) or 0) - (tonumber(f[2]) or 0)
+  local unused = limit + (tonumber(f[3]) or 0) - (tonumber(f[2]) or tonumber(f[1]) or 0)
   if unused < 0 then
     unused = 0
   end

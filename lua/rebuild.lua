@@ -32,6 +32,7 @@ for _ = 1, n do
   local cur = tonumber(redis.call('HGET', key, 'u:' .. m)) or 0
   if total > cur then
     redis.call('HSET', key, 'u:' .. m, I(total))
+    redis.call('HINCRBY', key, 'h:' .. m, I(total - cur))
     raised = raised + 1
   end
   if fired > 0 and fired > (tonumber(redis.call('HGET', key, 'a:' .. m)) or 0) then

@@ -63,7 +63,7 @@ if op == 'shrink' then
         keep = old
       end
       if keep < old then
-        redis.call('HINCRBY', key, 'r:' .. m, I(keep - old))
+        redis.call('HINCRBY', key, 'h:' .. m, I(keep - old))
       end
       line = 'c\t' .. key .. '\t' .. m .. '\t' .. I(keep) .. rest
     end
@@ -74,10 +74,12 @@ if op == 'shrink' then
   return {1, 0, 0}
 end
 if live then
-  refund(body)
   redis.call('ZREM', KEYS[2], string.match(KEYS[1], ':r:([^:]*)$'))
 end
 if op == 'release' then
+  if live then
+    refund(body)
+  end
   redis.call('SET', KEYS[1], 'D', 'PX', ARGV[3])
   return {1, 0, 0}
 end
@@ -91,6 +93,11 @@ for key, m, est, limit, carry, ths, exp in string.gmatch(body,
     if strict then
       a = tonumber(est)
     end
+  end
+  -- held (used + reserved) moves by actual minus what this reservation still held
+  local held = live and a - tonumber(est) or a
+  if held ~= 0 then
+    redis.call('HINCRBY', key, 'h:' .. m, I(held))
   end
   if a > 0 then
     local u = redis.call('HINCRBY', key, 'u:' .. m, I(a))

@@ -231,7 +231,7 @@ class Chaos:
                     assert d.reservation is not None
                     for x in d.limits:  # what the script saw, after reserving
                         if x.kind == "budget" and x.mode == "hard":
-                            assert x.used + x.reserved <= x.limit, (x, inc)
+                            assert x.taken <= x.limit, (x, inc)
                     time.sleep(rng.uniform(0, 0.05))  # "the agent call"
                     actual = Usage(input_tokens=rng.randint(0, inp),
                                    output_tokens=rng.randint(0, out))

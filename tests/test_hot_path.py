@@ -26,8 +26,11 @@ def test_check_reserves_and_commit_replaces_estimate(make_limiter):
     d = bl.check(ALICE, Usage(input_tokens=100, output_tokens=200))  # 500 micro-USD
     assert d.allowed and d.reservation is not None
     team = by_scope(d.limits, "org:acme/team:eng")
-    assert (team.used, team.reserved, team.limit) == (0, 500, 1000)
+    # an admitted check reads used + reserved as one counter; status() splits it
+    assert (team.taken, team.used, team.reserved, team.limit) == (500, None, None, 1000)
     assert d.remaining("org:acme/team:eng", "cost") == 500
+    team = by_scope(bl.status(ALICE), "org:acme/team:eng")
+    assert (team.taken, team.used, team.reserved) == (500, 0, 500)
     r = bl.commit(d.reservation, Usage(input_tokens=100, output_tokens=50))  # 200
     assert r.status == "committed" and r.actual is not None and r.actual.cost == 200
     team = by_scope(bl.status(ALICE), "org:acme/team:eng")
@@ -289,7 +292,7 @@ def test_batch_check(make_limiter):
 def test_cost_given_explicitly_overrides_pricing(make_limiter):
     bl = make_limiter(BASIC)
     d = bl.check(ALICE, Usage(cost=Decimal("0.0009")))
-    assert by_scope(d.limits, "org:acme/team:eng").reserved == 900
+    assert by_scope(d.limits, "org:acme/team:eng").taken == 900
 
 
 def test_status_scope_strings_round_trip(make_limiter):

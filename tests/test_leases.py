@@ -23,7 +23,7 @@ def test_a_lease_admits_locally_and_counts_as_reserved_in_redis(make_limiter, cl
     # the first check opens the lease (one round trip) and is admitted from it
     assert first.allowed and first.leased
     assert first.reservation is not None and first.reservation.lease
-    assert inv(first.limits).reserved == 10  # the limits as Redis saw them with the slice
+    assert inv(first.limits).taken == 10  # the limits as Redis saw them with the slice
     seen = [bl.check(ORG, ONE) for _ in range(9)]
     assert all(d.allowed and d.leased for d in seen)
     # Redis holds the whole slice (10 invocations, 100 micro-USD) as reserved
@@ -116,7 +116,7 @@ def test_explicit_ids_and_ttls_bypass_leases(make_limiter):
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=10, seconds=60))
     d = bl.check(ORG, ONE, reservation_id="req-1")
     assert d.allowed and not d.leased and not d.reservation.lease
-    assert inv(d.limits).reserved == 1
+    assert inv(d.limits).taken == 1
 
 
 def test_policy_change_retires_leases(make_limiter):

@@ -132,7 +132,7 @@ def test_kill_9_restart_restore_counters_equal_recorded_usage(make_store, redis_
     assert after == before
     assert not bl.check(ALICE, Usage(input_tokens=1)).allowed  # the reached limit stays reached
     org = status_of(bl, ALICE, "org:acme")
-    assert org.used == 7000
+    assert (org.used, org.reserved) == (7000, 0)  # restored into used and held alike
     bl.close()
 
 
@@ -149,7 +149,8 @@ def test_usage_after_loss_and_before_restore_is_kept(make_store, redis_server, c
     bl.redis.connection_pool.disconnect()
     bl.record(ALICE, Usage(input_tokens=200))  # after the loss, before the restore
     rec.run_once()
-    assert status_of(bl, ALICE, "org:acme").used == 1200
+    org = status_of(bl, ALICE, "org:acme")
+    assert (org.used, org.reserved) == (1200, 0)
     rec.run_once()
     rows = store.usage_rows("acme", "2026-01-01", "2026-12-31")
     assert sum(r.input_tokens for r in rows) == 1200

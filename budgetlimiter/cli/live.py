@@ -155,7 +155,7 @@ def top_rows(limiter: Any, previous: dict[tuple[str, str, str], tuple[int, float
     for sc in live_scopes(limiter, None):
         for s in limiter.scope_status(sc):
             key = (str(s.scope), s.metric.value, s.period)
-            spent = s.used + s.reserved
+            spent = s.taken
             rate = 0.0
             if key in previous:
                 before, then = previous[key]

@@ -119,8 +119,11 @@ class LimitOut(BaseModel):
     period: str
     mode: Literal["hard", "soft"]
     limit: MoneyOrCount
-    used: MoneyOrCount
-    reserved: MoneyOrCount
+    taken: MoneyOrCount = Field(description="used + reserved (this reservation included)")
+    used: MoneyOrCount | None = Field(
+        description="null in an admitted check (it reads used + reserved as one counter); "
+                    "refusals and status reads report it")
+    reserved: MoneyOrCount | None = Field(description="null when used is null")
     remaining: MoneyOrCount
     carry: MoneyOrCount
     percent: float
