@@ -5,9 +5,9 @@ Redis Cluster slot. Ids are percent-encoded (UTF-8, everything but ``[A-Za-z0-9_
 they enter a key, so no id can contain ``{``, ``}``, ``:``, ``/`` or ``=`` and the encoding is
 injective: two different scopes never share a key and no id can break the tag or add a key.
 
-Layout (``P`` is the prefix, ``bl:v1`` by default; the ``v1`` is the layout version)::
+Layout (``P`` is the prefix, ``bl:v2`` by default; the ``v2`` is the layout version)::
 
-    P:{org}:c:<scope>:<period kind>:<period id>   hash  budget counter (u:/r:/c:/a: fields)
+    P:{org}:c:<scope>:<period kind>:<period id>   hash  budget counter (u:/h:/c:/a: fields)
     P:{org}:g:<scope>:<metric code>:<per>         str   GCRA theoretical arrival time (us)
     P:{org}:r:<reservation id>                    str   reservation plan / settle marker
     P:{org}:d:<request id>                        str   idempotency marker of record()

@@ -79,7 +79,7 @@ def test_async_connections_pack_with_hiredis_like_redis_py() -> None:
     fast = client.connection_pool.make_connection()
     plain = redis.asyncio.Connection(host="127.0.0.1", port=1)
     assert type(fast).__name__.startswith("Hiredis")
-    for args in (("EVALSHA", "ab" * 20, 2, "bl:v1:{o}:k", "x y", 0, -5, 12345678901234),
+    for args in (("EVALSHA", "ab" * 20, 2, "bl:v2:{o}:k", "x y", 0, -5, 12345678901234),
                  ("CONFIG GET", "maxmemory"), ("SET", "k", bytearray(b"v")),
                  ("SET", "k", memoryview(b"\xff\x00")), ("SET", "k", "é∑")):
         assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
