@@ -49,6 +49,20 @@ orgs:
       - {metric: invocations, amount: 10, period: day, rollover: accumulate, rollover_cap: 5}
 """
 
+#: budgets and an org-wide rate limit on one subject (tests/test_held_counter.py)
+BUDGETS_AND_RATE = """
+timezone: UTC
+pricing:
+  gpt: {input_per_million: "1", output_per_million: "2"}
+orgs:
+  acme:
+    limits:
+      - {metric: cost, amount: "10", period: month}
+      - {metric: total_tokens, amount: 100, period: day}
+    rates:
+      - {metric: invocations, limit: 2, per: minute}
+"""
+
 THRESHOLDS = """
 timezone: UTC
 pricing:

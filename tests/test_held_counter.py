@@ -14,23 +14,10 @@ from budgetlimiter import Metric, Scope, Subject, Usage
 from budgetlimiter.adjust import apply_adjustment
 from budgetlimiter.store.sql import Store
 
-from .policies import BASIC
+from .policies import BASIC, BUDGETS_AND_RATE
 
 ALICE = Subject("acme", "gpt", team="eng", user="alice")
 TEAM = "org:acme/team:eng"
-
-BUDGETS_AND_RATE = """
-timezone: UTC
-pricing:
-  gpt: {input_per_million: "1", output_per_million: "2"}
-orgs:
-  acme:
-    limits:
-      - {metric: cost, amount: "10", period: month}
-      - {metric: total_tokens, amount: 100, period: day}
-    rates:
-      - {metric: invocations, limit: 2, per: minute}
-"""
 
 
 def split(limiter, scope: str, metric: str = "cost") -> tuple[int, int, int]:
