@@ -151,7 +151,7 @@ def test_tls_client_cert_and_narrow_acl_user(tls_redis, tmp_path, caplog):
     assert bl.record(ALICE, Usage(input_tokens=600_000), request_id="big").status == "recorded"
     team = next(x for x in bl.status(ALICE) if str(x.scope) == "org:acme/team:eng")
     assert team.used == 1000 + 600_000
-    assert [x.used for x in bl.check_batch([(ALICE, Usage(input_tokens=1))])[0].limits][:1]
+    assert bl.check_batch([(ALICE, Usage(input_tokens=1))])[0].limits[0].taken > 0
     # the reconciler runs with the same narrow user: flush, events, SCAN, restore
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     store.migrate()
