@@ -234,10 +234,6 @@ class AsyncBudgetLimiter(ClientBase):
     async def release(self, reservation: Reservation | str, *,
                       org: str | None = None) -> SettleResult:
         """See :meth:`BudgetLimiter.release`."""
-        if isinstance(reservation, Reservation) and reservation.lease:
-            released = self._lease_release(reservation)
-            self._return_leases()
-            return released
         prepared = self._prepare_release(reservation, org)
         if isinstance(prepared, SettleResult):
             return prepared

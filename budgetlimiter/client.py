@@ -184,10 +184,6 @@ class BudgetLimiter(ClientBase):
 
     def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
         """Refund a reservation that will not be used. Retrying is safe."""
-        if isinstance(reservation, Reservation) and reservation.lease:
-            released = self._lease_release(reservation)
-            self._return_leases()
-            return released
         prepared = self._prepare_release(reservation, org)
         if isinstance(prepared, SettleResult):
             return prepared

@@ -118,12 +118,21 @@ class ClientBase(LeaseHelpers):
                                     ttl_seconds=ttl)
         return call, est, now, self._cached_denial(call, now)
 
+    def _return_leases(self, *, force: bool = False, scan: bool = False) -> object:
+        """Hand due leases back to Redis (the sync client inline, the async one in a task)."""
+        raise NotImplementedError
+
     def _prepare_release(self, reservation: Reservation | str,
                          org: str | None) -> tuple[ScriptCall, str] | SettleResult:
-        """The release call, or the result when nothing needs Redis (a local reservation)."""
+        """The release call, or the result when nothing needs Redis (a local reservation, or
+        one admitted from a lease: released in-process)."""
         if isinstance(reservation, Reservation):
             if reservation.local:
                 return SettleResult(status="released", id=reservation.id)
+            if reservation.lease:
+                released = self._lease_release(reservation)
+                self._return_leases()
+                return released
             return (self.core.plan_release(reservation.subject.org, reservation.id,
                                            self.clock()), reservation.id)
         if org is None:
