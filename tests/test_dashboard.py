@@ -135,6 +135,14 @@ def _browser() -> Any:
     return sync_playwright
 
 
+def _launch(pw: Any) -> Any:
+    """Headless Debian Chromium; failing to start it FAILS the test."""
+    try:
+        return pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    except Exception as exc:
+        pytest.fail(f"cannot launch headless Chromium at {CHROMIUM}: {exc}")
+
+
 def test_dashboard_in_chromium(start: Start) -> None:
     sync_playwright = _browser()
     live, limiter = start()
@@ -142,10 +150,7 @@ def test_dashboard_in_chromium(start: Start) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"cannot launch headless Chromium at {CHROMIUM}: {exc}")
+        browser = _launch(pw)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -210,10 +215,7 @@ def test_dashboard_token_in_chromium(start: Start, tmp_path: Path) -> None:
     live, limiter = start(tokens=parse_tokens([READ]), db_url=f"sqlite:///{tmp_path / 'b.db'}")
     spend(limiter, ALICE, "0.5", "t1")
     with sync_playwright() as pw:
-        try:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:
-            pytest.fail(f"cannot launch headless Chromium at {CHROMIUM}: {exc}")
+        browser = _launch(pw)
         try:
             page = browser.new_page()
             page.goto(f"{live.url}/ui?org=acme")
