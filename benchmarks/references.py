@@ -39,8 +39,8 @@ CLIENTS = 50
 def check_command(client: redis.Redis, depth: int = 4, extra_orgs: int = 0) -> list[str]:
     """``EVALSHA sha numkeys KEYS... ARGV...`` of one real check of the 4-level subject, with a
     reservation id that redis-benchmark randomizes per call."""
-    from budgetlimiter.core import Core
-    from budgetlimiter.scripts import Registry
+    from budgetlimiter.engine.planner import Core
+    from budgetlimiter.engine.scripts import Registry
 
     script = Registry.default()["check"]
     sha = client.script_load(script.source)

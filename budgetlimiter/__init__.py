@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .aio import AsyncBudgetLimiter
 from .client import BudgetLimiter
+from .engine.leases import LeaseConfig
 from .errors import (
     BackendRejected,
     BackendUnavailable,
@@ -18,7 +19,6 @@ from .errors import (
     UnknownScope,
 )
 from .extract import extract_usage
-from .leases import LeaseConfig
 from .policy import Policy, load_policy, parse_policy
 from .results import Decision, LimitStatus, Reservation, SettleResult, ThresholdCrossing
 from .subject import Scope, Subject

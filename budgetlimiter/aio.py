@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from .backends import connect_async
-from .calls import ScriptCall
 from .coalesce import Coalescer, pipeline_replies
+from .engine.calls import ScriptCall
+from .engine.keys import DEFAULT_PREFIX
+from .engine.lease_client import LeaseWork, Opening
+from .engine.leases import LeaseConfig
+from .engine.scripts import run_async
+from .engine.shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred
 from .errors import BackendRejected, BackendUnavailable
 from .guard import AsyncGuard, Extractor, OnCommit
-from .keys import DEFAULT_PREFIX
-from .lease_client import LeaseWork, Opening
-from .leases import LeaseConfig
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
-from .scripts import run_async
-from .shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred
 from .subject import Scope, Subject
 from .usage import Usage
 

@@ -12,15 +12,15 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from .backends import DEFAULT_TIMEOUT, connect_sync
-from .calls import ScriptCall
+from .engine.calls import ScriptCall
+from .engine.keys import DEFAULT_PREFIX
+from .engine.leases import LeaseConfig
+from .engine.scripts import is_noscript, run_sync
+from .engine.shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred, log
 from .errors import BackendRejected, BackendUnavailable
 from .guard import Extractor, Guard, OnCommit
-from .keys import DEFAULT_PREFIX
-from .leases import LeaseConfig
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
-from .scripts import is_noscript, run_sync
-from .shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred, log
 from .subject import Scope, Subject
 from .usage import Usage
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .calls import ScriptCall
-from .scripts import Registry, is_noscript
+from .engine.calls import ScriptCall
+from .engine.scripts import Registry, is_noscript
 
 
 async def pipeline_replies(redis: Any, scripts: Registry, calls: list[ScriptCall]) -> list[Any]:

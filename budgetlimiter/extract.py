@@ -18,7 +18,7 @@ cached ones included (Anthropic's cache reads and writes are added to its ``inpu
 which excludes them); ``output_tokens`` counts every generated token, reasoning included. When a
 response reports cached, cache-write or reasoning tokens, the result is a :class:`ProviderUsage`
 that also says how many of them there were, and
-:meth:`Pricing.cost_micros <budgetlimiter.policy_model.Pricing.cost_micros>` prices the cached
+:meth:`Pricing.cost_micros <budgetlimiter.policy.model.Pricing.cost_micros>` prices the cached
 input tokens at ``cached_input_per_million``.
 """
 

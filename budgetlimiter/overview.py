@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from .store.reports import trend
+from .durable.store.reports import trend
 from .subject import Scope
 from .usage import Metric
 

@@ -88,7 +88,7 @@ class Reservation:
 
     ``plan`` is the reservation's refund/commit plan as built by this process; it lets a
     commit still count the usage if Redis lost the reservation (e.g. after a restart).
-    ``lease`` is the id of the lease it was admitted from (see :mod:`budgetlimiter.leases`);
+    ``lease`` is the id of the lease it was admitted from (see :mod:`budgetlimiter.engine.leases`);
     such a reservation is committed or released in-process.
     """
 

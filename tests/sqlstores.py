@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from budgetlimiter.store.sql import Store
+from budgetlimiter.durable.store.sql import Store
 
 PG_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
 _pg_url: list[str] = []

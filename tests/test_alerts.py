@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from budgetlimiter.alerts import (
+from budgetlimiter.durable.alerts import (
     CallbackSink,
     Deliverer,
     DeliveryError,
@@ -29,7 +29,7 @@ from budgetlimiter.alerts import (
     sign,
     verify,
 )
-from budgetlimiter.store.records import AlertEvent, Delivery
+from budgetlimiter.durable.store.records import AlertEvent, Delivery
 
 from .webhook_receiver import WebhookReceiver
 

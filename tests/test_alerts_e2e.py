@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
-from budgetlimiter.alerts import Deliverer, WebhookSink, generate_secret
-from budgetlimiter.reconciler import Reconciler
+from budgetlimiter.durable.alerts import Deliverer, WebhookSink, generate_secret
+from budgetlimiter.durable.reconciler import Reconciler
 
 from .webhook_receiver import WebhookReceiver
 

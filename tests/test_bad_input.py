@@ -18,7 +18,7 @@ from budgetlimiter import (
     UnknownScope,
     Usage,
 )
-from budgetlimiter.keys import KeySpace, encode_id
+from budgetlimiter.engine.keys import KeySpace, encode_id
 
 from .policies import BASIC, DEFAULTS_ONLY
 
@@ -115,7 +115,7 @@ ids = st.text(min_size=1, max_size=40).filter(
 def test_distinct_scopes_never_share_a_key(a, b):
     ks = KeySpace()
     sa, sb = Scope(a[0], a[1], a[2], a[3]), Scope(b[0], b[1], b[2], b[3])
-    from budgetlimiter.keys import scope_path
+    from budgetlimiter.engine.keys import scope_path
 
     ka = ks.org_base(sa.org) + scope_path(sa)
     kb = ks.org_base(sb.org) + scope_path(sb)

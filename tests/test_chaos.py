@@ -30,11 +30,11 @@ from typing import Any
 import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
-from budgetlimiter.alerts import Deliverer, WebhookSink, generate_secret
-from budgetlimiter.reconciler import Reconciler
+from budgetlimiter.durable.alerts import Deliverer, WebhookSink, generate_secret
+from budgetlimiter.durable.reconciler import Reconciler
+from budgetlimiter.durable.store.sql import Store
+from budgetlimiter.engine.shell import UNAVAILABLE
 from budgetlimiter.results import Reservation
-from budgetlimiter.shell import UNAVAILABLE
-from budgetlimiter.store.sql import Store
 from budgetlimiter.usage import Metric
 
 from .servers import RedisServer

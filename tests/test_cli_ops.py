@@ -94,7 +94,7 @@ def test_reconcile_report_alerts_restore(env, limiter, fresh_redis):
                        request_id=f"a{i}")
     once = cli(env, "reconcile", "--once")
     assert once.exit_code == 0 and "flushes 1" in once.output
-    from budgetlimiter.store.sql import Store
+    from budgetlimiter.durable.store.sql import Store
 
     st = Store(env["BUDGETLIMITER_DB"])
     in_force = st.policy_in_force()

@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
-from budgetlimiter.keys import KeySpace
-from budgetlimiter.reconciler import Reconciler
+from budgetlimiter.durable.reconciler import Reconciler
+from budgetlimiter.engine.keys import KeySpace
 
 from .cluster import RedisClusterNodes
 from .policies import DEFAULTS_ONLY

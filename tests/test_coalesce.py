@@ -9,9 +9,9 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from budgetlimiter.calls import ScriptCall
 from budgetlimiter.coalesce import Coalescer
-from budgetlimiter.scripts import Registry
+from budgetlimiter.engine.calls import ScriptCall
+from budgetlimiter.engine.scripts import Registry
 
 
 class FakePipe:

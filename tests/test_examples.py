@@ -17,7 +17,7 @@ import pytest
 from budgetlimiter import AsyncBudgetLimiter, SettleResult, Subject, Usage, parse_policy
 from budgetlimiter.estimate import estimate_openai_chat
 from budgetlimiter.guard import Committed
-from budgetlimiter.pricing import lookup_pricing
+from budgetlimiter.policy.pricing import lookup_pricing
 from budgetlimiter.server.testing import LiveServer
 from budgetlimiter.usage import Amounts
 

@@ -18,8 +18,8 @@ from budgetlimiter.estimate import (
 )
 from budgetlimiter.extract import ProviderUsage, extract_usage, field_extractor
 from budgetlimiter.guard import Guard
-from budgetlimiter.policy_model import Pricing
-from budgetlimiter.pricing import lookup_pricing, shipped_pricing
+from budgetlimiter.policy.model import Pricing
+from budgetlimiter.policy.pricing import lookup_pricing, shipped_pricing
 
 from .payloadlib import as_object, load
 

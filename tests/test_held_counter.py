@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from budgetlimiter import Metric, Scope, Subject, Usage
-from budgetlimiter.adjust import apply_adjustment
-from budgetlimiter.store.sql import Store
+from budgetlimiter.durable.adjust import apply_adjustment
+from budgetlimiter.durable.store.sql import Store
 
 from .policies import BASIC, BUDGETS_AND_RATE
 

@@ -326,7 +326,7 @@ def test_failed_shrink_is_retried(make_limiter, clock):
 
 
 def test_retried_commit_is_not_double_counted_after_many_returns(make_limiter, monkeypatch):
-    import budgetlimiter.leases as leases_mod
+    import budgetlimiter.engine.leases as leases_mod
 
     monkeypatch.setattr(leases_mod, "_MAX_REMEMBERED", 3)  # stands for 100 000 busy leases
     bl = make_limiter(LEASES, leases=LeaseConfig(calls=4, seconds=60))

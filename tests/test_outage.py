@@ -112,7 +112,7 @@ def test_an_unresponsive_redis_never_blocks_longer_than_the_timeout(clock):
 
 
 def test_reconciler_started_while_redis_is_down_recovers_on_its_own(make_store, clock):
-    from budgetlimiter.reconciler import Reconciler
+    from budgetlimiter.durable.reconciler import Reconciler
 
     server = RedisServer()  # not started yet: Redis is down
     store = make_store()
@@ -144,7 +144,7 @@ def test_reconciler_started_while_redis_is_down_recovers_on_its_own(make_store, 
 def test_a_half_open_probe_that_ends_without_an_answer_does_not_stick():
     """A probe met by an error reply or a cancellation frees the half-open slot; a probe that
     Redis answers with a refusal (credentials, ACL) closes the circuit: Redis is there."""
-    from budgetlimiter.breaker import CircuitBreaker
+    from budgetlimiter.engine.breaker import CircuitBreaker
 
     now = [0.0]
     b = CircuitBreaker(threshold=1, reset_s=1.0, clock=lambda: now[0])

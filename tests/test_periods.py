@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budgetlimiter.periods import (
+from budgetlimiter.policy.periods import (
     PeriodKind,
     Window,
     next_window,

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from budgetlimiter.errors import PolicyError, UnknownAgent
-from budgetlimiter.periods import PeriodKind
 from budgetlimiter.policy import (
     LimitSpec,
     Mode,
@@ -19,6 +18,7 @@ from budgetlimiter.policy import (
     load_policy,
     parse_policy,
 )
+from budgetlimiter.policy.periods import PeriodKind
 from budgetlimiter.subject import Scope, Subject
 from budgetlimiter.usage import Metric, Usage
 

@@ -24,10 +24,10 @@ from budgetlimiter import (
     Usage,
     parse_policy,
 )
-from budgetlimiter.core import Core
-from budgetlimiter.keys import KeySpace, encode_id
-from budgetlimiter.periods import PeriodKind, window_at
+from budgetlimiter.engine.keys import KeySpace, encode_id
+from budgetlimiter.engine.planner import Core
 from budgetlimiter.policy import policy_from_dict
+from budgetlimiter.policy.periods import PeriodKind, window_at
 from budgetlimiter.usage import MAX_AMOUNT, Metric
 
 from .conftest import FakeClock

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
-from budgetlimiter.reconciler import Reconciler
-from budgetlimiter.store.records import UsageRow
+from budgetlimiter.durable.reconciler import Reconciler
+from budgetlimiter.durable.store.records import UsageRow
 
 pytestmark = pytest.mark.redis
 
@@ -79,7 +79,7 @@ def test_crash_between_sql_commit_and_ack_does_not_double_count(limiter, make_st
     reply = rec._script("flush", [ks.dirty("acme"), ks.epoch("acme"), ks.pending_flush("acme")],
                         [str(seq), "flush-1", 100])
     assert reply[0] == b"moved"
-    from budgetlimiter.restore import parse_flush_record
+    from budgetlimiter.durable.restore import parse_flush_record
 
     fid, rows = parse_flush_record(reply[1].decode(), ks)
     store.apply_flush("acme", fid, seq, rows)  # ... and the reconciler "dies" before the ack
@@ -202,7 +202,7 @@ def test_graceful_shutdown_flushes_pending(limiter, make_store):
 
 
 def test_flush_record_rows_parse(limiter):
-    from budgetlimiter.restore import parse_flush_record
+    from budgetlimiter.durable.restore import parse_flush_record
 
     key = limiter.core.keys.ledger(ALICE, "2026-03-10")
     fid, rows = parse_flush_record(f"abc\n{key}\tn=1\ti=5\tc=9\n", limiter.core.keys)

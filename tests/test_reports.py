@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from budgetlimiter.store.records import Adjustment, UsageRow
-from budgetlimiter.store.reports import cost_by_team, cost_by_user, trend, usage_by_agent
-from budgetlimiter.store.sql import FlushOutcome, Store
+from budgetlimiter.durable.store.records import Adjustment, UsageRow
+from budgetlimiter.durable.store.reports import cost_by_team, cost_by_user, trend, usage_by_agent
+from budgetlimiter.durable.store.sql import FlushOutcome, Store
 from budgetlimiter.subject import Scope
 from budgetlimiter.usage import Metric
 

@@ -9,8 +9,8 @@ import time
 import redis
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
-from budgetlimiter.keys import KeySpace
-from budgetlimiter.scripts import Registry
+from budgetlimiter.engine.keys import KeySpace
+from budgetlimiter.engine.scripts import Registry
 
 from .policies import BASIC
 

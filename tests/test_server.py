@@ -232,7 +232,7 @@ def test_usage_reports(start: Start, tmp_path: Path, monkeypatch: pytest.MonkeyP
                                             "to": "2026-03-02", "scope": "org:acme/team:eng"})
     assert trend.json()["series"] == [{"period": "2026-03-01", "value": "0.000000"},
                                       {"period": "2026-03-02", "value": "0.000000"}]
-    from budgetlimiter.store import reports
+    from budgetlimiter.durable.store import reports
 
     monkeypatch.setattr(reports, "usage_by_agent", lambda *a: [
         {"agent": "gpt", "invocations": 3, "cost": 1_500}])

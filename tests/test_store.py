@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
-from budgetlimiter.store import MIGRATIONS, FlushOutcome, Migration, Store
-from budgetlimiter.store.records import Adjustment, AlertEvent, UsageRow
+from budgetlimiter.durable.store import MIGRATIONS, FlushOutcome, Migration, Store
+from budgetlimiter.durable.store.records import Adjustment, AlertEvent, UsageRow
 
 
 def race(n: int, fn: Callable[[int], Any]) -> list[Any]:

@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.durable.reconciler import Reconciler
+from budgetlimiter.durable.store.sql import Store
 from budgetlimiter.errors import BackendRejected
-from budgetlimiter.reconciler import Reconciler
-from budgetlimiter.store.sql import Store
 
 from .servers import RedisServer, free_port
 

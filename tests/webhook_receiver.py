@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from budgetlimiter.alerts import InvalidSignature, verify
+from budgetlimiter.durable.alerts import InvalidSignature, verify
 
 
 @dataclass(frozen=True)

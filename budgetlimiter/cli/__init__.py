@@ -68,7 +68,7 @@ _register()
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point with the error contract: one clear line, a documented exit code."""
-    from ..shell import UNAVAILABLE
+    from ..engine.shell import UNAVAILABLE
 
     try:
         main(args=argv, standalone_mode=False)

@@ -63,7 +63,7 @@ class Context:
 
     def store(self) -> Any:
         if self._store is None:
-            from ..store.sql import Store
+            from ..durable.store.sql import Store
 
             self._store = Store(self.db_url)
             self._store.migrate()

@@ -30,8 +30,8 @@ from .output import bar, render, sparkline
 def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ...],
               webhook_secret_env: str) -> None:
     """Flush usage to SQL, restore Redis after data loss, and deliver alerts."""
-    from ..alerts import Deliverer, LogSink, WebhookSink
-    from ..reconciler import Reconciler
+    from ..durable.alerts import Deliverer, LogSink, WebhookSink
+    from ..durable.reconciler import Reconciler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sinks: dict[str, Any] = {"log": LogSink("log")}
@@ -111,7 +111,7 @@ def _range_options(fn: Any) -> Any:
 @click.pass_obj
 def report_agents(obj: Context, org: str, first: str | None, last: str | None) -> None:
     """Usage breakdown by agent."""
-    from ..store.reports import usage_by_agent
+    from ..durable.store.reports import usage_by_agent
 
     a, b = _days(first, last)
     click.echo(render(_with_bars(_money_rows(usage_by_agent(obj.store(), org, a, b)), obj),
@@ -124,7 +124,7 @@ def report_agents(obj: Context, org: str, first: str | None, last: str | None) -
 @click.pass_obj
 def report_teams(obj: Context, org: str, first: str | None, last: str | None) -> None:
     """Cost attribution by team."""
-    from ..store.reports import cost_by_team
+    from ..durable.store.reports import cost_by_team
 
     a, b = _days(first, last)
     click.echo(render(_with_bars(_money_rows(cost_by_team(obj.store(), org, a, b)), obj),
@@ -139,7 +139,7 @@ def report_teams(obj: Context, org: str, first: str | None, last: str | None) ->
 def report_users(obj: Context, org: str, team: str | None, first: str | None,
                  last: str | None) -> None:
     """Cost attribution by user (optionally within one team)."""
-    from ..store.reports import cost_by_user
+    from ..durable.store.reports import cost_by_user
 
     a, b = _days(first, last)
     rows = cost_by_user(obj.store(), org, a, b, team=team)
@@ -157,7 +157,7 @@ def report_users(obj: Context, org: str, team: str | None, first: str | None,
 def report_trend(obj: Context, scope: str, metric: str, granularity: str,
                  first: str | None, last: str | None) -> None:
     """A scope's usage over time, as a chart in the terminal."""
-    from ..store.reports import trend
+    from ..durable.store.reports import trend
 
     a, b = _days(first, last)
     target = Scope.parse(scope)
@@ -216,7 +216,7 @@ def alerts_requeue(obj: Context, event_id: str | None) -> None:
 def restore(obj: Context, orgs: tuple[str, ...]) -> None:
     """Rebuild Redis counters from the durable record now (normally the reconciler does this
     by itself when it notices lost data)."""
-    from ..reconciler import Reconciler
+    from ..durable.reconciler import Reconciler
 
     store = obj.store()
     rec = Reconciler(obj.limiter(), store)

@@ -211,7 +211,7 @@ def adjust(obj: Context, scope: str, metric: str, amount: str, why: str,
     """An audited credit or debit of SCOPE's current-period usage."""
     import getpass
 
-    from ..adjust import apply_adjustment
+    from ..durable.adjust import apply_adjustment
 
     target = Scope.parse(scope)
     met = Metric(metric)

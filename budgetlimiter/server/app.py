@@ -27,8 +27,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..aio import AsyncBudgetLimiter
+from ..engine.shell import Clock
 from ..policy import Policy, load_policy
-from ..shell import Clock
 from .config import ServerConfig
 from .handlers import Api, endpoint, request_id
 from .metrics import Metrics
@@ -168,7 +168,7 @@ class Server:
     def _open_store(self) -> None:
         with self._store_lock:
             if self._store is None:
-                from ..store.sql import Store
+                from ..durable.store.sql import Store
 
                 store = Store(self.config.db_url or "")
                 try:

@@ -14,9 +14,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..engine.shell import UNAVAILABLE
 from ..errors import BudgetLimiterError
 from ..results import Decision
-from ..shell import UNAVAILABLE
 from ..subject import Scope, Subject
 from ..usage import Amounts, usd_to_micros
 from . import models as m

@@ -61,7 +61,7 @@ async def usage_report(server: Server, q: dict[str, str]) -> dict[str, Any]:
         raise Problem("invalid_input", f"the range is limited to {MAX_DAYS} days")
     a, b = first.isoformat(), last.isoformat()
     doc: dict[str, Any] = {"org": org, "by": by, "from": a, "to": b, "rows": [], "series": []}
-    from ..store import reports
+    from ..durable.store import reports
 
     if by == "trend":
         scope = Scope.parse(q["scope"]) if q.get("scope") else Scope(org)

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, PrivateAttr, StrictInt, field_validator
 from typing_extensions import Self
 
-from .errors import UnknownAgent
-from .periods import parse_timezone
-from .policy_model import (
+from ..errors import UnknownAgent
+from ..subject import Scope, Subject
+from .model import (
     AgentId,
     OrgId,
     OrgSpec,
@@ -20,9 +20,9 @@ from .policy_model import (
     TopDefaults,
     _Model,
 )
-from .policy_resolve import EffectivePolicy, declared_scopes, resolve_subject
+from .periods import parse_timezone
 from .pricing import lookup_pricing
-from .subject import Scope, Subject
+from .resolve import EffectivePolicy, declared_scopes, resolve_subject
 
 WEEKDAYS: tuple[str, ...] = (
     "monday",
@@ -84,8 +84,8 @@ class Policy(_Model):
 
     def pricing_for(self, agent: str) -> Pricing:
         """Pricing of ``agent``: the policy's ``pricing[agent]``, else the shipped table
-        (:mod:`budgetlimiter.pricing`), else ``default_pricing``; raises :class:`UnknownAgent`
-        when none applies (an unpriced agent is never counted as free)."""
+        (:mod:`budgetlimiter.policy.pricing`), else ``default_pricing``; raises
+        :class:`UnknownAgent` when none applies (an unpriced agent is never counted as free)."""
         found = self.pricing.get(agent)
         if found is not None:
             return found

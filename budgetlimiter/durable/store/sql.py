@@ -156,7 +156,8 @@ class Store:
     def migrate(self, steps: Sequence[migrations.Migration] | None = None) -> int:
         """Create or upgrade the schema (idempotent, safe concurrently); return its version.
 
-        ``steps`` replaces :data:`~budgetlimiter.store.migrations.MIGRATIONS` (for tests)."""
+        ``steps`` replaces :data:`~budgetlimiter.durable.store.migrations.MIGRATIONS`
+        (for tests)."""
         if self.schema and self.dialect == "postgresql":
             with self._write("migrate") as conn:
                 conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -391,7 +392,7 @@ class Store:
     # ------------------------------------------------------------------ for reports
 
     def reading(self) -> AbstractContextManager[Connection]:
-        """A connection in a read transaction (used by :mod:`budgetlimiter.store.reports`)."""
+        """A connection in a read transaction (for :mod:`budgetlimiter.durable.store.reports`)."""
         return self._read()
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, select
 
-from ..subject import Scope
-from ..usage import Metric
+from ...subject import Scope
+from ...usage import Metric
 from . import schema
 from .sql import Store
 

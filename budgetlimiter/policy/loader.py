@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
-from .errors import PolicyError
-from .policy_resolve import path_segment
-from .policy_root import Policy
+from ..errors import PolicyError
+from .resolve import path_segment
+from .root import Policy
 
 if sys.version_info >= (3, 11):
     import tomllib

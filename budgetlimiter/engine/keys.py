@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
-from .periods import PeriodKind, Window
-from .subject import Scope, Subject
-from .usage import Metric
+from ..policy.periods import PeriodKind, Window
+from ..subject import Scope, Subject
+from ..usage import Metric
 
 DEFAULT_PREFIX = "bl:v2"
 

@@ -15,19 +15,19 @@ from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .backends import parse_backend
+from ..backends import parse_backend
+from ..policy import OutagePolicy, Policy, load_policy
+from ..results import Decision, Reservation, SettleResult
+from ..subject import Subject
+from ..usage import Usage
 from .breaker import CircuitBreaker
 from .calls import ScriptCall
-from .core import Core
 from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .lease_client import LeaseHelpers
 from .leases import LeaseConfig, LeaseTable
-from .policy import OutagePolicy, Policy, load_policy
-from .results import Decision, Reservation, SettleResult
+from .planner import Core
 from .scripts import Registry
-from .subject import Subject
-from .usage import Usage
 
 log = logging.getLogger("budgetlimiter")
 
@@ -82,12 +82,12 @@ class ClientBase(LeaseHelpers):
         self.core = Core(as_policy(policy), KeySpace(prefix or DEFAULT_PREFIX),
                          cluster=is_cluster if cluster is None else cluster)
         self.clock: Clock = clock or system_clock_ms
-        #: exhausted budgets answered in-process (None: off); see :mod:`budgetlimiter.denycache`
+        #: exhausted budgets answered in-process (None: off); see :mod:`budgetlimiter.engine.denycache`
         self.deny_cache = DenyCache(deny_cache_ttl) if deny_cache_ttl else None
         #: usage counted while Redis was unreachable, recorded (idempotently) once it is back
         self.pending_local: deque[Deferred] = deque(maxlen=MAX_PENDING)
         self.breaker = CircuitBreaker()
-        #: optional leases (None: off); see :mod:`budgetlimiter.leases`
+        #: optional leases (None: off); see :mod:`budgetlimiter.engine.leases`
         pol = self.core.policy
         self.leases = LeaseTable(leases, hold_ms=pol.reservation_ttl_seconds * 1000,
                                  remember_ms=pol.idempotency_seconds * 1000) \

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Mapping
 
-from ..errors import BudgetLimiterError
+from ...errors import BudgetLimiterError
 
 __all__ = [
     "SECRET_PREFIX",

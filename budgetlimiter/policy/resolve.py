@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from .policy_model import AgentSpec, LimitSpec, RateSpec
-from .subject import Scope, Subject
+from ..subject import Scope, Subject
+from .model import AgentSpec, LimitSpec, RateSpec
 
 if TYPE_CHECKING:
-    from .policy_root import Policy
+    from .root import Policy
 
 _PLAIN = re.compile(r"[A-Za-z0-9_@+~-]+\Z")
 

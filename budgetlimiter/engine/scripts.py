@@ -24,7 +24,7 @@ def _lua_dir() -> Path:
     packaged = resources.files("budgetlimiter") / "lua"
     if packaged.is_dir():
         return Path(str(packaged))
-    checkout = Path(__file__).resolve().parent.parent / "lua"
+    checkout = Path(__file__).resolve().parents[2] / "lua"
     if checkout.is_dir():
         return checkout
     raise FileNotFoundError("budgetlimiter Lua scripts not found (broken installation)")

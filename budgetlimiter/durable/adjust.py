@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from .periods import PeriodKind, window_at
-from .scripts import run_sync
+from ..engine.scripts import run_sync
+from ..policy.periods import PeriodKind, window_at
+from ..subject import Scope
+from ..usage import Metric
 from .store.records import Adjustment
-from .subject import Scope
-from .usage import Metric
 
 
 def apply_adjustment(limiter: Any, store: Any, scope: Scope, metric: Metric, units: int,

@@ -11,8 +11,8 @@ The implementation is split across :mod:`.policy_model` (limits, rates, pricing,
 
 from __future__ import annotations
 
-from .policy_loader import load_policy, parse_policy, policy_from_dict
-from .policy_model import (
+from .loader import load_policy, parse_policy, policy_from_dict
+from .model import (
     AgentSpec,
     Defaults,
     LimitSpec,
@@ -32,8 +32,8 @@ from .policy_model import (
     UserDefaultSpec,
     UserSpec,
 )
-from .policy_resolve import EffectivePolicy, ScopeLimits
-from .policy_root import WEEKDAYS, Policy
+from .resolve import EffectivePolicy, ScopeLimits
+from .root import WEEKDAYS, Policy
 
 __all__ = [
     "WEEKDAYS",

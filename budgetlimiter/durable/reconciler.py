@@ -26,13 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .calls import ScriptCall
-from .keys import KeySpace
+from ..engine.calls import ScriptCall
+from ..engine.keys import KeySpace
+from ..engine.scripts import run_sync
+from ..usage import METRIC_BY_CODE
 from .restore import earliest_day, parse_flush_record, plan_rebuild, today
-from .scripts import run_sync
 from .store.records import AlertEvent
 from .store.sql import FlushOutcome, Store
-from .usage import METRIC_BY_CODE
 
 log = logging.getLogger("budgetlimiter.reconciler")
 
@@ -166,7 +166,7 @@ class Reconciler:
         return raised
 
     def _period_ids(self, org: str, now_ms: int) -> list[str]:
-        from .periods import PeriodKind, previous_window, window_at
+        from ..policy.periods import PeriodKind, previous_window, window_at
 
         policy = self.limiter.core.policy
         tz, ws = policy.timezone_for(org), policy.week_start_index()
@@ -222,7 +222,7 @@ class Reconciler:
     def run_forever(self, stop: threading.Event, interval: float = 2.0) -> None:
         """Run passes every ``interval`` seconds until ``stop`` is set; then one last pass,
         so that a graceful shutdown flushes what is pending."""
-        from .shell import UNAVAILABLE
+        from ..engine.shell import UNAVAILABLE
 
         while not stop.is_set():
             started = time.monotonic()

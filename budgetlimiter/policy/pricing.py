@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from .errors import PolicyError
-from .policy_model import Pricing
+from ..errors import PolicyError
+from .model import Pricing
 
 TABLE_RESOURCE = "data/pricing.yaml"
 #: a trailing model-snapshot date: ``-2024-08-06`` (OpenAI) or ``-20250514`` (Anthropic)

@@ -5,7 +5,7 @@ instants are epoch milliseconds; ``team``/``user`` are ``""`` when absent so the
 of primary keys. Columns named ``user`` and ``limit`` are quoted by SQLAlchemy.
 
 The tables here describe the *current* schema. They are created by migration 1 in
-:mod:`budgetlimiter.store.migrations`; any later change must be written as a new migration
+:mod:`budgetlimiter.durable.store.migrations`; any later change must be written as a new migration
 (and migration 1 must then keep creating the version-1 shape).
 """
 

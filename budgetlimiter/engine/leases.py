@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .results import Decision, LimitStatus, Reservation
-from .subject import Subject
-from .usage import Amounts, Usage, micros_to_usd
+from ..results import Decision, LimitStatus, Reservation
+from ..subject import Subject
+from ..usage import Amounts, Usage, micros_to_usd
 
 #: slices above this (in any metric's unit) are not leased: Lua numbers must stay below 2^53
 _MAX_SLICE = 2**50

@@ -1,7 +1,7 @@
 """Pydantic models of a budget policy: limits, rate limits, pricing and the scope tree.
 
 Every model is frozen and forbids unknown fields, so a typo in a policy file is an error.
-The top-level :class:`Policy` lives in :mod:`budgetlimiter.policy_root`; import everything
+The top-level :class:`Policy` lives in :mod:`budgetlimiter.policy.root`; import everything
 from :mod:`budgetlimiter.policy`.
 """
 
@@ -25,10 +25,10 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import InvalidAmount
+from ..errors import InvalidAmount
+from ..subject import validate_id
+from ..usage import MAX_AMOUNT, MICROS_PER_USD, Metric, Usage, usd_to_micros
 from .periods import PeriodKind, parse_timezone
-from .subject import validate_id
-from .usage import MAX_AMOUNT, MICROS_PER_USD, Metric, Usage, usd_to_micros
 
 
 class Mode(str, Enum):

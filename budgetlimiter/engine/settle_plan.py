@@ -1,6 +1,6 @@
 """Settle planning (commit, release, record) for the sans-I/O core.
 
-A mixin of :class:`budgetlimiter.core.Core`: it builds the ``lua/settle.lua`` calls and reads
+A mixin of :class:`budgetlimiter.engine.planner.Core`: it builds the ``lua/settle.lua`` calls and reads
 their replies. Split from ``core.py`` only to keep modules small.
 """
 
@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InvalidId, InvalidInput, ReservationNotFound
+from ..results import Reservation, SettleResult, SettleStatus, ThresholdCrossing
+from ..subject import Subject, validate_id
+from ..usage import METRIC_BY_CODE, Amounts, Usage
 from .calls import ScriptCall
-from .errors import InvalidId, InvalidInput, ReservationNotFound
-from .results import Reservation, SettleResult, SettleStatus, ThresholdCrossing
-from .subject import Subject, validate_id
-from .usage import METRIC_BY_CODE, Amounts, Usage
 
 if TYPE_CHECKING:
-    from .core import _Budget
+    from ..policy import Policy
     from .keys import KeySpace
-    from .policy import Policy
+    from .planner import _Budget
 
 _SETTLE_STATUS: dict[int, SettleStatus] = {1: "committed", 2: "duplicate", 3: "late"}
 
@@ -35,7 +35,7 @@ def _bytes_to_str(value: Any) -> str:
 
 
 class SettlePlanner:
-    """Plans commit, release and record calls; mixed into :class:`~budgetlimiter.core.Core`."""
+    """Plans commit, release and record calls; mixed into :class:`~budgetlimiter.engine.planner.Core`."""
 
     policy: Policy
     keys: KeySpace

@@ -13,13 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .calls import ScriptCall
-from .keys import KeySpace
-from .periods import PeriodKind, Window, previous_window, window_at
-from .policy import Policy, Rollover
+from ..engine.calls import ScriptCall
+from ..engine.keys import KeySpace
+from ..policy import Policy, Rollover
+from ..policy.periods import PeriodKind, Window, previous_window, window_at
+from ..subject import Scope, Subject
+from ..usage import METRIC_BY_CODE, Metric
 from .store.records import Adjustment, AlertEvent, UsageRow
-from .subject import Scope, Subject
-from .usage import METRIC_BY_CODE, Metric
 
 REBUILT_PERIODS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
 

@@ -1,6 +1,6 @@
-"""The clients' side of leases (see :mod:`budgetlimiter.leases`): when a check may be leased,
+"""The clients' side of leases (see :mod:`budgetlimiter.engine.leases`): when a check may be leased,
 opening a lease, settling leased reservations, and the Redis calls that hand leases back.
-A mixin of :class:`budgetlimiter.shell.ClientBase`; no I/O here either."""
+A mixin of :class:`budgetlimiter.engine.shell.ClientBase`; no I/O here either."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from ..errors import InvalidInput, ReservationNotFound
+from ..results import Decision, Reservation, SettleResult
+from ..subject import Subject
+from ..usage import Amounts, Usage
 from .calls import ScriptCall
-from .errors import InvalidInput, ReservationNotFound
 from .leases import Lease, LeaseTable, Shrink
-from .results import Decision, Reservation, SettleResult
-from .subject import Subject
-from .usage import Amounts, Usage
 
 if TYPE_CHECKING:
-    from .core import Core
+    from .planner import Core
     from .shell import Clock, Deferred
 
 log = logging.getLogger("budgetlimiter")

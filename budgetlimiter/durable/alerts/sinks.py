@@ -1,7 +1,7 @@
 """Where alerts go: signed webhooks, a Python callback (billing systems), the log.
 
-A sink delivers one :class:`~budgetlimiter.store.records.AlertEvent` per call and raises on
-failure; the :class:`~budgetlimiter.alerts.delivery.Deliverer` retries it later. Delivery is
+A sink delivers one :class:`~budgetlimiter.durable.store.records.AlertEvent` per call and raises on
+failure; the :class:`~budgetlimiter.durable.alerts.delivery.Deliverer` retries it later. Delivery is
 at-least-once, so receivers dedupe on the event id (the ``webhook-id`` header, ``data.id``).
 """
 
@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from ..errors import BudgetLimiterError
+from ...errors import BudgetLimiterError
+from ...usage import micros_to_usd
 from ..store.records import AlertEvent
-from ..usage import micros_to_usd
 from .signing import _key
 from .signing import headers as signed_headers
 

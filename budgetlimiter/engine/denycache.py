@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..results import Decision
 from .calls import ScriptCall
-from .results import Decision
 
 
 @dataclass(slots=True)

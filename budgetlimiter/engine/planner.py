@@ -15,12 +15,10 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .calls import ScriptCall
-from .errors import InvalidInput
-from .keys import KeySpace
-from .periods import PeriodKind, Window, previous_window, window_at
-from .policy import LimitSpec, Mode, Policy, RateSpec, Rollover, ScopeLimits
-from .results import (
+from ..errors import InvalidInput
+from ..policy import LimitSpec, Mode, Policy, RateSpec, Rollover, ScopeLimits
+from ..policy.periods import PeriodKind, Window, previous_window, window_at
+from ..results import (
     Decision,
     LimitState,
     LimitStatus,
@@ -28,9 +26,11 @@ from .results import (
     SettleStatus,
     ms_to_datetime,
 )
+from ..subject import Scope, Subject
+from ..usage import METRIC_ORDER, Amounts, Usage
+from .calls import ScriptCall
+from .keys import KeySpace
 from .settle_plan import SettlePlanner, validate_reservation_id
-from .subject import Scope, Subject
-from .usage import METRIC_ORDER, Amounts, Usage
 
 _SETTLE_STATUS: dict[int, SettleStatus] = {1: "committed", 2: "duplicate", 3: "late"}
 
@@ -171,7 +171,7 @@ class Core(SettlePlanner):
 
     def _compute_amounts(self, subject: Subject, usage: Usage) -> Amounts:
         if usage.cost is not None:
-            from .usage import usd_to_micros
+            from ..usage import usd_to_micros
 
             cost = usd_to_micros("cost", usage.cost)
         else:
