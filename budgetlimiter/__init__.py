@@ -15,6 +15,7 @@ from .errors import (
     InvalidInput,
     PolicyError,
     ReservationNotFound,
+    ReservationSettled,
     UnknownAgent,
     UnknownScope,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "PolicyError",
     "Reservation",
     "ReservationNotFound",
+    "ReservationSettled",
     "Scope",
     "SettleResult",
     "Subject",

@@ -205,6 +205,14 @@ def hiredis_packing(client: Any) -> Any:
     return client
 
 
+def open_backend(redis: str | Any, connect: Any, timeout: float) -> tuple[Any, bool]:
+    """A client's Redis connection: from a URL, or an existing redis-py client as it is.
+    Also says whether it is Redis Cluster."""
+    if isinstance(redis, str):
+        return connect(redis, timeout=timeout), parse_backend(redis).cluster
+    return redis, type(redis).__name__ == "RedisCluster"
+
+
 def connect_sync(url: str, *, timeout: float = DEFAULT_TIMEOUT,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
     """A sync redis-py client for ``url``."""

@@ -1,250 +1,239 @@
-"""The synchronous client."""
+"""The synchronous client: drives the engine's flows with blocking redis-py calls."""
 
 from __future__ import annotations
 
-import contextlib
+import itertools
+import logging
 import threading
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from redis.exceptions import NoScriptError
-
-from .backends import DEFAULT_TIMEOUT, connect_sync
-from .engine.calls import ScriptCall
-from .engine.keys import DEFAULT_PREFIX
-from .engine.leases import LeaseConfig
-from .engine.scripts import is_noscript, run_sync
-from .engine.shell import REJECTED, UNAVAILABLE, ClientBase, Clock, Deferred, log
-from .errors import BackendRejected, BackendUnavailable
+from .backends import DEFAULT_TIMEOUT, connect_sync, open_backend
+from .engine.breaker import CircuitBreaker
+from .engine.calls import (
+    Command,
+    Detached,
+    Exclusive,
+    Flow,
+    LoadScript,
+    Pipeline,
+    Request,
+    ScriptCall,
+)
+from .engine.denycache import DenyCache
+from .engine.engine import DEFAULT_CLOCK_TOLERANCE, Clock, Engine, live_scopes
+from .engine.keys import KeySpace
+from .engine.leases import LeaseConfig, LeaseTable
+from .engine.scripts import Registry
 from .guard import Extractor, Guard, OnCommit
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
+from .streaming import guarded_stream
 from .subject import Scope, Subject
 from .usage import Usage
 
+T = TypeVar("T")
+log = logging.getLogger("budgetlimiter")
+_UNSET: Any = object()
 
-class BudgetLimiter(ClientBase):
+
+class BudgetLimiter:
     """Check, reserve, commit and record usage against a policy, on Redis.
 
     ``redis`` is a URL (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
-    ``redis+cluster://``, ``memory://``) or an existing redis-py client.
+    ``redis+cluster://``, ``memory://``) or an existing redis-py client. ``timeout`` bounds
+    every Redis call (seconds). ``deny_cache_ttl``: how long exhausted budgets are answered
+    in-process (None: off). ``leases``: see README "Leases". ``outage_queue``: keep commits
+    and records in-process while Redis is unreachable and replay them when it answers (off:
+    they raise :class:`~budgetlimiter.errors.BackendUnavailable`; for short-lived processes).
+    ``clock``: epoch milliseconds (default: the system clock). ``max_clock_skew``: seconds the
+    clock may be off Redis's before it is corrected to Redis's (default 1 s; None trusts the
+    clock: the default when ``clock`` is given, for simulations and tests).
     """
 
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
-                 prefix: str = DEFAULT_PREFIX, clock: Clock | None = None,
+                 prefix: str = "", clock: Clock | None = None,
                  timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
-                 deny_cache_ttl: float | None = 5.0,
-                 leases: LeaseConfig | None = None) -> None:
-        super().__init__(policy, redis, connect_sync, timeout=timeout, cluster=cluster,
-                         prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl,
-                         leases=leases)
-        self._lease_opening = threading.Lock()
-        self._lease_stop = threading.Event()
-        self._lease_thread: threading.Thread | None = None
+                 deny_cache_ttl: float | None = 5.0, leases: LeaseConfig | None = None,
+                 outage_queue: bool = True, max_clock_skew: float | None = _UNSET) -> None:
+        self.redis, is_cluster = open_backend(redis, connect_sync, timeout)
+        if max_clock_skew is _UNSET:
+            max_clock_skew = None if clock is not None else DEFAULT_CLOCK_TOLERANCE
+        #: the sans-I/O engine whose flows this client drives
+        self.engine = Engine(policy, cluster=is_cluster if cluster is None else cluster,
+                             prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl,
+                             leases=leases, outage_queue=outage_queue,
+                             clock_tolerance=max_clock_skew)
+        self._scripts = Registry.default()
+        self._exclusive = threading.Lock()  # one lease opens at a time per client
+        self._timer_stop = threading.Event()
+        self._timer: threading.Thread | None = None
 
-    # plumbing ------------------------------------------------------------------
-    def _run(self, call: ScriptCall) -> Any:
-        if not self.breaker.allow():
-            raise BackendUnavailable("redis circuit open")
-        try:
-            reply = run_sync(self.redis, self.scripts[call.script], call.keys, call.args)
-        except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
-            self.breaker.success()  # Redis answered: it is there, it refused us
-            raise BackendRejected(f"redis rejected the client: {exc}") from None
-        except UNAVAILABLE:
-            self.breaker.failure()
-            raise
-        except BaseException:  # an error reply, a cancellation: free a half-open probe
-            self.breaker.abandon()
-            raise
-        self.breaker.success()
-        return reply
+    # the driver ----------------------------------------------------------------------
+    def run(self, flow: Flow[T]) -> T:
+        """Drive one engine flow to its end: send what it yields, feed back each reply or
+        throw in the error."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                request = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                if self._timer is None and self.engine.timer_period is not None:
+                    self._start_timer()
+                result: T = stop.value
+                return result
+            reply, error = None, None
+            try:
+                reply = self._execute(request)
+            except BaseException as exc:
+                error = exc
 
-    def _settle(self, call: ScriptCall) -> SettleResult:
-        reply = self._run(call)
-        if self._dirty_follow_up(call, reply):
-            self.redis.sadd(self.core.keys.dirty_orgs, call.org)
-        result: SettleResult = call.parse(reply)
-        return result
+    def _execute(self, request: Request) -> Any:
+        if isinstance(request, ScriptCall):
+            return self.redis.evalsha(self._scripts[request.script].sha, len(request.keys),
+                                      *request.keys, *request.args)
+        if isinstance(request, Pipeline):
+            pipe = self.redis.pipeline(transaction=False)
+            for call in request.calls:
+                pipe.execute_command("EVALSHA", self._scripts[call.script].sha,
+                                     len(call.keys), *call.keys, *call.args)
+            return pipe.execute(raise_on_error=False)
+        if isinstance(request, Command):
+            return self.redis.execute_command(*request.args)
+        if isinstance(request, LoadScript):
+            return self.redis.script_load(self._scripts[request.name].source)
+        if isinstance(request, Detached):
+            try:
+                return self.run(request.flow)
+            except Exception:
+                if request.wait:
+                    raise
+                log.exception("background work failed")
+                return None
+        if isinstance(request, Exclusive):
+            with self._exclusive:
+                return self.run(request.flow)
+        raise TypeError(f"unknown request {request!r}")  # pragma: no cover
 
-    def flush_local(self) -> int:
-        """Replay commits and records kept in-process during an outage. Returns how many."""
-        done = 0
-        while self.pending_local:
-            op = self.pending_local[0]
-            if op.reservation is not None:
-                self._settle(self.core.plan_commit(op.reservation, op.usage, self.clock()))
-            else:
-                assert op.subject is not None
-                self._settle(self.core.plan_record(op.subject, op.usage, self.clock(),
-                                                     op.request_id))
-            self.pending_local.popleft()
-            done += 1
-        return done
+    def _start_timer(self) -> None:
+        """A daemon thread runs the engine's maintenance (lease hand-backs, replay of what an
+        outage queued) on time even when no call comes."""
+        stop = self._timer_stop
 
-    # API -------------------------------------------------------------------------
+        def tick() -> None:
+            while not stop.wait(self.engine.timer_period or 1.0):
+                try:
+                    self.run(self.engine.maintenance())
+                except Exception:  # pragma: no cover - logged, the timer keeps going
+                    log.exception("budgetlimiter maintenance failed")
+
+        self._timer = threading.Thread(target=tick, name="budgetlimiter-timer", daemon=True)
+        self._timer.start()
+
+    # configuration -------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+    def set_policy(self, policy: Policy | str | Path) -> None:
+        """Swap the policy atomically (requests see the old or the new one, never a mix)."""
+        self.engine.set_policy(policy)
+
+    def clock(self) -> int:
+        """The time decisions use (epoch ms): the clock, corrected to Redis's if it is off."""
+        return self.engine.now()
+
+    @property
+    def keys(self) -> KeySpace:
+        return self.engine.keys
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker in front of Redis (``state``, counters for metrics)."""
+        return self.engine.breaker
+
+    @property
+    def deny_cache(self) -> DenyCache | None:
+        """The cache of exhausted budgets (None: off)."""
+        return self.engine.deny_cache
+
+    @property
+    def leases(self) -> LeaseTable | None:
+        """The open leases (None: leases off)."""
+        return self.engine.leases
+
+    @property
+    def queued(self) -> int:
+        """Commits, records and releases kept in-process during an outage, not yet replayed."""
+        return self.engine.queued
+
+    # operations (each one flow of the engine) ---------------------------------------
     def check(self, subject: Subject, estimate: Usage | None = None, *,
-              reservation_id: str | None = None, ttl: float | None = None) -> Decision:
+              reservation_id: str | None = None, ttl: float | None = None,
+              dry_run: bool = False) -> Decision:
         """Check every limit of ``subject`` and reserve ``estimate`` on all of them, or on none.
 
         The returned :class:`Decision` carries a :class:`Reservation` when allowed; commit it
-        with the actual usage or release it. Bad input raises before anything is sent.
+        with the actual usage or release it. ``dry_run`` decides the same way and writes
+        nothing (no reservation). Bad input raises before anything is sent.
         """
-        if self.leases is not None:
-            leased = self._check_leased(subject, estimate, reservation_id, ttl)
-            if leased is not None:
-                return leased
-        call, est, now, cached = self._prepare_check(subject, estimate, reservation_id, ttl)
-        if cached is not None:
-            return cached
-        try:
-            reply = self._run(call)
-        except UNAVAILABLE as exc:
-            return self._unavailable_decision(call, subject, est, exc)
-        if self.pending_local:
-            self._try_flush_local()
-        return self._decided(call, reply, now)
-
-    def _check_leased(self, subject: Subject, estimate: Usage | None,
-                      reservation_id: str | None, ttl: float | None) -> Decision | None:
-        self._return_leases()
-        decision, opening = self._lease_take(subject, estimate, reservation_id, ttl)
-        if decision is not None:
-            return decision
-        # a lease that take() just retired gives its unused part back before Redis decides
-        self._return_leases()
-        if opening is None:
-            return None
-        assert self.leases is not None
-        with self._lease_opening:  # one thread opens a subject's lease; the others reuse it
-            decision = self.leases.take(subject, opening.amounts, self.clock())
-            if decision is not None:
-                return decision
-            answer = self.check(subject, opening.slice, ttl=self.leases.config.ttl_seconds,
-                                reservation_id=opening.lease_id)
-            decision = self._lease_opened(opening, answer)
-        self._start_lease_timer()
-        return decision
-
-    def _return_leases(self, *, force: bool = False, scan: bool = False) -> None:
-        for work in self._lease_work(force=force, scan=scan):
-            try:
-                self._settle(work.call)
-            except Exception as exc:  # one failure must not strand the other leases
-                self._lease_work_failed(work, exc)
-
-    def _start_lease_timer(self) -> None:
-        """A daemon thread hands leases back on time even when no call comes (an idle
-        process must not keep budget or usage to itself)."""
-        if self._lease_thread is not None or self.leases is None:
-            return
-        period = min(1.0, max(0.01, self.leases.config.seconds / 2))
-        stop = self._lease_stop
-
-        def run() -> None:
-            while not stop.wait(period):
-                try:
-                    self._return_leases(scan=True)
-                except Exception:  # pragma: no cover - logged, the timer keeps going
-                    log.exception("returning leases failed")
-
-        self._lease_thread = threading.Thread(target=run, name="budgetlimiter-leases",
-                                              daemon=True)
-        self._lease_thread.start()
-
-    def return_leases(self) -> None:
-        """Send the usage of every lease to Redis and refund the unused slices now (also
-        what an outage kept in-process, when Redis answers)."""
-        self._return_leases(force=True)
-        if self.pending_local:
-            self._try_flush_local()
-
-    def _try_flush_local(self) -> None:
-        with contextlib.suppress(*UNAVAILABLE):
-            self.flush_local()
-
-    def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
-        """Replace the reservation's estimate by ``actual``. Retrying is safe (idempotent)."""
-        if isinstance(reservation, Reservation) and reservation.local:
-            return self._local_commit(reservation, actual)
-        if isinstance(reservation, Reservation) and reservation.lease:
-            result = self._lease_settle(reservation, actual)
-            self._return_leases()
-            if result is not None:
-                return result
-            # the lease went back to Redis before this commit: count it there, once
-            return self.record(reservation.subject, actual, request_id="lease-" + reservation.id)
-        call = self.core.plan_commit(reservation, actual, self.clock())
-        try:
-            return self._settle(call)
-        except UNAVAILABLE:
-            return self._defer(Deferred(usage=actual, reservation=reservation))
-
-    def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
-        """Refund a reservation that will not be used. Retrying is safe."""
-        prepared = self._prepare_release(reservation, org)
-        if isinstance(prepared, SettleResult):
-            return prepared
-        call, rid = prepared
-        try:
-            return self._settle(call)
-        except UNAVAILABLE:  # the reservation's TTL refunds it
-            return SettleResult(status="local", id=rid)
-
-    def record(self, subject: Subject, actual: Usage, *,
-               request_id: str | None = None) -> SettleResult:
-        """Count usage that had no reservation. Idempotent by ``request_id``."""
-        rid = request_id if request_id is not None else uuid.uuid4().hex
-        call = self.core.plan_record(subject, actual, self.clock(), rid)
-        try:
-            return self._settle(call)
-        except UNAVAILABLE:
-            return self._defer(Deferred(usage=actual, subject=subject, request_id=rid))
-
-    def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
-        """Live used / reserved / limit of every limit that applies to ``subject``."""
-        call = self.core.plan_status(subject, self.clock())
-        decision: Decision = call.parse(self._run(call))
-        return decision.limits
-
-    def scope_status(self, scope: Scope | str) -> tuple[LimitStatus, ...]:
-        """Live counters of the limits declared for one scope, e.g. ``"org:acme/team:eng"``."""
-        target = scope if isinstance(scope, Scope) else Scope.parse(scope)
-        call = self.core.plan_scope_status(target, self.clock())
-        decision: Decision = call.parse(self._run(call))
-        return decision.limits
+        return self.run(self.engine.check(subject, estimate, reservation_id=reservation_id,
+                                          ttl=ttl, dry_run=dry_run))
 
     def check_batch(self, items: Iterable[tuple[Subject, Usage]], *,
                     ttl: float | None = None) -> list[Decision]:
         """Many independent checks in one pipelined round trip (each all-or-nothing)."""
-        now = self.clock()
-        calls = [self.core.plan_check(s, u, now, ttl_seconds=ttl) for s, u in items]
-        if not calls:
-            return []
-        replies = self._pipeline(calls)
-        return [self._decided(call, reply, now) for call, reply in zip(calls, replies,
-                                                                      strict=True)]
+        return self.run(self.engine.check_batch(items, ttl=ttl))
 
-    def _pipeline(self, calls: list[ScriptCall]) -> list[Any]:
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            for call in calls:
-                script = self.scripts[call.script]
-                pipe.execute_command("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
-            replies: list[Any] = pipe.execute(raise_on_error=False)
-            missing = {c.script for c, r in zip(calls, replies, strict=False) if is_noscript(r)}
-            if not missing or attempt == 2:
-                break
-            for name in missing:
-                self.redis.script_load(self.scripts[name].source)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                if is_noscript(reply):
-                    raise NoScriptError(str(reply))
-                raise reply
-        return replies
+    def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
+        """Replace the reservation's estimate by ``actual``. Retrying is safe (idempotent)."""
+        return self.run(self.engine.commit(reservation, actual))
+
+    def commit_by_id(self, org: str, reservation_id: str, actual: Usage, *,
+                     subject: Subject | None = None) -> SettleResult:
+        """Commit a reservation known only by its id. ``subject`` prices ``actual`` and lets
+        a reservation Redis lost (or that expired) still count, once (status ``recorded``)."""
+        return self.run(self.engine.commit_by_id(org, reservation_id, actual, subject=subject))
+
+    def release(self, reservation: Reservation | str, *, org: str | None = None) -> SettleResult:
+        """Refund a reservation that will not be used. Retrying is safe."""
+        return self.run(self.engine.release(reservation, org=org))
+
+    def record(self, subject: Subject, actual: Usage, *,
+               request_id: str | None = None) -> SettleResult:
+        """Count usage that had no reservation. Idempotent by ``request_id``."""
+        return self.run(self.engine.record(subject, actual, request_id=request_id))
+
+    def status(self, subject: Subject) -> tuple[LimitStatus, ...]:
+        """Live used / reserved / limit of every limit that applies to ``subject``."""
+        return self.run(self.engine.status(subject))
+
+    def scope_status(self, scope: Scope | str) -> tuple[LimitStatus, ...]:
+        """Live counters of the limits declared for one scope, e.g. ``"org:acme/team:eng"``."""
+        return self.run(self.engine.scope_status(scope))
+
+    def live_scopes(self, org: str | None = None, *, limit: int = 100_000) -> list[Scope]:
+        """Scopes with counters in Redis or declared in the policy, of ``org`` (of every org:
+        None); at most ``limit`` counter keys are read (``status --tree``, the dashboard)."""
+        scan = self.redis.scan_iter(match=self.keys.counter_pattern(org), count=1000)
+        return live_scopes(self.keys, self.policy, org, itertools.islice(scan, limit))
+
+    def execute(self, call: ScriptCall) -> Any:
+        """Run one planned script call (the durable side's: flush, ack, rebuild, adjust) with
+        the client's connection, breaker and NOSCRIPT handling; returns its parsed reply."""
+        return self.run(self.engine.script(call))
+
+    def flush_local(self) -> int:
+        """Replay what an outage kept in-process now (also done on the next successful call
+        and by a timer). Returns how many operations reached Redis."""
+        return self.run(self.engine.replay())
+
+    def return_leases(self) -> None:
+        """Send the usage of every lease to Redis and refund the unused slices now (also
+        what an outage kept in-process, when Redis answers)."""
+        self.run(self.engine.return_leases())
 
     def guard(self, subject: Subject, estimate: Usage | None = None, *,
               extract: Extractor | None = None, ttl: float | None = None,
@@ -257,19 +246,19 @@ class BudgetLimiter(ClientBase):
     def guard_stream(self, subject: Subject, estimate: Usage, stream: Any,
                      **kwargs: Any) -> Any:
         """A guarded stream of chunks; see :func:`budgetlimiter.streaming.guarded_stream`."""
-        from .streaming import guarded_stream
-
         return guarded_stream(self, subject, estimate, stream, **kwargs)
 
     def close(self) -> None:
-        """Hand every lease back, then close the connection pool."""
+        """Hand every lease back and replay what an outage queued, then close the pool."""
         try:
-            if self.leases is not None:
-                self._lease_stop.set()
-                if self._lease_thread is not None:  # let a hand-back in flight finish
-                    self._lease_thread.join(timeout=10)
-                self.return_leases()
+            self._timer_stop.set()
+            if self._timer is not None:  # let a hand-back in flight finish
+                self._timer.join(timeout=10)
+            self.return_leases()
         finally:
+            if self.queued:  # Redis away at exit: say what is lost with the process
+                log.error("closing while Redis is unavailable: %d queued operations are lost",
+                          self.queued)
             self.redis.close()
 
     def __enter__(self) -> BudgetLimiter:

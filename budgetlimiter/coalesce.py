@@ -12,31 +12,17 @@ import asyncio
 from typing import Any
 
 from .engine.calls import ScriptCall
-from .engine.scripts import Registry, is_noscript
+from .engine.scripts import Registry
 
 
-async def pipeline_replies(redis: Any, scripts: Registry, calls: list[ScriptCall]) -> list[Any]:
-    """Run calls as one non-transactional pipeline; errors are returned in place, and scripts
-    missing on the server (NOSCRIPT) are loaded and those calls retried once."""
-    replies: list[Any] = [None] * len(calls)
-    todo = list(range(len(calls)))
-    for attempt in (1, 2):
-        pipe = redis.pipeline(transaction=False)
-        for i in todo:
-            call = calls[i]
-            pipe.execute_command("EVALSHA", scripts[call.script].sha, len(call.keys), *call.keys,
-                                 *call.args)
-        results = await pipe.execute(raise_on_error=False)
-        retry = []
-        for i, result in zip(todo, results, strict=False):
-            replies[i] = result
-            if is_noscript(result):
-                retry.append(i)
-        if not retry or attempt == 2:
-            break
-        for name in {calls[i].script for i in retry}:
-            await redis.script_load(scripts[name].source)
-        todo = retry
+async def send_pipeline(redis: Any, scripts: Registry, calls: list[ScriptCall]) -> list[Any]:
+    """Run calls as one non-transactional pipeline; error replies are returned in place (the
+    engine loads missing scripts and sends those calls again)."""
+    pipe = redis.pipeline(transaction=False)
+    for call in calls:
+        pipe.execute_command("EVALSHA", scripts[call.script].sha, len(call.keys), *call.keys,
+                             *call.args)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
     return replies
 
 
@@ -86,7 +72,7 @@ class Coalescer:
         self.pipelines += 1
         self.calls += len(calls)
         try:
-            replies = await pipeline_replies(self.redis, self.scripts, calls)
+            replies = await send_pipeline(self.redis, self.scripts, calls)
         except BaseException as exc:  # connection errors hit every call of the batch
             for _, fut in batch:
                 if not fut.done():

@@ -43,6 +43,19 @@ class ReservationNotFound(BudgetLimiterError, LookupError):
     """A commit or release named a reservation Redis does not know (never made, or forgotten)."""
 
 
+class ReservationSettled(BudgetLimiterError):
+    """A commit of a released reservation, or a release of a committed one: nothing changed.
+
+    ``settled_as`` says how the reservation was settled before (``"released"`` or
+    ``"committed"``). A commit after a release never answers "duplicate": its usage was not
+    counted, and the caller must know (record it instead).
+    """
+
+    def __init__(self, message: str, *, settled_as: str) -> None:
+        super().__init__(message)
+        self.settled_as = settled_as
+
+
 class BackendUnavailable(BudgetLimiterError, ConnectionError):
     """Redis could not be reached within the configured timeout."""
 

@@ -25,7 +25,7 @@ def scope_overview(limiter: Any, store: Any, scope: Scope | str, metric: Metric 
     target = scope if isinstance(scope, Scope) else Scope.parse(scope)
     met = Metric(metric)
     live = limiter.scope_status(target)
-    policy = limiter.core.policy
+    policy = limiter.policy
     tz = policy.timezone_for(target.org)
     today = datetime.fromtimestamp(limiter.clock() / 1000, tz).date()
     span = {"day": 1, "week": 7, "month": 31}[granularity] * periods

@@ -43,6 +43,11 @@ def validate_id(kind: str, value: object) -> str:
     return value
 
 
+
+def validate_reservation_id(rid: object) -> str:
+    """Reservation and request ids follow the same rules as scope ids."""
+    return validate_id("reservation", rid)
+
 def _text(value: str) -> str:
     return quote(value, safe=_SAFE_TEXT)
 

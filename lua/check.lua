@@ -13,6 +13,8 @@
 -- ARGV[4]  dry run (1/0)         ARGV[5] reservation key prefix P:{org}:r:
 -- ARGV[6]  plan head and body (without the state letter), stored as 'R' .. ARGV[6]
 -- ARGV[7]  nc: number of budget entries    ARGV[8] ng: number of rate entries
+-- ARGV[9]  clock tolerance (ms; -1 trusts ARGV[1]): see script_now in lib.lua. Expiry and
+--          GCRA use Redis's time; ARGV[2] is moved by the (small) difference of the clocks.
 -- then nc budget entries of 8 values:
 --   key index, metric code, estimate, limit, hard (1/0), expire-at (ms), cap (-1 reset,
 --   -2 accumulate without cap, >= 0 cap), previous-period key index (0 = none)
@@ -23,13 +25,21 @@
 --          then per rate: used-up time ahead of now (us, after the reservation if allowed)}
 -- An admitted check reads only "held": its used is -1 and its reserved is used + reserved
 -- (this reservation included). Refusals and status reads report both.
+-- {-2, Redis time (ms)} when the caller's clock is off by more than ARGV[9]: nothing changed.
 
-local now = tonumber(ARGV[1])
+local now, redis_ms = script_now(tonumber(ARGV[1]), tonumber(ARGV[9]))
+if not now then
+  return {-2, redis_ms}
+end
+local expires = 0
+if ARGV[2] ~= '0' then
+  expires = tonumber(ARGV[2]) - tonumber(ARGV[1]) + now
+end
 local dry = ARGV[4] == '1'
 local nc = tonumber(ARGV[7])
 local ng = tonumber(ARGV[8])
 local rkey = KEYS[2]
-local ro = 8 + 8 * nc  -- where the rate entries start
+local ro = 9 + 8 * nc  -- where the rate entries start
 
 -- The expiry sweep costs about a fifth of this script, so it runs on about one check in eight
 -- (picked from the random reservation id and the clock), on every status read, before any
@@ -86,9 +96,9 @@ local function finish(tats)
     end
     o = o + 4
   end
-  if ARGV[2] ~= '0' then
+  if expires ~= 0 then
     redis.call('SET', rkey, 'R' .. ARGV[6], 'PX', ARGV[3])
-    redis.call('ZADD', KEYS[1], ARGV[2], string.sub(rkey, #ARGV[5] + 1))
+    redis.call('ZADD', KEYS[1], I(expires), string.sub(rkey, #ARGV[5] + 1))
   end
 end
 
@@ -98,7 +108,7 @@ end
 -- first and reports used and reserved separately.
 if not dry then
   local out = {1, 0, 0}
-  local o = 8
+  local o = 9
   local done = 0
   local ok = true
   for j = 1, nc do
@@ -144,7 +154,7 @@ if not dry then
       return out
     end
   end
-  o = 8
+  o = 9
   for j = 1, done do
     local est = ARGV[o + 3]
     if est ~= '0' then
@@ -165,7 +175,7 @@ for _ = 1, 2 do
   fresh = nil
   carries = nil
   local stale = false  -- a carry was computed without a sweep first
-  o = 8
+  o = 9
   for j = 1, nc do
     local key = KEYS[ARGV[o + 1] + 0]
     local m = ARGV[o + 2]
@@ -238,7 +248,7 @@ if dry then
 end
 
 -- Every limit fits: reserve on all of them.
-o = 8
+o = 9
 for j = 1, nc do
   local est = ARGV[o + 3]
   if est ~= '0' then
@@ -248,7 +258,7 @@ for j = 1, nc do
   o = o + 8
 end
 if carries or fresh then
-  o = 8
+  o = 9
   for j = 1, nc do
     local key = KEYS[tonumber(ARGV[o + 1])]
     if carries and carries[j] ~= nil then

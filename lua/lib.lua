@@ -6,10 +6,28 @@
 --   <state>|<expiry ms>|<ledger key>\n  then one line per entry:
 --   c\t<counter key>\t<metric code>\t<estimate>\t<limit>\t<carry>\t<thresholds csv>\t<expire-at ms>\n
 --   g\t<rate key>\t<metric code>\t<estimate>\t<interval us>\n
--- state: R live reservation, X expired (already refunded), D settled (commit/release done).
+-- state: R live reservation, X expired (already refunded), D settled: 'Dc' committed (or
+-- recorded), 'Dr' released; a bare 'D' (written before the op letter existed) is either.
 
 local function I(n)
   return string.format('%d', n)
+end
+
+-- "Now" for everything a script compares across clients (reservation expiry, GCRA): Redis's
+-- own clock. The caller sends its clock too (its periods and keys are computed from it); when
+-- the two differ by more than the tolerance (ms) the script changes nothing and returns nil
+-- and Redis's time, so the caller learns its offset and plans again. A negative tolerance
+-- trusts the caller's clock (simulations and tests that move time by hand).
+local function script_now(client_ms, tolerance)
+  if tolerance < 0 then
+    return client_ms
+  end
+  local t = redis.call('TIME')
+  local server = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if math.abs(server - client_ms) > tolerance then
+    return nil, server
+  end
+  return server
 end
 
 -- Expiry relative to the caller's clock (the one periods are computed from), so that a skewed

@@ -12,6 +12,7 @@
 --          with it, so nothing is refunded). '' = none.
 -- ARGV[7]  ledger expire-at (ms)
 -- ARGV[8..12] actual amounts: invocations, input, output, total tokens, cost (micro-USD)
+-- ARGV[13] clock tolerance (ms; -1 trusts ARGV[1]): see script_now in lib.lua
 --
 -- op 'shrink' (a lease that stops admitting but still covers calls in flight): ARGV[8..12]
 -- are the estimates to keep (at most the reserved ones), ARGV[7] the new expiry (ms) and
@@ -19,11 +20,20 @@
 --
 -- Returns {status, newly dirty (1/0), overshoot flag, then 5 values per threshold crossed:
 --          counter key, metric code, threshold percent, used, effective limit}
--- status: 1 applied, 2 duplicate (already settled), 3 applied to a reservation that had
---         expired (its estimate was already refunded), -1 unknown reservation.
+-- status: 1 applied, 2 duplicate (the same operation already done), 3 applied to a
+--         reservation that had expired (its estimate was already refunded), 4 a commit
+--         counted from the fallback plan (Redis no longer knew the reservation), -1 unknown
+--         reservation, -3 a commit of a released reservation, -4 a release of a committed
+--         one (nothing changed: settling is total, never a silent "duplicate");
+--         {-2, Redis time (ms)} when the caller's clock is off by more than ARGV[13].
 
-local now = tonumber(ARGV[1])
+local now, redis_ms = script_now(tonumber(ARGV[1]), tonumber(ARGV[13]))
+if not now then
+  return {-2, redis_ms}
+end
 local op = ARGV[2]
+-- the settle marker: 'Dr' for a release, 'Dc' for a commit or a record
+local done = op == 'release' and 'Dr' or 'Dc'
 local strict = ARGV[4] == '1'
 local actual = {n = ARGV[8], i = ARGV[9], o = ARGV[10], t = ARGV[11], c = ARGV[12]}
 
@@ -34,7 +44,10 @@ local live = false
 if marker then
   local state = string.sub(marker, 1, 1)
   if state == 'D' then
-    return {2, 0, 0}
+    if marker == 'D' or marker == done or op == 'shrink' then
+      return {2, 0, 0}
+    end
+    return {op == 'release' and -4 or -3, 0, 0}
   end
   plan = string.sub(marker, 2)
   live = state == 'R'
@@ -43,6 +56,9 @@ if marker then
   end
 elseif ARGV[6] ~= '' then
   plan = ARGV[6]
+  if op == 'commit' then
+    status = 4
+  end
 else
   return {-1, 0, 0}
 end
@@ -53,7 +69,8 @@ if op == 'shrink' then
   if not live then
     return {status == 3 and 3 or -1, 0, 0}
   end
-  local lines = {'R|' .. ARGV[7] .. '|' .. ledger .. '\n'}
+  local until_ms = tonumber(ARGV[7]) - tonumber(ARGV[1]) + now
+  local lines = {'R|' .. I(until_ms) .. '|' .. ledger .. '\n'}
   for line in string.gmatch(body, '[^\n]*\n') do
     local key, m, est, rest = string.match(line, '^c\t([^\t]+)\t(%a)\t(%d+)(\t.*)$')
     if key then
@@ -70,7 +87,7 @@ if op == 'shrink' then
     lines[#lines + 1] = line
   end
   redis.call('SET', KEYS[1], table.concat(lines), 'PX', ARGV[3])
-  redis.call('ZADD', KEYS[2], ARGV[7], string.match(KEYS[1], ':r:([^:]*)$'))
+  redis.call('ZADD', KEYS[2], I(until_ms), string.match(KEYS[1], ':r:([^:]*)$'))
   return {1, 0, 0}
 end
 if live then
@@ -80,7 +97,7 @@ if op == 'release' then
   if live then
     refund(body)
   end
-  redis.call('SET', KEYS[1], 'D', 'PX', ARGV[3])
+  redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
   return {1, 0, 0}
 end
 
@@ -128,7 +145,7 @@ for key, m, est, limit, carry, ths, exp in string.gmatch(body,
             n = n + 1
             if n > fired and n <= reached then
               redis.call('XADD', KEYS[4], 'MAXLEN', '~', '100000', '*',
-                'k', key, 'm', m, 'th', th, 'u', I(u), 'l', I(eff), 't', ARGV[1])
+                'k', key, 'm', m, 'th', th, 'u', I(u), 'l', I(eff), 't', I(now))
               out[#out + 1] = key
               out[#out + 1] = m
               out[#out + 1] = tonumber(th)
@@ -162,5 +179,5 @@ if redis.call('SADD', KEYS[3], ledger) == 1 and redis.call('SCARD', KEYS[3]) == 
     redis.call('SADD', KEYS[5], ARGV[5])
   end
 end
-redis.call('SET', KEYS[1], 'D', 'PX', ARGV[3])
+redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
 return out

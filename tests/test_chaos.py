@@ -33,7 +33,7 @@ from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
 from budgetlimiter.durable.alerts import Deliverer, WebhookSink, generate_secret
 from budgetlimiter.durable.reconciler import Reconciler
 from budgetlimiter.durable.store.sql import Store
-from budgetlimiter.engine.shell import UNAVAILABLE
+from budgetlimiter.engine.outage import UNAVAILABLE
 from budgetlimiter.results import Reservation
 from budgetlimiter.usage import Metric
 
@@ -204,7 +204,7 @@ class Chaos:
 
     def flush_now(self) -> None:
         """Synchronous reconcile passes until Redis holds no unflushed usage."""
-        ks = self.sync_bl.core.keys
+        ks = self.sync_bl.keys
         r = self.sync_bl.redis
         for _ in range(20):
             self.sync_rec.run_once()
@@ -332,7 +332,7 @@ def test_chaos(tmp_path, caplog):
                 except UNAVAILABLE:
                     assert time.monotonic() < deadline, "local commits could not be replayed"
                     time.sleep(0.05)
-            assert not bl.pending_local
+            assert not bl.queued
         ch.flush_now()
         assert ch.sync_rec.run_once().flushes == 0  # idle
         deadline = time.monotonic() + 20

@@ -27,7 +27,7 @@ def cluster():
 def limiter(cluster, clock):
     cluster.flushall()
     bl = BudgetLimiter(parse_policy(DEFAULTS_ONLY), cluster.url, clock=clock, timeout=2)
-    assert bl.core.cluster
+    assert bl.engine.cluster
     yield bl
     bl.close()
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from budgetlimiter import Metric, ReservationNotFound, Scope, Subject, Usage
+from budgetlimiter import Metric, ReservationNotFound, ReservationSettled, Scope, Subject, Usage
 
 from .policies import BASIC, RATES, ROLLOVER, THRESHOLDS
 
@@ -80,7 +80,8 @@ def test_release_refunds_and_is_idempotent(make_limiter):
     assert bl.release(d.reservation).status == "duplicate"
     team = by_scope(bl.status(ALICE), "org:acme/team:eng")
     assert (team.used, team.reserved) == (0, 0)
-    assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "duplicate"
+    with pytest.raises(ReservationSettled, match="was released"):  # never a silent duplicate
+        bl.commit(d.reservation, Usage(input_tokens=1))
 
 
 def test_record_is_idempotent_by_request_id(make_limiter):
@@ -128,7 +129,7 @@ def test_sweep_runs_on_status_reads_and_on_a_sample_of_checks(make_limiter, cloc
     # about one check in eight (at least one in sixteen) sweeps
     for _ in range(200):
         bl.check(ALICE, Usage(input_tokens=0), ttl=60)
-    assert bl.redis.zcount(bl.core.keys.reservations_by_expiry("acme"), "-inf",
+    assert bl.redis.zcount(bl.keys.reservations_by_expiry("acme"), "-inf",
                            clock.now_ms) == 0
 
 
@@ -318,6 +319,6 @@ def test_idempotency_window_comes_from_the_policy(make_limiter):
                                     "reservation_ttl_seconds: 60\nidempotency_seconds: 120"))
     d = bl.check(ALICE, Usage(input_tokens=1))
     assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "committed"
-    marker = bl.core.keys.reservation_prefix("acme") + d.reservation.id
+    marker = bl.keys.reservation_prefix("acme") + d.reservation.id
     assert 100_000 < bl.redis.pttl(marker) <= 120_000
     assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "duplicate"

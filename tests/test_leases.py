@@ -97,7 +97,7 @@ def test_a_dead_process_holds_its_slice_only_until_the_reservation_expires(make_
     assert bl.check(ORG, ONE).allowed
     plain = make_limiter(POLICY)
     assert inv(plain.status(ORG)).reserved == 20
-    bl.leases = None  # the process "dies": nothing is ever returned
+    bl.engine.leases = None  # the process "dies": nothing is ever returned
     clock.advance(7)
     assert inv(plain.status(ORG)).reserved == 0
 

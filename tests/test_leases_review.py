@@ -17,11 +17,14 @@ from budgetlimiter import (
     AsyncBudgetLimiter,
     BudgetLimiter,
     LeaseConfig,
+    ReservationSettled,
     Subject,
     Usage,
     parse_policy,
 )
+from budgetlimiter.engine import lease_ops
 
+from .faults import scripts_only
 from .lease_helpers import ONE, ORG, ZERO, cost, inv, with_amount
 from .policies import LEASES, RATE_ONLY
 
@@ -77,7 +80,8 @@ def test_retried_commit_while_the_lease_is_open_is_a_duplicate(make_limiter):
     d = bl.check(ORG, ONE)
     assert bl.commit(d.reservation, ONE).status == "committed"
     assert bl.commit(d.reservation, ONE).status == "duplicate"
-    assert bl.release(d.reservation).status == "duplicate"
+    with pytest.raises(ReservationSettled, match="was committed"):  # not a silent duplicate
+        bl.release(d.reservation)
     bl.return_leases()
     status = inv(make_limiter(POLICY).status(ORG))
     assert (status.used, status.reserved) == (1, 0)
@@ -110,9 +114,9 @@ def test_lease_returned_after_its_redis_reservation_expired_is_counted_late(
     plain = make_limiter(POLICY)
     assert inv(plain.status(ORG)).reserved == 0  # Redis refunded the whole slice
     lease = next(iter(bl.leases._unsettled.values()))
-    due = bl._lease_work(force=True)
+    due = lease_ops.work(bl.leases, bl.engine.planners.settle, bl.clock(), force=True)
     assert [w.lease for w in due] == [lease]
-    assert bl._settle(due[0].call).status == "late"
+    assert bl.execute(due[0].call).status == "late"
     status = inv(plain.status(ORG))
     assert (status.used, status.reserved) == (1, 0)
 
@@ -121,16 +125,16 @@ def test_lease_return_during_an_outage_is_deferred_and_replayed_once(make_limite
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=4, seconds=60))
     d = bl.check(ORG, ONE)
     bl.commit(d.reservation, ONE)
-    real = bl._run
+    real = type(bl)._execute.__get__(bl)
 
     def applied_then_timeout(call):  # the commit reached Redis, the reply was lost
         real(call)
         raise TimeoutError("reply lost")
 
-    bl._run = applied_then_timeout
+    bl._execute = scripts_only(bl, applied_then_timeout)
     bl.return_leases()
-    assert len(bl.pending_local) == 1
-    bl._run = real
+    assert bl.queued == 1
+    bl._execute = scripts_only(bl, real)
     assert bl.flush_local() == 1  # replayed: a duplicate in Redis, not counted again
     status = inv(make_limiter(POLICY).status(ORG))
     assert (status.used, status.reserved) == (1, 0)
@@ -140,15 +144,15 @@ def test_unused_lease_returned_during_an_outage_is_refunded_by_its_ttl(make_limi
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=4, seconds=1, grace=2))
     d = bl.check(ORG, ONE)
     bl.release(d.reservation)
-    real = bl._run
+    real = type(bl)._execute.__get__(bl)
 
     def down(call):
         raise ConnectionError("down")
 
-    bl._run = down
+    bl._execute = scripts_only(bl, down)
     bl.return_leases()
-    assert not bl.pending_local  # nothing was used: nothing to replay
-    bl._run = real
+    assert not bl.queued  # nothing was used: nothing to replay
+    bl._execute = scripts_only(bl, real)
     clock.advance(5)
     assert inv(make_limiter(POLICY).status(ORG)).reserved == 0
 
@@ -159,19 +163,20 @@ def test_outage_open_lease_keeps_admitting_from_its_slice_then_policy_decides(
     during the outage: the outage policy decides as without leases."""
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=2, seconds=60))
     d = bl.check(ORG, ONE)
-    real = bl._run
+    real = type(bl)._execute.__get__(bl)
 
     def down(call):
         raise ConnectionError("down")
 
-    bl._run = down
+    bl._execute = scripts_only(bl, down)
     d2 = bl.check(ORG, ONE)
     assert d2.allowed and d2.leased
     d3 = bl.check(ORG, ONE)  # the slice is spent: Redis is needed
     assert not d3.allowed and d3.degraded and not d3.leased
     bl.commit(d.reservation, ONE)
     bl.commit(d2.reservation, ONE)
-    bl._run = real
+    bl._execute = scripts_only(bl, real)
+    time.sleep(bl.breaker.open_for + 0.05)  # the outage opened the circuit: wait for a probe
     bl.return_leases()
     status = inv(make_limiter(POLICY).status(ORG))
     assert (status.used, status.reserved) == (2, 0)
@@ -194,7 +199,7 @@ def test_async_opening_check_that_raises_does_not_strand_waiters(backend_url, cl
     async def main():
         bl = AsyncBudgetLimiter(parse_policy(POLICY), backend_url, clock=clock, timeout=2,
                                 leases=LeaseConfig(calls=8, seconds=60))
-        real = bl._run
+        real = type(bl)._execute.__get__(bl)
         calls = [0]
 
         async def first_fails(call):
@@ -204,12 +209,12 @@ def test_async_opening_check_that_raises_does_not_strand_waiters(backend_url, cl
                 raise RuntimeError("boom")
             return await real(call)
 
-        bl._run = first_fails
+        bl._execute = scripts_only(bl, first_fails)
         results = await asyncio.gather(*(bl.check(ORG, ONE) for _ in range(5)),
                                        return_exceptions=True)
         assert isinstance(results[0], RuntimeError)
         assert all(r.allowed for r in results[1:])  # waiters went on (per call)
-        assert not bl._lease_opening
+        assert not bl._exclusive
         d = await bl.check(ORG, ONE)  # a later check opens a lease normally
         assert d.allowed
         await bl.aclose()
@@ -221,14 +226,14 @@ def test_async_cancelled_opener_does_not_strand_waiters(backend_url, clock):
     async def main():
         bl = AsyncBudgetLimiter(parse_policy(POLICY), backend_url, clock=clock, timeout=2,
                                 leases=LeaseConfig(calls=8, seconds=60))
-        real = bl._run
+        real = type(bl)._execute.__get__(bl)
         gate = asyncio.Event()
 
         async def slow(call):
             await gate.wait()
             return await real(call)
 
-        bl._run = slow
+        bl._execute = scripts_only(bl, slow)
         opener = asyncio.create_task(bl.check(ORG, ONE))
         await asyncio.sleep(0)
         waiters = [asyncio.create_task(bl.check(ORG, ONE)) for _ in range(3)]
@@ -371,7 +376,7 @@ def test_zero_estimates_do_not_slip_through_an_exhausted_budget(make_limiter):
 
 def test_policy_change_during_a_lease_opening_is_not_ignored(make_limiter):
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=10, seconds=60))
-    real = bl._run
+    real = type(bl)._execute.__get__(bl)
     fired = [False]
 
     def reload_during_first_check(call):
@@ -380,7 +385,7 @@ def test_policy_change_during_a_lease_opening_is_not_ignored(make_limiter):
             bl.set_policy(parse_policy(with_amount(3)))  # e.g. a config-reload thread
         return real(call)
 
-    bl._run = reload_during_first_check
+    bl._execute = scripts_only(bl, reload_during_first_check)
     admitted = 0
     for _ in range(10):
         d = bl.check(ORG, ONE)
@@ -435,7 +440,7 @@ def test_async_cancelled_opener_does_not_leak_its_slice(backend_url, clock):
     async def main():
         bl = AsyncBudgetLimiter(parse_policy(POLICY), backend_url, clock=clock, timeout=2,
                                 leases=LeaseConfig(calls=8, seconds=60))
-        real = bl._run
+        real = type(bl)._execute.__get__(bl)
         replied = asyncio.Event()
 
         release = asyncio.Event()
@@ -446,7 +451,7 @@ def test_async_cancelled_opener_does_not_leak_its_slice(backend_url, clock):
             await release.wait()  # ...but the reply has not reached the caller yet
             return reply
 
-        bl._run = reply_held_up
+        bl._execute = scripts_only(bl, reply_held_up)
         opener = asyncio.create_task(bl.check(ORG, ONE))
         await replied.wait()
         opener.cancel()  # e.g. asyncio.wait_for() timing out the caller
@@ -455,7 +460,7 @@ def test_async_cancelled_opener_does_not_leak_its_slice(backend_url, clock):
         release.set()  # the reply arrives after the caller gave up
         for _ in range(10):
             await asyncio.sleep(0)
-        bl._run = real
+        bl._execute = scripts_only(bl, real)
         await bl.aclose()
         plain = AsyncBudgetLimiter(parse_policy(POLICY), backend_url, clock=clock, timeout=2)
         reserved = inv(await plain.status(ORG)).reserved

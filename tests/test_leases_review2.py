@@ -21,13 +21,24 @@ from budgetlimiter import (
     Usage,
     parse_policy,
 )
+from budgetlimiter.engine import lease_ops
 from budgetlimiter.usage import Amounts
 
+from .faults import scripts_only
 from .lease_helpers import ONE, ORG, cost, inv, with_amount
 from .policies import LEASES, ROLLOVER
 
 # a tight cost budget: 45 micro-USD a month (4 calls of ONE fit, a 5th does not)
 TIGHT_COST = LEASES.replace('amount: "10"', 'amount: "0.000045"')
+
+
+def work(bl, **how):
+    """The lease hand-backs due now, as the engine plans them."""
+    return lease_ops.work(bl.leases, bl.engine.planners.settle, bl.clock(), **how)
+
+
+def shrink(bl, *args):
+    return bl.engine.planners.settle.plan_shrink(*args)
 
 
 def _open_lease_with_in_flight(bl):
@@ -57,11 +68,11 @@ def test_shrink_op_on_every_marker_state(make_limiter, clock):
     now = clock()
     # R: keep more than reserved in one metric: capped at the reservation
     keep = Amounts(invocations=2, input_tokens=0, output_tokens=0, total_tokens=0, cost=500)
-    res = bl._settle(bl.core.plan_shrink(lease.reservation, keep, now + 90_000, now))
+    res = bl.execute(shrink(bl, lease.reservation, keep, now + 90_000, now))
     assert res.status == "released"
     assert (inv(plain.status(ORG)).reserved, cost(plain.status(ORG)).reserved) == (2, 40)
     # shrink twice (a retried shrink) is harmless: it only ever lowers
-    bl._settle(bl.core.plan_shrink(lease.reservation, keep, now + 90_000, now))
+    bl.execute(shrink(bl, lease.reservation, keep, now + 90_000, now))
     assert (inv(plain.status(ORG)).reserved, cost(plain.status(ORG)).reserved) == (2, 40)
     # the moved expiry holds past the lease's own TTL (60 + 30 s) and ends at the new one
     clock.advance(80)
@@ -69,20 +80,20 @@ def test_shrink_op_on_every_marker_state(make_limiter, clock):
     clock.advance(20)
     assert inv(plain.status(ORG)).reserved == 0
     # X: expired and swept
-    res = bl._settle(bl.core.plan_shrink(lease.reservation, keep, clock() + 1000, clock()))
+    res = bl.execute(shrink(bl, lease.reservation, keep, clock() + 1000, clock()))
     assert res.status == "late"
     assert inv(plain.status(ORG)).reserved == 0
     # D: settled
     d2 = plain.check(ORG, ONE)
     plain.release(d2.reservation)
-    res = bl._settle(bl.core.plan_shrink(d2.reservation, keep, clock() + 1000, clock()))
+    res = bl.execute(shrink(bl, d2.reservation, keep, clock() + 1000, clock()))
     assert res.status == "duplicate"
     assert inv(plain.status(ORG)).reserved == 0
     # missing
     ghost = d2.reservation.__class__(id="f" * 32, subject=ORG, estimate=d2.reservation.estimate,
                                      created_ms=clock(), expires_ms=clock())
     with pytest.raises(ReservationNotFound):
-        bl._settle(bl.core.plan_shrink(ghost, keep, clock() + 1000, clock()))
+        bl.execute(shrink(bl, ghost, keep, clock() + 1000, clock()))
     bl.leases._unsettled.clear()  # handled by hand above
 
 
@@ -94,16 +105,16 @@ def test_shrink_and_final_return_in_either_order(make_limiter, clock, order):
     plain = make_limiter(LEASES)
     flying = _open_lease_with_in_flight(bl)
     clock.advance(1.5)
-    shrinks = bl._lease_work(scan=True)  # retire: a shrink (1 spent + 1 in flight)
+    shrinks = work(bl, scan=True)  # retire: a shrink (1 spent + 1 in flight)
     assert [w.shrink is None for w in shrinks] == [False]
-    bl.leases.settle(flying.reservation, bl.core.amounts(ORG, ONE))
-    returns = bl._lease_work(scan=True)
+    bl.leases.settle(flying.reservation, bl.engine.planners.core.amounts(ORG, ONE))
+    returns = work(bl, scan=True)
     assert [w.shrink is None for w in returns] == [True]
     calls = [shrinks[0].call, returns[0].call]
     if order == "return_first":
         calls.reverse()
     for call in calls:
-        bl._settle(call)
+        bl.execute(call)
     status = inv(plain.status(ORG))
     assert (status.used, status.reserved) == (2, 0)
     assert (cost(plain.status(ORG)).used, cost(plain.status(ORG)).reserved) == (20, 0)
@@ -115,7 +126,7 @@ def test_retired_lease_holds_spent_and_in_flight_after_its_ttl(make_limiter, clo
     a = make_limiter(with_amount(4), leases=LeaseConfig(calls=4, seconds=1, grace=1))
     flying = _open_lease_with_in_flight(a)
     clock.advance(1.5)
-    a._return_leases(scan=True)  # shrink to 2
+    a.run(a.engine.maintenance())  # shrink to 2
     clock.advance(5)  # past the lease's own TTL (2 s)
     b = make_limiter(with_amount(4))
     assert sum(b.check(ORG, ONE).allowed for _ in range(4)) == 2
@@ -204,17 +215,17 @@ def test_async_per_call_check_after_a_retire_is_not_under_granted(backend_url, c
         for _ in range(6):
             d = await bl.check(ORG, ONE)
             await bl.commit(d.reservation, ONE)
-        real = bl._run
+        real = type(bl)._execute.__get__(bl)
 
         async def slow_settles(call):  # hand-backs ride a slower connection
             if call.script == "settle":
                 await asyncio.sleep(0.05)
             return await real(call)
 
-        bl._run = slow_settles
+        bl._execute = scripts_only(bl, slow_settles)
         # 6 used + 5 = 11 <= 14 (the sync client admits it: see test_leases_review.py)
         big = await bl.check(ORG, Usage(input_tokens=10, invocations=5))
-        bl._run = real
+        bl._execute = scripts_only(bl, real)
         await bl.aclose()
         return big.allowed
 
@@ -280,16 +291,16 @@ def test_close_waits_for_the_timer_threads_hand_back(make_limiter, clock):
     bl = make_limiter(LEASES, leases=LeaseConfig(calls=4, seconds=0.1))
     d = bl.check(ORG, ONE)
     bl.commit(d.reservation, ONE)
-    real = bl._run
+    real = type(bl)._execute.__get__(bl)
     entered, gate = threading.Event(), threading.Event()
 
     def held_in_timer(call):
-        if threading.current_thread().name == "budgetlimiter-leases":
+        if threading.current_thread().name == "budgetlimiter-timer":
             entered.set()
             gate.wait(5)
         return real(call)
 
-    bl._run = held_in_timer
+    bl._execute = scripts_only(bl, held_in_timer)
     clock.advance(1)  # the lease is due: the timer takes it on its next tick
     assert entered.wait(5)
     closer = threading.Thread(target=bl.close)
@@ -299,7 +310,7 @@ def test_close_waits_for_the_timer_threads_hand_back(make_limiter, clock):
     used = inv(make_limiter(LEASES).status(ORG)).used
     gate.set()
     closer.join(5)
-    bl._lease_thread.join(5)
+    bl._timer.join(5)
     assert not closed_first or used == 1
 
 
@@ -307,16 +318,16 @@ def test_failed_shrink_is_retried(make_limiter, clock):
     a = make_limiter(with_amount(4), leases=LeaseConfig(calls=4, seconds=1, grace=1))
     flying = _open_lease_with_in_flight(a)
     clock.advance(1.5)
-    real = a._run
+    real = type(a)._execute.__get__(a)
 
     def down(call):
         raise ConnectionError("blip")
 
-    a._run = down
-    a._return_leases(scan=True)  # the shrink fails
-    a._run = real
+    a._execute = scripts_only(a, down)
+    a.run(a.engine.maintenance())  # the shrink fails
+    a._execute = scripts_only(a, real)
     clock.advance(0.2)
-    a._return_leases(scan=True)  # Redis is back: a later hand-back could retry it
+    a.run(a.engine.maintenance())  # Redis is back: a later hand-back could retry it
     clock.advance(5)  # past the lease's own TTL (2 s), well within hold (60 s)
     b = make_limiter(with_amount(4))
     admitted = sum(b.check(ORG, ONE).allowed for _ in range(4))

@@ -60,11 +60,11 @@ def test_fail_open_counts_locally_and_records_once_when_back(server, clock):
     assert bl.commit(d.reservation, Usage(input_tokens=40)).status == "local"
     assert bl.commit(d0.reservation, Usage(input_tokens=30)).status == "local"
     assert bl.record(ALICE, Usage(input_tokens=20), request_id="r-out").status == "local"
-    assert len(bl.pending_local) == 3
+    assert bl.queued == 3
     server.start()  # empty: the earlier usage is gone (the reconciler would restore it)
     time.sleep(bl.breaker.open_for + 0.05)
     assert bl.check(ALICE, Usage(input_tokens=1)).allowed  # success triggers the replay
-    assert not bl.pending_local
+    assert not bl.queued
     assert team_used(bl) == 40 + 30 + 20
     assert bl.flush_local() == 0
     assert bl.record(ALICE, Usage(input_tokens=20), request_id="r-out").status == "duplicate"

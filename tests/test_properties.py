@@ -19,6 +19,7 @@ from budgetlimiter import (
     InvalidId,
     PolicyError,
     ReservationNotFound,
+    ReservationSettled,
     Scope,
     Subject,
     Usage,
@@ -26,6 +27,7 @@ from budgetlimiter import (
 )
 from budgetlimiter.engine.keys import KeySpace, encode_id
 from budgetlimiter.engine.planner import Core
+from budgetlimiter.engine.settle_plan import SettlePlanner
 from budgetlimiter.policy import policy_from_dict
 from budgetlimiter.policy.periods import PeriodKind, window_at
 from budgetlimiter.usage import MAX_AMOUNT, Metric
@@ -130,7 +132,7 @@ def test_any_id_is_refused_cleanly_or_stays_inside_its_org(org, team, user, agen
     assert call.parse is not None
     reservation = call.parse([1, 0, 0] + [0, 0, 0] * call.args[6] + [0] * call.args[7])
     assert reservation.allowed and reservation.reservation is not None
-    settle = core.plan_commit(reservation.reservation, Usage(input_tokens=1), NOW_MS)
+    settle = SettlePlanner(core).plan_commit(reservation.reservation, Usage(input_tokens=1), NOW_MS)
     keys += [k for k in settle.keys if k != ks.dirty_orgs]
     for key in keys:
         assert key.startswith(base + ":"), key[:200]
@@ -433,9 +435,9 @@ def test_settle_replies_of_the_right_shape_always_parse(data):
     actual = core.amounts(PARSE_SUBJECT, Usage(input_tokens=3))
     if code == -1:
         with pytest.raises(ReservationNotFound):
-            core._parse_settle("rid", reply, actual, "committed")
+            SettlePlanner(core).parse("rid", reply, actual, "committed", "committed")
         return
-    r = core._parse_settle("rid", reply, actual, "committed")
+    r = SettlePlanner(core).parse("rid", reply, actual, "committed", "committed")
     assert r.status == {1: "committed", 2: "duplicate", 3: "late"}[code]
     assert len(r.thresholds) == n
     assert (r.actual is None) == (code == 2)
@@ -524,12 +526,19 @@ def test_hot_path_matches_a_simple_model(ops):
                         used[k] = used.get(k, 0) + b
                 else:
                     assert bl.release(res).status == "released"
-                settled.append(res)
+                settled.append((res, kind))
             elif kind == "recommit" and settled:
-                res = settled[a % len(settled)]  # idempotent: nothing changes
-                r = bl.commit(res, Usage(input_tokens=b, invocations=1))
-                assert r.status == "duplicate"
-                assert bl.release(res).status == "duplicate"
+                res, how = settled[a % len(settled)]  # idempotent: nothing changes
+                # the same operation again is a duplicate; the other one is refused
+                again = Usage(input_tokens=b, invocations=1)
+                if how == "commit":
+                    assert bl.commit(res, again).status == "duplicate"
+                    with pytest.raises(ReservationSettled):
+                        bl.release(res)
+                else:
+                    assert bl.release(res).status == "duplicate"
+                    with pytest.raises(ReservationSettled):
+                        bl.commit(res, again)
             elif kind == "record":
                 s = SUBJECTS[a]
                 r = bl.record(s, Usage(input_tokens=b), request_id=f"req-{len(settled)}-{b}")

@@ -74,7 +74,7 @@ def test_crash_between_sql_commit_and_ack_does_not_double_count(limiter, make_st
     limiter.record(ALICE, Usage(input_tokens=1))
     rec.run_once()  # epoch established
     limiter.record(ALICE, Usage(input_tokens=99))
-    ks = limiter.core.keys
+    ks = limiter.keys
     seq = store.org_seq("acme")
     reply = rec._script("flush", [ks.dirty("acme"), ks.epoch("acme"), ks.pending_flush("acme")],
                         [str(seq), "flush-1", 100])
@@ -188,7 +188,7 @@ def test_threshold_events_reach_the_outbox_once(limiter, make_store):
                     ("org:acme", "invocations", "day", 50)]
     assert len({e.id for e in events}) == 3
     assert len(store.deliveries("pending")) == 6
-    assert limiter.redis.xlen(limiter.core.keys.events("acme")) == 0
+    assert limiter.redis.xlen(limiter.keys.events("acme")) == 0
 
 
 def test_graceful_shutdown_flushes_pending(limiter, make_store):
@@ -204,8 +204,8 @@ def test_graceful_shutdown_flushes_pending(limiter, make_store):
 def test_flush_record_rows_parse(limiter):
     from budgetlimiter.durable.restore import parse_flush_record
 
-    key = limiter.core.keys.ledger(ALICE, "2026-03-10")
-    fid, rows = parse_flush_record(f"abc\n{key}\tn=1\ti=5\tc=9\n", limiter.core.keys)
+    key = limiter.keys.ledger(ALICE, "2026-03-10")
+    fid, rows = parse_flush_record(f"abc\n{key}\tn=1\ti=5\tc=9\n", limiter.keys)
     assert fid == "abc"
     assert rows == [UsageRow("acme", "eng", "alice", "gpt", "2026-03-10", invocations=1,
                              input_tokens=5, cost=9)]

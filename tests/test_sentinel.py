@@ -240,7 +240,7 @@ def test_failover_under_load_then_restore_from_sql(sentinel_setup, tmp_path):
           f"commits kept locally {committed['local']}, unexpected errors {committed['errors']}")
     assert committed["errors"] == 0
     bl.flush_local()  # replay commits kept in-process during the failover (idempotent)
-    assert not bl.pending_local
+    assert not bl.queued
     stats1 = rec.run_once()
     stats2 = rec.run_once()
     print(f"reconciler after failover: {stats1}; then {stats2}")

@@ -32,7 +32,7 @@ ACL_COMMANDS = (
     "+get +sadd +srem +smembers +scan +xrange +xdel "
     # called inside the Lua scripts
     "+del +exists +hdel +hget +hgetall +hincrby +hmget +hset +pexpire +scard +set +spop "
-    "+xadd +zadd +zrangebyscore +zrem"
+    "+xadd +zadd +zrangebyscore +zrem +time"
 )
 ACL_RULE = f"budget on >{PASSWORD} resetkeys ~bl:* resetchannels {ACL_COMMANDS}"
 

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from ..engine.outage import UNAVAILABLE
 from ..errors import BudgetLimiterError, InvalidInput, PolicyError
 from .context import EXIT_INPUT, EXIT_UNAVAILABLE, Context, load_config
 
@@ -68,8 +69,6 @@ _register()
 
 def run(argv: list[str] | None = None) -> None:
     """Entry point with the error contract: one clear line, a documented exit code."""
-    from ..engine.shell import UNAVAILABLE
-
     try:
         main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

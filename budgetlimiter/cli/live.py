@@ -103,16 +103,7 @@ def record(obj: Context, org: str, team: str | None, user: str | None, agent: st
 def live_scopes(limiter: Any, prefix: Scope | None) -> list[Scope]:
     """Scopes with counters in Redis (any org when ``prefix`` is None) or declared in the
     policy, under ``prefix``."""
-    ks = limiter.core.keys
-    pattern = f"{ks.prefix}:{{*}}:c:*" if prefix is None else f"{ks.org_base(prefix.org)}:c:*"
-    found: set[Scope] = set()
-    for raw in limiter.redis.scan_iter(match=pattern, count=1000):
-        key = raw.decode() if isinstance(raw, bytes) else raw
-        try:
-            found.add(ks.parse_counter(key).scope)
-        except ValueError:
-            continue
-    found.update(limiter.core.policy.declared_scopes())
+    found = set(limiter.live_scopes(prefix.org if prefix is not None else None))
     if prefix is not None:
         found = {s for s in found if is_under(s, prefix)}
     return sorted(found, key=lambda s: (s.org, s.team or "", s.user or "", s.agent or ""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..engine.scripts import run_sync
+from ..engine.calls import ScriptCall
 from ..policy.periods import PeriodKind, window_at
 from ..subject import Scope
 from ..usage import Metric
@@ -16,7 +16,7 @@ def apply_adjustment(limiter: Any, store: Any, scope: Scope, metric: Metric, uni
                      who: str, why: str) -> Adjustment:
     """Record the adjustment durably, then apply it to the scope's current counters of
     ``metric`` (every period). Restores after data loss replay it from the store."""
-    core = limiter.core
+    core = limiter.engine.planners.core
     now = limiter.clock()
     tz = core.policy.timezone_for(scope.org)
     ws = core.policy.week_start_index()
@@ -36,7 +36,7 @@ def apply_adjustment(limiter: Any, store: Any, scope: Scope, metric: Metric, uni
             keys.append(core.keys.counter(scope, w))
             expires.append(w.end_ms + retention)
     if keys:
-        run_sync(limiter.redis, limiter.scripts["adjust"], keys,
-                 [now, metric.code, units, *expires])
+        limiter.execute(ScriptCall("adjust", keys, [now, metric.code, units, *expires],
+                                   lambda reply: reply))
     return Adjustment(org=adj.org, scope=adj.scope, metric=adj.metric, amount=adj.amount,
                       day=adj.day, who=adj.who, why=adj.why, at_ms=adj.at_ms, id=adj_id)

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..engine.calls import ScriptCall
 from ..engine.keys import KeySpace
-from ..engine.scripts import run_sync
+from ..engine.outage import UNAVAILABLE
 from ..usage import METRIC_BY_CODE
 from .restore import earliest_day, parse_flush_record, plan_rebuild, today
 from .store.records import AlertEvent
@@ -58,6 +58,10 @@ class ReconcileStats:
         return self
 
 
+def _raw(reply: Any) -> Any:
+    return reply
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -82,7 +86,7 @@ class Reconciler:
 
     @property
     def keys(self) -> KeySpace:
-        k: KeySpace = self.limiter.core.keys
+        k: KeySpace = self.limiter.keys
         return k
 
     @property
@@ -90,10 +94,10 @@ class Reconciler:
         return self.limiter.redis
 
     def _run(self, call: ScriptCall) -> Any:
-        return run_sync(self.redis, self.limiter.scripts[call.script], call.keys, call.args)
+        return self.limiter.execute(call)
 
     def _script(self, name: str, keys: list[str], args: list[str | int]) -> Any:
-        return run_sync(self.redis, self.limiter.scripts[name], keys, args)
+        return self._run(ScriptCall(name, keys, args, _raw))
 
     # discovery -------------------------------------------------------------------
     def discover(self) -> list[str]:
@@ -151,7 +155,7 @@ class Reconciler:
         """Rebuild the org's counters from SQL plus unflushed deltas; returns counters raised."""
         seq = self.store.org_seq(org) if seq is None else seq
         now = self.limiter.clock() if now_ms is None else now_ms
-        policy = self.limiter.core.policy
+        policy = self.limiter.policy
         first, last = earliest_day(policy, org, now), today(policy, org, now)
         rows = self.store.usage_rows(org, first, last)
         ledgers = [_s(k) for k in self.redis.smembers(self.keys.dirty(org))]
@@ -168,7 +172,7 @@ class Reconciler:
     def _period_ids(self, org: str, now_ms: int) -> list[str]:
         from ..policy.periods import PeriodKind, previous_window, window_at
 
-        policy = self.limiter.core.policy
+        policy = self.limiter.policy
         tz, ws = policy.timezone_for(org), policy.week_start_index()
         out = []
         for kind in PeriodKind:
@@ -222,8 +226,6 @@ class Reconciler:
     def run_forever(self, stop: threading.Event, interval: float = 2.0) -> None:
         """Run passes every ``interval`` seconds until ``stop`` is set; then one last pass,
         so that a graceful shutdown flushes what is pending."""
-        from ..engine.shell import UNAVAILABLE
-
         while not stop.is_set():
             started = time.monotonic()
             try:

@@ -6,20 +6,25 @@ ends (releases and expiries only return reservations). Further checks that inclu
 budget are then denied locally, without a round trip, until the period ends or ``ttl``
 seconds pass, whichever is first; the TTL bounds how long a credit or a raised limit takes to
 be seen. Budgets exhausted only by reservations are never cached (a release may free them).
+
+A cached refusal speaks about the subject that asked: it carries that subject and, as its only
+limit, the exhausted budget (a scope both subjects share), never the limits of the subject
+whose refusal filled the cache.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from ..results import Decision
+from ..results import Decision, LimitStatus
+from ..subject import Subject
 from .calls import ScriptCall
 
 
 @dataclass(slots=True)
 class _Entry:
     until_ms: int
-    decision: Decision
+    blocked: LimitStatus
 
 
 class DenyCache:
@@ -36,8 +41,8 @@ class DenyCache:
         self.hits = 0
         self.stored = 0
 
-    def lookup(self, call: ScriptCall, now_ms: int) -> Decision | None:
-        """A cached denial for this call, or None (then ask Redis)."""
+    def lookup(self, call: ScriptCall, subject: Subject, now_ms: int) -> Decision | None:
+        """A cached denial for this call of ``subject``, or None (then ask Redis)."""
         if not self._entries:
             return None
         for bk in call.budget_keys:
@@ -48,11 +53,13 @@ class DenyCache:
                 del self._entries[bk]
                 continue
             self.hits += 1
-            blocked = entry.decision.blocked_by
+            blocked = entry.blocked
             retry = None
-            if blocked is not None and blocked.resets_at is not None:
+            if blocked.resets_at is not None:
                 retry = max(0.0, blocked.resets_at.timestamp() - now_ms / 1000)
-            return replace(entry.decision, cached=True, retry_after=retry, reservation=None)
+            return Decision(allowed=False, subject=subject, reservation=None, limits=(blocked,),
+                            blocked_by=blocked, retry_after=retry,
+                            reason=f"{blocked.kind}_exceeded", cached=True)
         return None
 
     def remember(self, call: ScriptCall, decision: Decision, now_ms: int) -> None:
@@ -72,7 +79,7 @@ class DenyCache:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         until = min(int(b.resets_at.timestamp() * 1000), now_ms + self.ttl_ms)
-        self._entries[call.budget_keys[index]] = _Entry(until, decision)
+        self._entries[call.budget_keys[index]] = _Entry(until, b)
         self.stored += 1
 
     def clear(self) -> None:

@@ -136,6 +136,10 @@ class KeySpace:
     def pending_flush(self, org: str) -> str:
         return f"{self.org_base(org)}:pf"
 
+    def counter_pattern(self, org: str | None = None) -> str:
+        """SCAN pattern matching the budget counters of ``org`` (of every org: None)."""
+        return f"{self.org_base(org) if org is not None else self.prefix + ':{*}'}:c:*"
+
     def org_pattern(self) -> str:
         """SCAN pattern matching the dirty sets of every org (for slow sweeps)."""
         return f"{self.prefix}:{{*}}:dirty"

@@ -42,7 +42,8 @@ _MAX_SLICE = 2**50
 _MAX_REMEMBERED = 100_000
 _ZERO = (0, 0, 0, 0, 0)
 
-SettleOutcome = Literal["committed", "released", "duplicate", "unknown"]
+SettleOutcome = Literal["committed", "released", "duplicate", "unknown",
+                        "was_committed", "was_released"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,8 @@ class Lease:
     guarded: tuple[int, ...]  #: metrics with a hard budget (a zero estimate needs some left)
     spent: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
     outstanding: dict[str, list[int]] = field(default_factory=dict)
-    settled_ids: set[str] = field(default_factory=set)
+    #: reservation id -> "committed" | "released" (a retry of the other operation is refused)
+    settled_ids: dict[str, str] = field(default_factory=dict)
     retired: bool = False
     hold_until_ms: int = 0  #: retired with calls in flight: returned by then at the latest
     taken: int = 0
@@ -137,6 +139,8 @@ class LeaseTable:
         self.hold_ms = hold_ms
         #: how long a returned lease's reservation ids are recognised (duplicate commits)
         self.remember_ms = remember_ms
+        #: how much longer than a lease accepts commits Redis keeps its reservation
+        self.keep_ms = max(int(config.grace * 1000), 2000)
         #: bumped by a policy change: leases opened under an older policy never admit
         self.generation = 0
         self._lock = threading.Lock()
@@ -243,12 +247,15 @@ class LeaseTable:
             lease = self._unsettled.get(reservation.lease)
             if lease is None:
                 return self._settle_returned(reservation)
-            if reservation.id in lease.settled_ids:
-                return "duplicate"
+            done = lease.settled_ids.get(reservation.id)
+            if done is not None:
+                if done == ("committed" if actual is not None else "released"):
+                    return "duplicate"
+                return "was_committed" if done == "committed" else "was_released"
             est = lease.outstanding.pop(reservation.id, None)
             if est is None:
                 return "unknown"
-            lease.settled_ids.add(reservation.id)
+            lease.settled_ids[reservation.id] = "committed" if actual is not None else "released"
             got = actual.as_list() if actual is not None else list(_ZERO)
             lease.spent = [s + a for s, a in zip(lease.spent, got, strict=True)]
             if not lease.retired:
@@ -335,9 +342,13 @@ class LeaseTable:
         self._next_maintenance = 0
         if lease.outstanding:
             # give the unused part back now; what was spent and what is in flight stays
-            # reserved (held like ordinary reservations) until the lease goes back
+            # reserved (held like ordinary reservations) until the lease goes back. Redis
+            # keeps it ``grace`` longer than the lease accepts commits: the hand-back comes
+            # up to a timer period after ``hold_until_ms``, and usage committed in-process
+            # must never be refunded by Redis before it arrives there
             lease.hold_until_ms = now_ms + self.hold_ms
-            self._shrinks.append(Shrink(lease, lease.still_held(), lease.hold_until_ms))
+            self._shrinks.append(Shrink(lease, lease.still_held(),
+                                        lease.hold_until_ms + self.keep_ms))
 
     @property
     def open_leases(self) -> int:

@@ -23,16 +23,12 @@ from ..results import (
     LimitState,
     LimitStatus,
     Reservation,
-    SettleStatus,
     ms_to_datetime,
 )
-from ..subject import Scope, Subject
+from ..subject import Scope, Subject, validate_reservation_id
 from ..usage import METRIC_ORDER, Amounts, Usage
 from .calls import ScriptCall
 from .keys import KeySpace
-from .settle_plan import SettlePlanner, validate_reservation_id
-
-_SETTLE_STATUS: dict[int, SettleStatus] = {1: "committed", 2: "duplicate", 3: "late"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,20 +128,23 @@ _AMOUNTS_CACHE_MAX = 4096
 _METRIC_INDEX = {m.value: i for i, m in enumerate(METRIC_ORDER)}
 
 
-def _bytes_to_str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+class Core:
+    """Plans the check script's calls (the layout of ``lua/check.lua``) for one policy and
+    key space, and what every script needs from a policy: amounts, limits, ledger keys.
 
-
-class Core(SettlePlanner):
-    """Builds script calls for one policy and key space."""
+    ``clock_tolerance_ms``: how far the caller's clock may be from Redis's before a script
+    refuses to act on it (-1: trust the caller's clock).
+    """
 
     def __init__(self, policy: Policy, keys: KeySpace | None = None, *,
-                 cluster: bool = False, idempotency_ms: int | None = None) -> None:
+                 cluster: bool = False, idempotency_ms: int | None = None,
+                 clock_tolerance_ms: int = -1) -> None:
         self.policy = policy
         self.keys = keys or KeySpace()
         self.cluster = cluster
         self.idempotency_ms = (policy.idempotency_seconds * 1000 if idempotency_ms is None
                                else idempotency_ms)
+        self.clock_tolerance_ms = clock_tolerance_ms
         self._week_start = policy.week_start_index()
         self._templates: dict[Subject, _Template] = {}
         self._amounts: dict[tuple[str, Usage], Amounts] = {}
@@ -185,7 +184,7 @@ class Core(SettlePlanner):
         )
 
     # planning helpers ----------------------------------------------------------
-    def _limits(self, subject: Subject, now_ms: int) -> tuple[list[_Budget], list[_Rate]]:
+    def limits(self, subject: Subject, now_ms: int) -> tuple[list[_Budget], list[_Rate]]:
         eff = self.policy.resolve(subject)
         return self._limits_of(eff.scopes, eff.timezone, now_ms)
 
@@ -211,7 +210,7 @@ class Core(SettlePlanner):
                 return sl
         return None
 
-    def _plan_lines(self, budgets: list[_Budget], amounts: Amounts) -> str:
+    def plan_lines(self, budgets: list[_Budget], amounts: Amounts) -> str:
         """Plan lines for the settle script (see the format in ``lua/lib.lua``)."""
         retention = self.policy.retention_seconds * 1000
         lines = []
@@ -226,7 +225,8 @@ class Core(SettlePlanner):
             )
         return "".join(lines)
 
-    def _ledger(self, subject: Subject, now_ms: int) -> tuple[str, int]:
+    def ledger(self, subject: Subject, now_ms: int) -> tuple[str, int]:
+        """The subject's ledger key for the day of ``now_ms`` and when it may expire."""
         tz = self.policy.timezone_for(subject.org)
         day = window_at(PeriodKind.DAY, now_ms, tz, self._week_start)
         return self.keys.ledger(subject, day.id), day.end_ms + self.policy.retention_seconds * 1000
@@ -282,7 +282,7 @@ class Core(SettlePlanner):
         t = self._templates.get(subject)
         if t is not None and t.valid_from <= now_ms < t.valid_until:
             return t
-        budgets, rates = self._limits(subject, now_ms)
+        budgets, rates = self.limits(subject, now_ms)
         org = subject.org
         ks = self.keys
         keys, args = self._check_args(org, [ks.reservations_by_expiry(org), ""], budgets,
@@ -381,6 +381,7 @@ class Core(SettlePlanner):
             plan,
             len(t.budgets),
             len(t.rates),
+            self.clock_tolerance_ms,
             *tail,
         ]
         reservation = None if dry_run else Reservation(
@@ -417,7 +418,7 @@ class Core(SettlePlanner):
                                             ks.reservation(org, "status")], budgets, rates,
                                       Amounts())
         head: list[str | int] = [now_ms, 0, 1, 1, ks.reservation_prefix(org), "", len(budgets),
-                                 len(rates)]
+                                 len(rates), self.clock_tolerance_ms]
 
         reader = _ReplyReader(budgets, rates)
 

@@ -27,7 +27,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..aio import AsyncBudgetLimiter
-from ..engine.shell import Clock
+from ..engine.engine import Clock
+from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
 from .config import ServerConfig
 from .handlers import Api, endpoint, request_id
@@ -190,7 +191,7 @@ class Server:
         try:
             await asyncio.wait_for(limiter.redis.ping(), timeout)
             checks["redis"] = True
-            scripts = list(limiter.scripts.scripts.values())
+            scripts = list(Registry.default().scripts.values())
             found = await asyncio.wait_for(
                 limiter.redis.script_exists(*[s.sha for s in scripts]), timeout)
             for script, exists in zip(scripts, found, strict=False):
@@ -209,13 +210,12 @@ class Server:
             breaker = getattr(limiter, "breaker", None)
             if breaker is not None:
                 self.metrics.circuit_open.set(0 if breaker.state == "closed" else 1)
-            core = limiter.core
-            orgs = core.policy.declared_orgs()[:MAX_GAUGE_ORGS]
+            orgs = limiter.policy.declared_orgs()[:MAX_GAUGE_ORGS]
             try:
                 now = limiter.clock()
                 pipe = limiter.redis.pipeline(transaction=False)
                 for org in orgs:
-                    pipe.zcount(core.keys.reservations_by_expiry(org), now, "+inf")
+                    pipe.zcount(limiter.keys.reservations_by_expiry(org), now, "+inf")
                 counts = await asyncio.wait_for(pipe.execute(), self.config.ready_timeout)
                 for org, count in zip(orgs, counts, strict=False):
                     self.metrics.outstanding.labels(org).set(int(count))

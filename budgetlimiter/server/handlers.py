@@ -14,11 +14,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..engine.shell import UNAVAILABLE
+from ..engine.outage import UNAVAILABLE
 from ..errors import BudgetLimiterError
 from ..results import Decision
 from ..subject import Scope, Subject
-from ..usage import Amounts, usd_to_micros
 from . import models as m
 from .problems import Problem, dumps, from_library_error
 
@@ -161,22 +160,9 @@ class Api:
     async def commit(self, request: Request) -> Response:
         req = await read_model(request, m.CommitRequest, self.limit)
         limiter = self.s.require_limiter()
-        core = limiter.core  # one policy for the whole request, even during a reload
-        usage = req.actual.to_usage()
-        if req.subject is not None:
-            if req.subject.org != req.org:
-                raise Problem("invalid_input", "subject.org must equal org")
-            amounts = core.amounts(req.subject.to_subject(), usage)
-        elif usage.cost is not None:
-            amounts = Amounts(invocations=usage.invocations, input_tokens=usage.input_tokens,
-                              output_tokens=usage.output_tokens,
-                              total_tokens=usage.total_tokens,
-                              cost=usd_to_micros("cost", usage.cost))
-        else:
-            raise Problem("invalid_input", "commit needs subject (to price actual with the "
-                          "agent's pricing) or actual.cost")
-        call = core.plan_commit_by_id(req.org, req.reservation_id, amounts, limiter.clock())
-        result = await limiter._settle(call)
+        subject = req.subject.to_subject() if req.subject is not None else None
+        result = await limiter.commit_by_id(req.org, req.reservation_id, req.actual.to_usage(),
+                                            subject=subject)
         self.s.metrics.settles.labels("commit", result.status).inc()
         return json_response(result.to_dict())
 

@@ -23,6 +23,7 @@ from ..errors import (
     InvalidInput,
     PolicyError,
     ReservationNotFound,
+    ReservationSettled,
     UnknownAgent,
 )
 
@@ -39,6 +40,8 @@ CODES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "Token scope does not allow this operation"),
     "not_found": (404, "Not found"),
     "reservation_not_found": (404, "Reservation not found"),
+    "reservation_released": (409, "Reservation already released"),
+    "reservation_committed": (409, "Reservation already committed"),
     "method_not_allowed": (405, "Method not allowed"),
     "payload_too_large": (413, "Request body too large"),
     "budget_exceeded": (429, "Budget exceeded"),
@@ -97,6 +100,8 @@ def from_library_error(exc: BaseException) -> Problem:
     """Map a library exception to its problem (unknown ones are internal errors)."""
     if isinstance(exc, ReservationNotFound):
         return Problem("reservation_not_found", str(exc))
+    if isinstance(exc, ReservationSettled):
+        return Problem(f"reservation_{exc.settled_as}", str(exc))
     if isinstance(exc, UnknownAgent):
         return Problem("unknown_agent", str(exc))
     if isinstance(exc, InvalidId):

@@ -91,17 +91,7 @@ async def org_scopes(server: Server, org: str) -> list[BudgetScope]:
     """Scopes of ``org`` with counters in Redis or declared in the policy (and their
     ancestors), like ``budgetlimiter status --tree``."""
     limiter = server.require_limiter()
-    ks = limiter.core.keys
-    found: set[BudgetScope] = set()
-    async for raw in limiter.redis.scan_iter(match=f"{ks.org_base(org)}:c:*", count=1000):
-        key = raw.decode() if isinstance(raw, bytes) else raw
-        try:
-            found.add(ks.parse_counter(key).scope)
-        except ValueError:
-            continue
-        if len(found) >= MAX_SCOPES:
-            break
-    found.update(s for s in limiter.core.policy.declared_scopes() if s.org == org)
+    found = set(await limiter.live_scopes(org, limit=MAX_SCOPES))
     found.add(BudgetScope(org))
     for sc in list(found):
         p = _parent(sc)
