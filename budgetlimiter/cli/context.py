@@ -58,7 +58,10 @@ class Context:
         if self._limiter is None:
             from ..client import BudgetLimiter
 
-            self._limiter = BudgetLimiter(self.policy(), self.redis_url, timeout=2.0)
+            # a command's process ends right away: usage it could not store is an error
+            # (exit 3), never queued in a memory that dies with it
+            self._limiter = BudgetLimiter(self.policy(), self.redis_url, timeout=2.0,
+                                          outage_queue=False)
         return self._limiter
 
     def store(self) -> Any:

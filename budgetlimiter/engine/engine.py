@@ -494,7 +494,8 @@ class Engine:
         """Keep ``op`` for replay, or (outage queue off) say that nothing was stored."""
         if self.queue is None:
             if not force:
-                raise BackendUnavailable(f"redis unavailable: the {op.kind} was not stored")
+                raise BackendUnavailable(f"redis unavailable: this {op.kind} was not stored "
+                                         "and nothing was counted")
             log.error("redis unavailable: usage of lease %s lost (outage queue off)",
                       op.reservation.id if op.reservation else op.id)
             return SettleResult(status="local", id=op.id)
