@@ -10,13 +10,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
-from budgetlimiter import BudgetLimiter, Scope, Subject, Usage
-from budgetlimiter.durable.adjust import apply_adjustment
+from budgetlimiter import BudgetLimiter, Scope, Subject, Usage, parse_policy
+from budgetlimiter.durable.adjust import affected_scopes, apply_adjustment, plan_adjust
 from budgetlimiter.durable.store import MIGRATIONS, Store
 from budgetlimiter.durable.store.records import Adjustment
-from budgetlimiter.errors import AdjustmentConflict
+from budgetlimiter.engine.shell import UNAVAILABLE
+from budgetlimiter.errors import AdjustmentConflict, AdjustmentIncomplete, InvalidInput
 from budgetlimiter.usage import Metric
+
+from .servers import free_port
 
 POLICY = """
 timezone: UTC
@@ -83,6 +87,160 @@ def adjust(limiter: BudgetLimiter, store: Any, scope: str, amount: int,
 
 def marker_keys(limiter: BudgetLimiter) -> list[Any]:
     return list(limiter.redis.scan_iter(match=f"{limiter.core.keys.org_base('acme')}:j:*"))
+
+
+# ------------------------------------------------------------------ which counters move
+
+
+def test_affected_scopes_are_the_chain_above_the_scope() -> None:
+    assert affected_scopes(Scope("acme", "eng", "bob")) == [
+        Scope("acme"), Scope("acme", "eng"), Scope("acme", "eng", "bob")]
+    assert affected_scopes(Scope("acme", "eng", agent="copilot")) == [
+        Scope("acme"), Scope("acme", agent="copilot"), Scope("acme", "eng"),
+        Scope("acme", "eng", agent="copilot")]
+    assert affected_scopes(Scope("acme", user="dave")) == [Scope("acme"),
+                                                           Scope("acme", user="dave")]
+
+
+def test_a_credit_of_a_user_is_a_credit_of_its_team_and_org(bl: BudgetLimiter,
+                                                             store: Store) -> None:
+    spend(bl, BOB, "25")
+    spend(bl, ALICE, "5")
+    held = bl.check(ALICE, Usage(cost=Decimal("2")))  # a live reservation: held stays apart
+    assert held.allowed and held.reservation is not None
+    out = adjust(bl, store, U_BOB, -10 * USD)
+    assert live(bl, U_BOB, U_ALICE, TEAM, ORG) == [15 * USD, 5 * USD, 20 * USD, 20 * USD]
+    assert (out.status, out.adjustment.amount, out.adjustment.requested) == (
+        "applied", -10 * USD, -10 * USD)
+    team = next(s for s in bl.scope_status(TEAM) if s.metric is Metric.COST)
+    assert team.reserved == 2 * USD  # used and held moved together
+    bl.release(held.reservation)
+    assert next(s for s in bl.scope_status(TEAM) if s.metric is Metric.COST).reserved == 0
+
+
+def test_an_agent_scope_adjustment_counts_in_the_org_agent_scope(bl: BudgetLimiter,
+                                                                  store: Store) -> None:
+    bob_copilot = Subject("acme", "copilot", team="eng", user="bob")
+    bl.record(bob_copilot, Usage(invocations=3))
+    scope = "org:acme/agent:copilot"
+    assert used(bl, scope, "invocations") == 3
+    # no limit of its own: the adjustment lands on org:acme/agent:copilot
+    adjust(bl, store, f"{U_BOB}/agent:copilot", -2, Metric.INVOCATIONS)
+    assert used(bl, scope, "invocations") == 1
+
+
+def test_an_adjustment_nothing_can_count_is_refused_and_writes_nothing(
+        bl: BudgetLimiter, store: Store) -> None:
+    spend(bl, BOB, "1")
+    with pytest.raises(InvalidInput, match=r"org:acme/team:eng.*total_tokens"):
+        adjust(bl, store, TEAM, -5, Metric.TOTAL_TOKENS)
+    with pytest.raises(InvalidInput, match="integer"):
+        plan_adjust(bl.core, Scope("acme"), Metric.COST, 1.5, "x", 0)  # type: ignore[arg-type]
+    assert store.adjustments("acme", "2000-01-01", "2100-01-01") == []
+    assert marker_keys(bl) == []
+    assert used(bl, U_BOB) == USD
+
+
+def test_minute_and_hour_budgets_are_not_adjusted(make_limiter: Any, store: Store) -> None:
+    limiter = make_limiter("""
+timezone: UTC
+orgs:
+  acme:
+    limits: [{metric: cost, amount: "50", period: hour}]
+    teams:
+      eng:
+        limits:
+          - {metric: cost, amount: "100", period: day}
+          - {metric: cost, amount: "50", period: hour}
+""")
+    spend(limiter, BOB, "10")
+    adjust(limiter, store, U_BOB, -4 * USD)  # bob has no limit: the team's day budget moves
+    team = {s.period: s.used for s in limiter.scope_status(TEAM)}
+    assert team == {"day": 6 * USD, "hour": 10 * USD}
+    with pytest.raises(InvalidInput, match="day, week or month limit on cost"):
+        adjust(limiter, store, ORG, -USD)
+    assert [a.scope for a in store.adjustments("acme", DAY, DAY)] == [U_BOB]
+
+
+# ------------------------------------------------------------------ clamping
+
+
+def test_a_credit_stops_at_zero_usage_everywhere_and_sql_keeps_what_was_applied(
+        bl: BudgetLimiter, store: Store) -> None:
+    spend(bl, BOB, "5")
+    spend(bl, ALICE, "30")
+    out = adjust(bl, store, U_BOB, -8 * USD)
+    assert live(bl, U_BOB, TEAM, ORG) == [0, 30 * USD, 30 * USD]
+    (row,) = store.adjustments("acme", DAY, DAY)
+    assert (row.amount, row.requested) == (-5 * USD, -8 * USD)
+    assert (out.adjustment.amount, out.adjustment.requested) == (-5 * USD, -8 * USD)
+    # nothing left to credit: recorded as a zero adjustment, counters unchanged
+    assert adjust(bl, store, U_BOB, -USD).adjustment.amount == 0
+
+
+# ------------------------------------------------------------------ idempotency, ordering
+
+
+def test_a_retry_with_the_same_id_is_a_duplicate(bl: BudgetLimiter, store: Store) -> None:
+    spend(bl, BOB, "25")
+    first = adjust(bl, store, U_BOB, -10 * USD, adjustment_id="refund-1")
+    again = adjust(bl, store, U_BOB, -10 * USD, adjustment_id="refund-1")
+    assert (first.status, again.status) == ("applied", "duplicate")
+    assert again.adjustment == first.adjustment
+    assert live(bl, U_BOB, TEAM, ORG) == [15 * USD] * 3
+    assert [a.id for a in store.adjustments("acme", DAY, DAY)] == ["refund-1"]
+    with pytest.raises(AdjustmentConflict, match="refund-1"):
+        adjust(bl, store, U_BOB, -20 * USD, adjustment_id="refund-1")
+    ttl = bl.redis.pttl(bl.core.keys.adjustment("acme", "refund-1"))
+    assert ttl >= bl.policy.idempotency_seconds * 1000
+    # once recorded, the marker is not needed any more: the record answers
+    bl.redis.delete(bl.core.keys.adjustment("acme", "refund-1"))
+    assert adjust(bl, store, U_BOB, -10 * USD, adjustment_id="refund-1").status == "duplicate"
+    assert live(bl, U_BOB, TEAM, ORG) == [15 * USD] * 3
+    assert first.adjustment.id == "refund-1"
+    assert adjust(bl, store, U_BOB, -USD).adjustment.id.startswith("adj_")
+
+
+class FailingStore:
+    """A store whose adjustment writes fail (the database went away after Redis)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def add_adjustment(self, adj: Adjustment) -> str:
+        raise OperationalError("INSERT INTO bl_adjustments", {}, Exception("disk I/O error"))
+
+
+def test_sql_failing_after_redis_names_the_id_and_the_retry_completes_it(
+        bl: BudgetLimiter, store: Store) -> None:
+    spend(bl, BOB, "25")
+    with pytest.raises(AdjustmentIncomplete, match="retry") as info:
+        adjust(bl, FailingStore(store), U_BOB, -10 * USD)
+    adj_id = info.value.adjustment_id
+    assert adj_id in str(info.value)
+    assert live(bl, U_BOB, TEAM, ORG) == [15 * USD] * 3
+    assert store.adjustment(adj_id) is None
+    with pytest.raises(AdjustmentConflict):  # the marker also refuses another operation
+        adjust(bl, store, U_BOB, -11 * USD, adjustment_id=adj_id)
+    retry = adjust(bl, store, U_BOB, -10 * USD, adjustment_id=adj_id)
+    assert (retry.status, retry.adjustment.amount) == ("duplicate", -10 * USD)
+    assert store.adjustment(adj_id) == retry.adjustment
+    assert live(bl, U_BOB, TEAM, ORG) == [15 * USD] * 3  # applied once
+
+
+@pytest.mark.redis
+def test_redis_down_writes_nothing(store: Store, clock: Any) -> None:
+    down = BudgetLimiter(parse_policy(POLICY), f"redis://127.0.0.1:{free_port()}/0",
+                         clock=clock, timeout=0.5)
+    try:
+        with pytest.raises(UNAVAILABLE):
+            adjust(down, store, U_BOB, -10 * USD)
+    finally:
+        down.close()
+    assert store.adjustments("acme", "2000-01-01", "2100-01-01") == []
 
 
 # ------------------------------------------------------------------ the store
