@@ -5,22 +5,27 @@ real redis-server (where it applies), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from budgetlimiter import BudgetLimiter, Scope, Subject, Usage, parse_policy
+from budgetlimiter.cli import main, run
 from budgetlimiter.durable.adjust import affected_scopes, apply_adjustment, plan_adjust
+from budgetlimiter.durable.reconciler import Reconciler
 from budgetlimiter.durable.store import MIGRATIONS, Store
 from budgetlimiter.durable.store.records import Adjustment
 from budgetlimiter.engine.shell import UNAVAILABLE
 from budgetlimiter.errors import AdjustmentConflict, AdjustmentIncomplete, InvalidInput
 from budgetlimiter.usage import Metric
 
-from .servers import free_port
+from .servers import RedisServer, free_port
 
 POLICY = """
 timezone: UTC
@@ -176,6 +181,14 @@ def test_a_credit_stops_at_zero_usage_everywhere_and_sql_keeps_what_was_applied(
     assert (out.adjustment.amount, out.adjustment.requested) == (-5 * USD, -8 * USD)
     # nothing left to credit: recorded as a zero adjustment, counters unchanged
     assert adjust(bl, store, U_BOB, -USD).adjustment.amount == 0
+    spend(bl, BOB, "3")  # usage after the credit counts in full
+    before = live(bl, U_BOB, TEAM, ORG)
+    assert before == [3 * USD, 33 * USD, 33 * USD]
+    rec = Reconciler(bl, store)
+    rec.run_once()
+    bl.redis.flushall()
+    rec.run_once()  # Redis lost everything: rebuilt from SQL
+    assert live(bl, U_BOB, TEAM, ORG) == before
 
 
 # ------------------------------------------------------------------ idempotency, ordering
@@ -243,6 +256,38 @@ def test_redis_down_writes_nothing(store: Store, clock: Any) -> None:
     assert store.adjustments("acme", "2000-01-01", "2100-01-01") == []
 
 
+# ------------------------------------------------------------------ restore
+
+
+def test_a_credit_before_the_first_flush_survives_the_first_contact(
+        bl: BudgetLimiter, store: Store) -> None:
+    spend(bl, BOB, "25")
+    adjust(bl, store, U_BOB, -10 * USD)
+    rec = Reconciler(bl, store)
+    rec.run_once()  # first contact: rebuilds from SQL (empty) + ledger (25) + credit (-10)
+    assert live(bl, U_BOB, TEAM, ORG) == [15 * USD] * 3
+    bl.redis.flushall()
+    rec.run_once()
+    assert live(bl, U_BOB, TEAM, ORG) == [15 * USD] * 3
+
+
+def test_restore_applies_an_adjustment_to_every_affected_counter_of_its_window(
+        bl: BudgetLimiter, store: Store, clock: Any) -> None:
+    rec = Reconciler(bl, store)
+    spend(bl, BOB, "25")
+    adjust(bl, store, U_BOB, -10 * USD)  # day 1: bob, team (day) and org (month)
+    rec.run_once()
+    clock.advance(86_400)
+    spend(bl, BOB, "4")
+    adjust(bl, store, U_CAROL, 3 * USD)  # a debit of a user without any usage
+    before = live(bl, U_BOB, U_CAROL, TEAM, ORG)
+    assert before == [4 * USD, 3 * USD, 7 * USD, 22 * USD]
+    rec.run_once()
+    bl.redis.flushall()
+    assert rec.run_once().restored == ["acme"]
+    assert live(bl, U_BOB, U_CAROL, TEAM, ORG) == before
+
+
 # ------------------------------------------------------------------ the store
 
 
@@ -272,3 +317,72 @@ def test_migration_2_keeps_adjustments_recorded_before_it(store_url: Any) -> Non
         assert old is not None and (old.amount, old.requested) == (-7, -7)
     finally:
         s.close()
+
+
+# ------------------------------------------------------------------ the command line
+
+
+@pytest.fixture
+def cli_env(fresh_redis: RedisServer, tmp_path: Path) -> dict[str, str]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    return {"BUDGETLIMITER_REDIS": fresh_redis.url, "BUDGETLIMITER_POLICY": str(policy),
+            "BUDGETLIMITER_DB": f"sqlite:///{tmp_path}/bl.db"}
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(main, ["--format", "json", *args], env=env,
+                              catch_exceptions=False)
+
+
+def cli_used(env: dict[str, str], scope: str) -> str:
+    rows = json.loads(cli(env, "status", scope).output)
+    used_: str = next(r["used"] for r in rows if r["metric"] == "cost")
+    return used_
+
+
+@pytest.mark.redis
+def test_cli_the_reported_case_stays_at_15(cli_env: dict[str, str]) -> None:
+    rec = cli(cli_env, "record", "--org", "acme", "--team", "eng", "--user", "bob", "--agent",
+              "gpt", "--cost", "25")
+    assert rec.exit_code == 0, rec.output
+    out = cli(cli_env, "adjust", U_BOB, "--metric", "cost", "--amount", "-10", "--why",
+              "refund", "--id", "r-1")
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)[0]
+    assert (doc["id"], doc["status"], doc["requested"], doc["applied"]) == (
+        "r-1", "applied", "-10.000000", "-10.000000")
+    assert cli_used(cli_env, U_BOB) == "15.000000"
+    assert cli(cli_env, "reconcile", "--once").exit_code == 0
+    assert [cli_used(cli_env, s) for s in (U_BOB, TEAM, ORG)] == ["15.000000"] * 3
+    again = json.loads(cli(cli_env, "adjust", U_BOB, "--metric", "cost", "--amount", "-10",
+                           "--why", "refund", "--id", "r-1").output)[0]
+    assert (again["status"], again["applied"]) == ("duplicate", "-10.000000")
+    assert cli_used(cli_env, U_BOB) == "15.000000"
+
+
+@pytest.mark.redis
+def test_cli_adjust_errors_exit_with_one_line(cli_env: dict[str, str],
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for k, v in cli_env.items():
+        monkeypatch.setenv(k, v)
+
+    def exit_code(*args: str) -> int:
+        with pytest.raises(SystemExit) as info:
+            run(list(args))
+        code: int = info.value.code  # type: ignore[assignment]
+        return code
+
+    assert exit_code("adjust", TEAM, "--metric", "total_tokens", "--amount", "-5", "--why",
+                     "x") == 2
+    assert "total_tokens" in capsys.readouterr().err
+    monkeypatch.setenv("BUDGETLIMITER_REDIS", f"redis://127.0.0.1:{free_port()}/0")
+    assert exit_code("adjust", U_BOB, "--metric", "cost", "--amount", "-5", "--why", "x") == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: Redis unreachable") and err.count("\n") == 1
+    st = Store(cli_env["BUDGETLIMITER_DB"])
+    try:
+        assert st.adjustments("acme", "2000-01-01", "2100-01-01") == []
+    finally:
+        st.close()
