@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
@@ -21,8 +22,11 @@ from budgetlimiter.durable.adjust import affected_scopes, apply_adjustment, plan
 from budgetlimiter.durable.reconciler import Reconciler
 from budgetlimiter.durable.store import MIGRATIONS, Store
 from budgetlimiter.durable.store.records import Adjustment
+from budgetlimiter.durable.store.reports import cost_by_team, cost_by_user, trend, usage_by_agent
 from budgetlimiter.engine.shell import UNAVAILABLE
 from budgetlimiter.errors import AdjustmentConflict, AdjustmentIncomplete, InvalidInput
+from budgetlimiter.server import ServerConfig, create_app
+from budgetlimiter.server.testing import LiveServer
 from budgetlimiter.usage import Metric
 
 from .servers import RedisServer, free_port
@@ -286,6 +290,55 @@ def test_restore_applies_an_adjustment_to_every_affected_counter_of_its_window(
     bl.redis.flushall()
     assert rec.run_once().restored == ["acme"]
     assert live(bl, U_BOB, U_CAROL, TEAM, ORG) == before
+
+
+# ------------------------------------------------------------------ reports
+
+
+def test_reports_agree_with_the_live_counters(bl: BudgetLimiter, store: Store) -> None:
+    spend(bl, BOB, "25")
+    spend(bl, ALICE, "5")
+    adjust(bl, store, U_BOB, -10 * USD)
+    adjust(bl, store, TEAM, -2 * USD)  # the team as a whole, no user's
+    adjust(bl, store, ORG, 1 * USD)  # the org as a whole, no team's
+    Reconciler(bl, store).run_once()
+    bob, alice, team, org = live(bl, U_BOB, U_ALICE, TEAM, ORG)
+    assert (bob, alice, team, org) == (15 * USD, 5 * USD, 18 * USD, 19 * USD)
+    users = {(r["team"], r["user"]): r["cost"] for r in cost_by_user(store, "acme", DAY, DAY)}
+    assert users == {("eng", "bob"): bob, ("eng", "alice"): alice,
+                     ("eng", "(adjustment)"): -2 * USD, ("(adjustment)", ""): USD}
+    teams = {r["team"]: r["cost"] for r in cost_by_team(store, "acme", DAY, DAY)}
+    assert teams == {"eng": team, "(adjustment)": USD}
+    assert sum(teams.values()) == org
+    agents = {r["agent"]: r["cost"] for r in usage_by_agent(store, "acme", DAY, DAY)}
+    assert agents == {"gpt": 30 * USD, "(adjustment)": -11 * USD}
+    assert sum(agents.values()) == org
+    for scope, value in ((U_BOB, bob), (TEAM, team), (ORG, org)):
+        assert trend(store, Scope.parse(scope), Metric.COST, "day", DAY, DAY) == [(DAY, value)]
+    assert trend(store, Scope.parse(ORG), Metric.COST, "month", "2026-03-01",
+                 "2026-03-31") == [("2026-03", org)]
+
+
+@pytest.mark.redis
+def test_the_usage_endpoint_agrees_with_the_live_counters(fresh_redis: RedisServer,
+                                                          store: Store, clock: Any) -> None:
+    limiter = BudgetLimiter(parse_policy(POLICY), fresh_redis.url, clock=clock, timeout=2)
+    spend(limiter, BOB, "25")
+    adjust(limiter, store, U_BOB, -10 * USD)
+    Reconciler(limiter, store).run_once()
+    assert live(limiter, U_BOB, TEAM) == [15 * USD] * 2
+    app = create_app(ServerConfig(redis_url=fresh_redis.url), policy=parse_policy(POLICY),
+                     clock=clock, store=store)
+    try:
+        with LiveServer(app) as server, httpx.Client(base_url=server.url) as client:
+            q = {"org": "acme", "from": DAY, "to": DAY}
+            rows = client.get("/v1/usage", params={**q, "by": "user"}).json()["rows"]
+            assert [(r["user"], r["cost"]) for r in rows] == [("bob", "15.000000")]
+            series = client.get("/v1/usage", params={**q, "by": "trend",
+                                                     "scope": TEAM}).json()["series"]
+            assert series == [{"period": DAY, "value": "15.000000"}]
+    finally:
+        limiter.close()
 
 
 # ------------------------------------------------------------------ the store
