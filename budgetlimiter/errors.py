@@ -74,3 +74,18 @@ class BudgetExceeded(BudgetLimiterError):
     def __init__(self, decision: object) -> None:
         super().__init__(str(decision))
         self.decision = decision
+
+
+class AdjustmentConflict(InvalidInput):
+    """An adjustment id was already used for a different adjustment (nothing was changed)."""
+
+
+class AdjustmentIncomplete(BudgetLimiterError):
+    """An adjustment was applied to the live counters but its audit row could not be written.
+
+    Retrying with the same ``adjustment_id`` writes the row and does not apply it twice.
+    """
+
+    def __init__(self, message: str, adjustment_id: str) -> None:
+        super().__init__(message)
+        self.adjustment_id = adjustment_id

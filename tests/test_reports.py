@@ -58,6 +58,9 @@ def test_usage_by_agent(store):
          "total_tokens": 240, "cost": 3700},
         {"agent": "gpt", "invocations": 6, "input_tokens": 450, "output_tokens": 85,
          "total_tokens": 535, "cost": 3500},
+        # no adjustment names an agent: org +250 and +7 invocations, team eng -300
+        {"agent": "(adjustment)", "invocations": 7, "input_tokens": 0, "output_tokens": 0,
+         "total_tokens": 0, "cost": 250 - 300},
     ]
     assert usage_by_agent(store, "nobody", *RANGE) == []
     assert [r["cost"] for r in usage_by_agent(store, "acme", "2026-03-10", "2026-03-10")] \
@@ -66,12 +69,14 @@ def test_usage_by_agent(store):
 
 def test_cost_by_team(store):
     assert cost_by_team(store, "acme", *RANGE) == [
-        {"team": "eng", "cost": 6100, "total_tokens": 720, "invocations": 7},
+        {"team": "eng", "cost": 6100 - 300, "total_tokens": 720, "invocations": 7},
         {"team": "", "cost": 4000, "total_tokens": 80, "invocations": 4},
         {"team": "ops", "cost": 1200, "total_tokens": 75, "invocations": 3},
+        {"team": "(adjustment)", "cost": 250, "total_tokens": 0, "invocations": 7},  # org's
     ]
     feb = cost_by_team(store, "acme", "2026-02-01", "2026-02-28")
-    assert [(r["team"], r["cost"]) for r in feb] == [("eng", 5000), ("", 4000), ("ops", 500)]
+    assert [(r["team"], r["cost"]) for r in feb] == [("eng", 5000 - 300), ("", 4000),
+                                                     ("ops", 500), ("(adjustment)", 250)]
 
 
 def test_cost_by_user(store):
@@ -80,10 +85,15 @@ def test_cost_by_user(store):
         {"team": "eng", "user": "alice", "cost": 4000, "total_tokens": 370, "invocations": 3},
         {"team": "eng", "user": "bob", "cost": 2000, "total_tokens": 330, "invocations": 3},
         {"team": "ops", "user": "carol", "cost": 1200, "total_tokens": 75, "invocations": 3},
+        {"team": "(adjustment)", "user": "", "cost": 250, "total_tokens": 0,
+         "invocations": 7},  # the org's adjustments
         {"team": "eng", "user": "", "cost": 100, "total_tokens": 20, "invocations": 1},
+        {"team": "eng", "user": "(adjustment)", "cost": -300, "total_tokens": 0,
+         "invocations": 0},  # team eng's, no user's
     ]
     eng = cost_by_user(store, "acme", *RANGE, team="eng")
-    assert [(r["user"], r["cost"]) for r in eng] == [("alice", 4000), ("bob", 2000), ("", 100)]
+    assert [(r["user"], r["cost"]) for r in eng] == [("alice", 4000), ("bob", 2000), ("", 100),
+                                                     ("(adjustment)", -300)]
     assert cost_by_user(store, "acme", *RANGE, team="nope") == []
 
 
@@ -101,10 +111,11 @@ def test_trend_per_day_zero_filled_with_adjustments(store):
 def test_trend_per_week(store):
     org = Scope("acme")
     assert trend(store, org, Metric.COST, "week", *RANGE) == [  # Monday weeks
-        ("2026-01-26", 1000), ("2026-02-02", 3000 + 2000 + 500 + 250), ("2026-02-09", 4000),
+        ("2026-01-26", 1000), ("2026-02-02", 3000 + 2000 + 500 + 250 - 300),
+        ("2026-02-09", 4000),
         ("2026-02-16", 0), ("2026-02-23", 100), ("2026-03-02", 700)]
     assert trend(store, org, Metric.COST, "week", *RANGE, week_start=6) == [  # Sunday weeks
-        ("2026-01-25", 1000), ("2026-02-01", 3000 + 2000 + 250), ("2026-02-08", 500),
+        ("2026-01-25", 1000), ("2026-02-01", 3000 + 2000 + 250 - 300), ("2026-02-08", 500),
         ("2026-02-15", 4000), ("2026-02-22", 0), ("2026-03-01", 100 + 700)]
 
 

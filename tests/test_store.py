@@ -64,9 +64,9 @@ def test_migrate_is_idempotent_and_versioned(store_url):
     store = Store(store_url.url, schema=store_url.schema)
     try:
         assert store.schema_version() == 0
-        assert store.migrate() == len(MIGRATIONS) == 1
-        assert store.migrate() == 1
-        assert store.schema_version() == 1
+        assert store.migrate() == len(MIGRATIONS) == 2
+        assert store.migrate() == 2
+        assert store.schema_version() == 2
         assert store.org_seq("acme") == 0 and store.known_orgs() == []
     finally:
         store.close()
@@ -79,16 +79,17 @@ def test_runner_applies_later_migrations_once(store_url):
         calls.append(1)
         conn.execute(text("CREATE TABLE bl_notes (id INTEGER PRIMARY KEY, note TEXT)"))
 
-    steps = (*MIGRATIONS, Migration(2, "add notes", add_notes))
+    n = len(MIGRATIONS)
+    steps = (*MIGRATIONS, Migration(n + 1, "add notes", add_notes))
     stores = [Store(store_url, schema=None) for _ in range(3)]  # schema from the URL query
     try:
-        assert stores[0].migrate() == 1
-        assert race(3, lambda i: stores[i].migrate(steps)) == [2, 2, 2]
+        assert stores[0].migrate() == n
+        assert race(3, lambda i: stores[i].migrate(steps)) == [n + 1] * 3
         assert calls == [1]
-        assert stores[1].migrate(steps) == 2 and stores[2].schema_version() == 2
-        assert stores[0].migrate() == 2  # a newer database is left alone
-        with pytest.raises(ValueError, match="version 3"):
-            stores[0].migrate((*MIGRATIONS, Migration(3, "gap", add_notes)))
+        assert stores[1].migrate(steps) == n + 1 and stores[2].schema_version() == n + 1
+        assert stores[0].migrate() == n + 1  # a newer database is left alone
+        with pytest.raises(ValueError, match=f"version {n + 2}"):
+            stores[0].migrate((*MIGRATIONS, Migration(n + 2, "gap", add_notes)))
     finally:
         for s in stores:
             s.close()
@@ -97,7 +98,7 @@ def test_runner_applies_later_migrations_once(store_url):
 def test_concurrent_first_migrations(store_url):
     stores = [Store(store_url.url, schema=store_url.schema) for _ in range(3)]
     try:
-        assert race(3, lambda i: stores[i].migrate()) == [1, 1, 1]
+        assert race(3, lambda i: stores[i].migrate()) == [2, 2, 2]
     finally:
         for s in stores:
             s.close()

@@ -90,7 +90,8 @@ def _money_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _with_bars(rows: list[dict[str, Any]], obj: Context) -> list[dict[str, Any]]:
     if obj.fmt != "table" or not rows:
         return rows
-    top = max(float(r["cost"]) for r in rows) or 1.0
+    # adjustment rows can be negative (credits): they get an empty bar
+    top = max(0.0, *(float(r["cost"]) for r in rows)) or 1.0
     return [{**r, "share": bar(float(r["cost"]) / top, 20)} for r in rows]
 
 
@@ -171,7 +172,7 @@ def report_trend(obj: Context, scope: str, metric: str, granularity: str,
     if obj.fmt != "table":
         click.echo(render(rows, obj.fmt))
         return
-    top = max((v for _, v in series), default=0) or 1
+    top = max(0, *(v for _, v in series)) or 1
     lines = [f"{target} {metric} per {granularity}, {a} .. {b}",
              f"  {sparkline([v for _, v in series])}", ""]
     width = max((len(show(v)) for _, v in series), default=1)

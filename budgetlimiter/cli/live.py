@@ -13,8 +13,8 @@ import click
 
 from ..errors import InvalidAmount
 from ..subject import Scope, Subject
-from ..usage import Metric, Usage, usd_to_micros
-from .context import EXIT_DENIED, EXIT_INPUT, Context
+from ..usage import Metric, Usage, micros_to_usd, usd_to_micros
+from .context import EXIT_DENIED, EXIT_INPUT, EXIT_UNAVAILABLE, Context
 from .output import bar, limit_row, render
 from .policy_cmds import subject_options
 
@@ -196,13 +196,18 @@ def top(obj: Context, limit: int, watch: bool, interval: float, iterations: int)
               help="Positive = debit (adds usage), negative = credit; USD for cost.")
 @click.option("--why", required=True, help="Reason, kept in the audit trail.")
 @click.option("--who", default=None, help="Operator (default: $USER).")
+@click.option("--id", "adjustment_id", default=None,
+              help="Adjustment id (default: generated); retrying with the same id never "
+              "applies it twice.")
 @click.pass_obj
 def adjust(obj: Context, scope: str, metric: str, amount: str, why: str,
-           who: str | None) -> None:
-    """An audited credit or debit of SCOPE's current-period usage."""
+           who: str | None, adjustment_id: str | None) -> None:
+    """An audited credit or debit of SCOPE's current-period usage, applied to SCOPE and the
+    scopes above it that have a limit on the metric (a credit stops at zero usage)."""
     import getpass
 
     from ..durable.adjust import apply_adjustment
+    from ..errors import AdjustmentIncomplete
 
     target = Scope.parse(scope)
     met = Metric(metric)
@@ -219,8 +224,19 @@ def adjust(obj: Context, scope: str, metric: str, amount: str, why: str,
     if not why.strip():
         click.echo("error: --why must not be empty", err=True)
         sys.exit(EXIT_INPUT)
-    adj = apply_adjustment(obj.limiter(), obj.store(), target, met, sign * units,
-                           who or getpass.getuser(), why)
-    out = {"id": adj.id, "scope": adj.scope, "metric": adj.metric, "amount": amount,
-           "day": adj.day, "who": adj.who, "why": adj.why}
+    try:
+        outcome = apply_adjustment(obj.limiter(), obj.store(), target, met, sign * units,
+                                   who or getpass.getuser(), why,
+                                   adjustment_id=adjustment_id)
+    except AdjustmentIncomplete as exc:
+        click.echo(f"error: {exc} (--id {exc.adjustment_id})", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    adj = outcome.adjustment
+
+    def show(units: int) -> str:
+        return str(micros_to_usd(units)) if met is Metric.COST else str(units)
+
+    out = {"id": adj.id, "status": outcome.status, "scope": adj.scope, "metric": adj.metric,
+           "requested": show(adj.requested if adj.requested is not None else adj.amount),
+           "applied": show(adj.amount), "day": adj.day, "who": adj.who, "why": adj.why}
     click.echo(render([out], obj.fmt))

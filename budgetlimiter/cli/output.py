@@ -33,7 +33,8 @@ def sparkline(values: Sequence[float]) -> str:
     top = max(values)
     if top <= 0:
         return SPARKS[0] * len(values)
-    return "".join(SPARKS[min(7, int(v / top * 7.999))] for v in values)
+    # a negative value (a period with a credit larger than its usage) is drawn as zero
+    return "".join(SPARKS[min(7, max(0, int(v / top * 7.999)))] for v in values)
 
 
 def colour_state(state: str, text: str | None = None) -> str:

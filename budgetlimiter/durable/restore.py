@@ -2,8 +2,9 @@
 
 After Redis lost data, every budget counter of the org's current periods (and the previous
 period of ``accumulate`` budgets, which rollover reads) is rebuilt as the usage recorded in
-SQL plus the deltas still waiting in Redis ledgers. Minute and hour budgets are not rebuilt:
-the ledger is daily, and they refill within the hour anyway.
+SQL plus the deltas still waiting in Redis ledgers plus the adjustments applied to it.
+Minute and hour budgets are not rebuilt: the ledger is daily, and they refill within the
+hour anyway.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from datetime import datetime
 
 from ..engine.calls import ScriptCall
 from ..engine.keys import KeySpace
-from ..policy import Policy, Rollover
+from ..policy import LimitSpec, Policy, Rollover
 from ..policy.periods import PeriodKind, Window, previous_window, window_at
+from ..policy.resolve import ScopeLimits
 from ..subject import Scope, Subject
 from ..usage import METRIC_BY_CODE, Metric
+from .adjust import affected_scopes
 from .store.records import Adjustment, AlertEvent, UsageRow
 
 REBUILT_PERIODS = (PeriodKind.DAY, PeriodKind.WEEK, PeriodKind.MONTH)
-
 
 
 def local_days(window: Window, tz_name: object) -> tuple[str, str]:
@@ -61,6 +63,7 @@ class _Entry:
     scope: Scope
     window: Window
     recorded: int = 0
+    adjusted: int = 0
     ledgers: set[str] = field(default_factory=set)
     subjects: set[Subject] = field(default_factory=set)
 
@@ -69,7 +72,12 @@ def plan_rebuild(policy: Policy, keys: KeySpace, org: str, seq: int, now_ms: int
                  rows: Iterable[UsageRow], ledger_keys: Iterable[str],
                  adjustments: Iterable[Adjustment] = (),
                  fired: Iterable[AlertEvent] = ()) -> ScriptCall:
-    """Build the ``rebuild`` script call for ``org`` (see ``lua/rebuild.lua``)."""
+    """Build the ``rebuild`` script call for ``org`` (see ``lua/rebuild.lua``).
+
+    A counter's total is its subjects' recorded usage plus their unflushed ledger deltas
+    plus the applied amounts of the adjustments that counted in its scope within its window
+    (see :func:`~budgetlimiter.durable.adjust.affected_scopes`), clamped at zero only once,
+    at the end, in Lua: the ledger deltas are known only there."""
     tz = policy.timezone_for(org)
     ws = policy.week_start_index()
     retention = policy.retention_seconds * 1000
@@ -82,28 +90,36 @@ def plan_rebuild(policy: Policy, keys: KeySpace, org: str, seq: int, now_ms: int
         parsed = keys.parse_ledger(lk)
         ledgers_by_subject[parsed.subject].append((lk, parsed.day_id))
     entries: dict[tuple[str, Metric], _Entry] = {}
+
+    def entries_of(sl: ScopeLimits, spec: LimitSpec) -> list[_Entry]:
+        """The entries of one budget: its current window, and the previous one when
+        ``accumulate`` reads it."""
+        current = window_at(spec.period, now_ms, tz, ws)
+        windows = [current]
+        if spec.rollover is Rollover.ACCUMULATE:
+            windows.append(previous_window(current, tz, ws))
+        out = []
+        for w in windows:
+            key = keys.counter(sl.scope, w)
+            entry = entries.get((key, spec.metric))
+            if entry is None:
+                entry = entries[(key, spec.metric)] = _Entry(
+                    key, spec.metric, w.end_ms + retention,
+                    w is current and spec.rollover is Rollover.ACCUMULATE,
+                    spec.thresholds, sl.scope, w)
+            out.append(entry)
+        return out
+
     for subject in set(by_subject) | set(ledgers_by_subject):
-        eff = policy.resolve(subject)
-        for sl in eff.scopes:
+        for sl in policy.resolve(subject).scopes:
             for spec in sl.limits:
                 if spec.period not in REBUILT_PERIODS:
                     continue
-                current = window_at(spec.period, now_ms, tz, ws)
-                windows = [current]
-                if spec.rollover is Rollover.ACCUMULATE:
-                    windows.append(previous_window(current, tz, ws))
-                for w in windows:
-                    key = keys.counter(sl.scope, w)
-                    entry = entries.get((key, spec.metric))
-                    if entry is None:
-                        entry = entries[(key, spec.metric)] = _Entry(
-                            key, spec.metric, w.end_ms + retention,
-                            w is current and spec.rollover is Rollover.ACCUMULATE,
-                            spec.thresholds, sl.scope, w)
+                for entry in entries_of(sl, spec):
                     if subject in entry.subjects:
                         continue
                     entry.subjects.add(subject)
-                    first, last = local_days(w, tz)
+                    first, last = local_days(entry.window, tz)
                     entry.recorded += sum(getattr(r, spec.metric.value)
                                           for r in by_subject.get(subject, ())
                                           if first <= r.day <= last)
@@ -111,11 +127,19 @@ def plan_rebuild(policy: Policy, keys: KeySpace, org: str, seq: int, now_ms: int
                                          if first <= day <= last)
     for adj in adjustments:
         scope = Scope.parse(adj.scope)
+        chain = set(affected_scopes(scope))
+        # counters an adjustment changed are rebuilt even if no usage of theirs is recorded
+        pseudo = Subject(org, scope.agent or "-", team=scope.team, user=scope.user)
+        for sl in policy.resolve(pseudo).scopes:
+            if sl.scope in chain:
+                for spec in sl.limits:
+                    if spec.metric.value == adj.metric and spec.period in REBUILT_PERIODS:
+                        entries_of(sl, spec)
         for entry in entries.values():
-            if entry.scope == scope and entry.metric.value == adj.metric:
+            if entry.scope in chain and entry.metric.value == adj.metric:
                 first, last = local_days(entry.window, tz)
                 if first <= adj.day <= last:
-                    entry.recorded = max(0, entry.recorded + adj.amount)
+                    entry.adjusted += adj.amount
     fired_max: dict[tuple[str, str, str, str], int] = {}
     for ev in fired:
         k = (ev.scope, ev.metric, ev.period, ev.period_id)
@@ -135,8 +159,9 @@ def plan_rebuild(policy: Policy, keys: KeySpace, org: str, seq: int, now_ms: int
         top = fired_max.get((str(entry.scope), entry.metric.value, entry.window.kind.value,
                              entry.window.id), 0)
         fired_count = sum(1 for t in entry.thresholds if t <= top)
-        args += [idx(entry.key), entry.metric.code, entry.recorded, fired_count,
-                 entry.expire_ms, 1 if entry.drop_carry else 0, len(entry.ledgers)]
+        args += [idx(entry.key), entry.metric.code, entry.recorded, entry.adjusted,
+                 fired_count, entry.expire_ms, 1 if entry.drop_carry else 0,
+                 len(entry.ledgers)]
         args += [idx(lk) for lk in sorted(entry.ledgers)]
     return ScriptCall("rebuild", key_list, args, lambda reply: int(reply), org)
 

@@ -11,6 +11,11 @@ Layout (``P`` is the prefix, ``bl:v2`` by default; the ``v2`` is the layout vers
     P:{org}:g:<scope>:<metric code>:<per>         str   GCRA theoretical arrival time (us)
     P:{org}:r:<reservation id>                    str   reservation plan / settle marker
     P:{org}:d:<request id>                        str   idempotency marker of record()
+    P:{org}:j:<adjustment id>                     hash  marker of an applied operator
+                                                        adjustment (applied amount, time,
+                                                        operation); lives at least
+                                                        idempotency_seconds and as long as
+                                                        the counters it changed
     P:{org}:rx                                    zset  live reservations by expiry (ms)
     P:{org}:l:<subject>:<day id>                  hash  usage ledger of one subject and day
     P:{org}:dirty                                 set   ledger keys changed since last flush
@@ -116,6 +121,10 @@ class KeySpace:
 
     def request(self, org: str, request_id: str) -> str:
         return f"{self.org_base(org)}:d:{encode_id(request_id)}"
+
+    def adjustment(self, org: str, adjustment_id: str) -> str:
+        """Marker of one operator adjustment (makes applying it idempotent by id)."""
+        return f"{self.org_base(org)}:j:{encode_id(adjustment_id)}"
 
     def reservations_by_expiry(self, org: str) -> str:
         return f"{self.org_base(org)}:rx"

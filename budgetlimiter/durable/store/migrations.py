@@ -17,7 +17,20 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+)
 
 from . import schema
 
@@ -31,13 +44,44 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+def _v1_adjustments() -> Table:
+    """``bl_adjustments`` as version 1 created it (migration 2 added ``requested``)."""
+    return Table(
+        "bl_adjustments", MetaData(),
+        Column("id", String, primary_key=True),
+        Column("org", String, nullable=False),
+        Column("scope", String, nullable=False),
+        Column("metric", String, nullable=False),
+        Column("amount", BigInteger, nullable=False),
+        Column("day", String(10), nullable=False),
+        Column("who", Text, nullable=False),
+        Column("why", Text, nullable=False),
+        Column("at_ms", BigInteger, nullable=False),
+        Index("ix_bl_adjustments_org_day", "org", "day"),
+        Index("ix_bl_adjustments_scope_day", "scope", "metric", "day"),
+    )
+
+
 def _create_tables(conn: Connection) -> None:
-    schema.metadata.create_all(conn, tables=list(schema.V1_TABLES), checkfirst=True)
+    later = {schema.adjustments.name}  # changed by later migrations: created in the v1 shape
+    schema.metadata.create_all(
+        conn, tables=[t for t in schema.V1_TABLES if t.name not in later], checkfirst=True)
+    _v1_adjustments().create(conn, checkfirst=True)
+
+
+def _adjustment_requested(conn: Connection) -> None:
+    # Rows written before this migration recorded the requested amount only (the live
+    # counter may have clamped it); it is the best record of what was applied too.
+    conn.execute(text("ALTER TABLE bl_adjustments ADD COLUMN requested BIGINT NOT NULL "
+                      "DEFAULT 0"))
+    conn.execute(text("UPDATE bl_adjustments SET requested = amount"))
 
 
 #: Every migration, in order; versions are 1, 2, 3, ...
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the tables", _create_tables),
+    Migration(2, "adjustments keep the requested amount next to the applied one",
+              _adjustment_requested),
 )
 
 #: Opens a connection in a write transaction that holds the migration lock.

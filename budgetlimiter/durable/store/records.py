@@ -65,7 +65,13 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Adjustment:
-    """An audited credit (negative amount) or debit (positive) of one scope's usage."""
+    """An audited credit (negative amount) or debit (positive) of one scope's usage.
+
+    ``amount`` is what was applied to the live counters (a credit is clamped so that no
+    counter goes below zero) and what restores and reports use; ``requested`` is what the
+    operator asked for (``None`` when constructing means "the same as ``amount``").
+    ``day`` is the local day the counters were changed on.
+    """
 
     org: str
     scope: str
@@ -76,3 +82,8 @@ class Adjustment:
     why: str
     at_ms: int
     id: str = ""
+    requested: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.requested is None:
+            object.__setattr__(self, "requested", self.amount)

@@ -123,7 +123,8 @@ policy_versions = Table(
     Index("ix_bl_policy_versions_in_force", "in_force"),
 )
 
-#: Audited credits/debits of one scope's usage.
+#: Audited credits/debits of one scope's usage: ``amount`` as applied to the live counters
+#: (what restores and reports use), ``requested`` as asked (added by migration 2).
 adjustments = Table(
     "bl_adjustments",
     metadata,
@@ -132,6 +133,7 @@ adjustments = Table(
     Column("scope", String, nullable=False),
     Column("metric", String, nullable=False),
     Column("amount", BigInteger, nullable=False),
+    Column("requested", BigInteger, nullable=False, server_default="0"),
     Column("day", String(10), nullable=False),
     Column("who", Text, nullable=False),
     Column("why", Text, nullable=False),
@@ -140,7 +142,8 @@ adjustments = Table(
     Index("ix_bl_adjustments_scope_day", "scope", "metric", "day"),
 )
 
-#: The tables migration 1 creates (everything but the version table).
+#: The tables migration 1 creates (everything but the version table; ``adjustments`` in its
+#: version-1 shape, see :mod:`budgetlimiter.durable.store.migrations`).
 V1_TABLES: tuple[Table, ...] = (
     usage,
     flushes,

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from ...errors import AdjustmentConflict
 from . import migrations, schema
 from .records import Adjustment, AlertEvent, Delivery, UsageRow
 
@@ -373,14 +374,32 @@ class Store:
 
     def add_adjustment(self, adj: Adjustment) -> str:
         """Record an adjustment (idempotent by id; an id is generated if ``adj.id`` is
-        empty); return its id."""
+        empty); return its id.
+
+        Recording the same adjustment again is a no-op (a retry); an id already recorded for
+        a different adjustment (org, scope, metric or amounts differ) raises
+        :class:`~budgetlimiter.errors.AdjustmentConflict` and changes nothing."""
         adj_id = adj.id or "adj_" + uuid.uuid4().hex
         with self._write() as conn:
-            conn.execute(self._insert(_A).values(
+            res = conn.execute(self._insert(_A).values(
                 id=adj_id, org=adj.org, scope=adj.scope, metric=adj.metric,
-                amount=adj.amount, day=adj.day, who=adj.who, why=adj.why, at_ms=adj.at_ms,
-            ).on_conflict_do_nothing(index_elements=[_A.c.id]))
+                amount=adj.amount, requested=adj.requested, day=adj.day, who=adj.who,
+                why=adj.why, at_ms=adj.at_ms,
+            ).on_conflict_do_nothing(index_elements=[_A.c.id]).returning(_A.c.id))
+            if res.first() is None:
+                old = conn.execute(select(_A).where(_A.c.id == adj_id)).one()._mapping
+                if (old["org"], old["scope"], old["metric"], old["amount"], old["requested"]
+                        ) != (adj.org, adj.scope, adj.metric, adj.amount, adj.requested):
+                    raise AdjustmentConflict(
+                        f"adjustment id {adj_id!r} was already used for a different "
+                        f"adjustment ({old['scope']} {old['metric']} {old['requested']})")
         return adj_id
+
+    def adjustment(self, adj_id: str) -> Adjustment | None:
+        """The adjustment recorded under ``adj_id``, or ``None``."""
+        with self._read() as conn:
+            row = conn.execute(select(_A).where(_A.c.id == adj_id)).first()
+        return None if row is None else Adjustment(**row._mapping)
 
     def adjustments(self, org: str, first_day: str, last_day: str) -> list[Adjustment]:
         """Adjustments of ``org`` dated ``first_day .. last_day`` (inclusive), oldest first."""
