@@ -9,9 +9,8 @@ from collections.abc import Hashable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .backends import connect_async, open_backend
+from .backends import connect_async
 from .coalesce import Coalescer, send_pipeline
-from .engine.breaker import CircuitBreaker
 from .engine.calls import (
     Command,
     Detached,
@@ -22,28 +21,25 @@ from .engine.calls import (
     Request,
     ScriptCall,
 )
-from .engine.denycache import DenyCache
-from .engine.engine import DEFAULT_CLOCK_TOLERANCE, Clock, Engine, live_scopes
-from .engine.keys import KeySpace
-from .engine.leases import LeaseConfig, LeaseTable
-from .engine.scripts import Registry
+from .engine.engine import Clock, live_scopes
+from .engine.leases import LeaseConfig
 from .guard import AsyncGuard, Extractor, OnCommit
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .streaming import guarded_astream
 from .subject import Scope, Subject
+from .surface import UNSET, ClientSurface
 from .usage import Usage
 
 T = TypeVar("T")
 log = logging.getLogger("budgetlimiter")
-_UNSET: Any = object()
 
 #: asyncio socket timeouts also count the time the event loop is busy with other tasks, so
 #: the async default is larger than the sync one (50 ms) to not mistake load for an outage
 DEFAULT_ASYNC_TIMEOUT = 0.25
 
 
-class AsyncBudgetLimiter:
+class AsyncBudgetLimiter(ClientSurface):
     """The asyncio client (same arguments and operations as
     :class:`~budgetlimiter.BudgetLimiter`, awaited).
 
@@ -56,17 +52,11 @@ class AsyncBudgetLimiter:
                  prefix: str = "", clock: Clock | None = None,
                  timeout: float = DEFAULT_ASYNC_TIMEOUT, cluster: bool | None = None,
                  deny_cache_ttl: float | None = 5.0, leases: LeaseConfig | None = None,
-                 outage_queue: bool = True, max_clock_skew: float | None = _UNSET,
+                 outage_queue: bool = True, max_clock_skew: float | None = UNSET,
                  coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4) -> None:
-        self.redis, is_cluster = open_backend(redis, connect_async, timeout)
-        if max_clock_skew is _UNSET:
-            max_clock_skew = None if clock is not None else DEFAULT_CLOCK_TOLERANCE
-        #: the sans-I/O engine whose flows this client drives
-        self.engine = Engine(policy, cluster=is_cluster if cluster is None else cluster,
-                             prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl,
-                             leases=leases, outage_queue=outage_queue,
-                             clock_tolerance=max_clock_skew)
-        self._scripts = Registry.default()
+        super().__init__(policy, redis, connect_async, timeout=timeout, prefix=prefix, clock=clock,
+                         cluster=cluster, deny_cache_ttl=deny_cache_ttl, leases=leases,
+                         outage_queue=outage_queue, max_clock_skew=max_clock_skew)
         self.coalescer = Coalescer(self.redis, self._scripts, max_batch=max_batch,
                                    max_inflight=max_inflight) if coalesce else None
         #: exclusive flows running, by key (a second one with that key waits for the first)
@@ -166,42 +156,6 @@ class AsyncBudgetLimiter:
         self._timer = asyncio.get_running_loop().call_later(period, tick)
 
     # configuration ---------------------------------------------------------------------
-    @property
-    def policy(self) -> Policy:
-        return self.engine.policy
-
-    def set_policy(self, policy: Policy | str | Path) -> None:
-        """Swap the policy atomically (requests see the old or the new one, never a mix)."""
-        self.engine.set_policy(policy)
-
-    def clock(self) -> int:
-        """The time decisions use (epoch ms); see :meth:`BudgetLimiter.clock`."""
-        return self.engine.now()
-
-    @property
-    def keys(self) -> KeySpace:
-        return self.engine.keys
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The circuit breaker in front of Redis (``state``, counters for metrics)."""
-        return self.engine.breaker
-
-    @property
-    def deny_cache(self) -> DenyCache | None:
-        """The cache of exhausted budgets (None: off)."""
-        return self.engine.deny_cache
-
-    @property
-    def leases(self) -> LeaseTable | None:
-        """The open leases (None: leases off)."""
-        return self.engine.leases
-
-    @property
-    def queued(self) -> int:
-        """Operations kept in-process during an outage, not yet replayed."""
-        return self.engine.queued
-
     # operations: the engine's flows, awaited --------------------------------------------
     async def check(self, subject: Subject, estimate: Usage | None = None, *,
                     reservation_id: str | None = None, ttl: float | None = None,

@@ -9,8 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .backends import DEFAULT_TIMEOUT, connect_sync, open_backend
-from .engine.breaker import CircuitBreaker
+from .backends import DEFAULT_TIMEOUT, connect_sync
 from .engine.calls import (
     Command,
     Detached,
@@ -21,24 +20,21 @@ from .engine.calls import (
     Request,
     ScriptCall,
 )
-from .engine.denycache import DenyCache
-from .engine.engine import DEFAULT_CLOCK_TOLERANCE, Clock, Engine, live_scopes
-from .engine.keys import KeySpace
-from .engine.leases import LeaseConfig, LeaseTable
-from .engine.scripts import Registry
+from .engine.engine import Clock, live_scopes
+from .engine.leases import LeaseConfig
 from .guard import Extractor, Guard, OnCommit
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
 from .streaming import guarded_stream
 from .subject import Scope, Subject
+from .surface import UNSET, ClientSurface
 from .usage import Usage
 
 T = TypeVar("T")
 log = logging.getLogger("budgetlimiter")
-_UNSET: Any = object()
 
 
-class BudgetLimiter:
+class BudgetLimiter(ClientSurface):
     """Check, reserve, commit and record usage against a policy, on Redis.
 
     ``redis`` is a URL (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
@@ -56,16 +52,10 @@ class BudgetLimiter:
                  prefix: str = "", clock: Clock | None = None,
                  timeout: float = DEFAULT_TIMEOUT, cluster: bool | None = None,
                  deny_cache_ttl: float | None = 5.0, leases: LeaseConfig | None = None,
-                 outage_queue: bool = True, max_clock_skew: float | None = _UNSET) -> None:
-        self.redis, is_cluster = open_backend(redis, connect_sync, timeout)
-        if max_clock_skew is _UNSET:
-            max_clock_skew = None if clock is not None else DEFAULT_CLOCK_TOLERANCE
-        #: the sans-I/O engine whose flows this client drives
-        self.engine = Engine(policy, cluster=is_cluster if cluster is None else cluster,
-                             prefix=prefix, clock=clock, deny_cache_ttl=deny_cache_ttl,
-                             leases=leases, outage_queue=outage_queue,
-                             clock_tolerance=max_clock_skew)
-        self._scripts = Registry.default()
+                 outage_queue: bool = True, max_clock_skew: float | None = UNSET) -> None:
+        super().__init__(policy, redis, connect_sync, timeout=timeout, prefix=prefix, clock=clock,
+                         cluster=cluster, deny_cache_ttl=deny_cache_ttl, leases=leases,
+                         outage_queue=outage_queue, max_clock_skew=max_clock_skew)
         self._exclusive = threading.Lock()  # one lease opens at a time per client
         self._timer_stop = threading.Event()
         self._timer: threading.Thread | None = None
@@ -133,42 +123,6 @@ class BudgetLimiter:
         self._timer.start()
 
     # configuration -------------------------------------------------------------------
-    @property
-    def policy(self) -> Policy:
-        return self.engine.policy
-
-    def set_policy(self, policy: Policy | str | Path) -> None:
-        """Swap the policy atomically (requests see the old or the new one, never a mix)."""
-        self.engine.set_policy(policy)
-
-    def clock(self) -> int:
-        """The time decisions use (epoch ms): the clock, corrected to Redis's if it is off."""
-        return self.engine.now()
-
-    @property
-    def keys(self) -> KeySpace:
-        return self.engine.keys
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The circuit breaker in front of Redis (``state``, counters for metrics)."""
-        return self.engine.breaker
-
-    @property
-    def deny_cache(self) -> DenyCache | None:
-        """The cache of exhausted budgets (None: off)."""
-        return self.engine.deny_cache
-
-    @property
-    def leases(self) -> LeaseTable | None:
-        """The open leases (None: leases off)."""
-        return self.engine.leases
-
-    @property
-    def queued(self) -> int:
-        """Commits, records and releases kept in-process during an outage, not yet replayed."""
-        return self.engine.queued
-
     # operations (each one flow of the engine) ---------------------------------------
     def check(self, subject: Subject, estimate: Usage | None = None, *,
               reservation_id: str | None = None, ttl: float | None = None,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
-from budgetlimiter.engine import engine as engine_module
-from budgetlimiter.engine.engine import system_clock_ms
+from budgetlimiter.engine import transport as engine_module
+from budgetlimiter.engine.transport import system_clock_ms
 
 TEN = """
 reservation_ttl_seconds: 600

@@ -9,7 +9,6 @@ sync :class:`~budgetlimiter.client.BudgetLimiter` and the asyncio
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,12 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from ..errors import (
-    BackendRejected,
     BackendUnavailable,
-    BudgetLimiterError,
     InvalidInput,
     ReservationNotFound,
     ReservationSettled,
@@ -31,27 +26,22 @@ from ..policy import OutagePolicy, Policy, load_policy
 from ..results import Decision, LimitStatus, Reservation, SettleResult
 from ..subject import Scope, Subject
 from ..usage import Amounts, Usage, usd_to_micros
-from . import lease_ops
+from . import lease_ops, transport
 from .breaker import CircuitBreaker
-from .calls import Command, Detached, Exclusive, Flow, LoadScript, Pipeline, Request, ScriptCall
+from .calls import Command, Detached, Exclusive, Flow, ScriptCall
 from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .leases import LeaseConfig, LeaseTable
-from .outage import REJECTED, UNAVAILABLE, Deferred, OutageQueue
+from .outage import UNAVAILABLE, Deferred, OutageQueue
 from .planner import Core
-from .scripts import is_noscript
-from .settle_plan import SKEWED, SettlePlanner, dirty_follow_up
+from .settle_plan import SettlePlanner, dirty_follow_up
+from .transport import Transport, same_call, skewed
 
 log = logging.getLogger("budgetlimiter")
 
 Clock = Callable[[], int]
 #: how far a client's clock may be from Redis's before it is corrected (seconds)
 DEFAULT_CLOCK_TOLERANCE = 1.0
-
-
-def system_clock_ms() -> int:
-    """Wall-clock time in epoch milliseconds (the clock periods are computed from)."""
-    return time.time_ns() // 1_000_000
 
 
 def as_policy(policy: Policy | str | Path) -> Policy:
@@ -65,17 +55,6 @@ class Planners:
 
     core: Core
     settle: SettlePlanner
-
-
-def _same(call: ScriptCall) -> Callable[[int], ScriptCall]:
-    """A call that is not planned again after a clock correction (lease hand-backs: their
-    periods are the lease's own)."""
-    return lambda _now: call
-
-
-def _skewed(reply: Any) -> bool:
-    # only the "clock off" answer of check.lua and settle.lua has two values
-    return isinstance(reply, list) and len(reply) == 2 and reply[0] == SKEWED
 
 
 def live_scopes(keys: KeySpace, policy: Policy, org: str | None,
@@ -106,15 +85,13 @@ class Engine:
             raise ValueError(f"clock tolerance must be in (0, 3600] seconds, got "
                              f"{clock_tolerance!r}")
         self._tolerance_ms = -1 if clock_tolerance is None else int(clock_tolerance * 1000)
-        self._clock: Clock = clock or system_clock_ms
-        #: what to add to ``clock`` to get Redis's time (learnt when a script says it is off)
-        self.clock_offset_ms = 0
+        #: sends requests through the circuit breaker; keeps the clock and its offset
+        self.io = Transport(clock or transport.system_clock_ms)
         self.planners = self._planners(as_policy(policy))
         #: exhausted budgets answered in-process (None: off); see :mod:`.denycache`
         self.deny_cache = DenyCache(deny_cache_ttl) if deny_cache_ttl else None
         #: usage kept while Redis was unreachable (None: fail those calls instead)
         self.queue = OutageQueue() if outage_queue else None
-        self.breaker = CircuitBreaker()
         pol = self.planners.core.policy
         self.leases = LeaseTable(leases, hold_ms=pol.reservation_ttl_seconds * 1000,
                                  remember_ms=pol.idempotency_seconds * 1000) \
@@ -130,6 +107,20 @@ class Engine:
     def policy(self) -> Policy:
         return self.planners.core.policy
 
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self.io.breaker
+
+    @property
+    def clock_offset_ms(self) -> int:
+        """What is added to the clock to get Redis's time (learnt when a script says the
+        clock is off)."""
+        return self.io.clock_offset_ms
+
+    def now(self) -> int:
+        """The time decisions are planned with (see :meth:`Transport.now`)."""
+        return self.io.now()
+
     def set_policy(self, policy: Policy | str | Path) -> None:
         """Swap the policy atomically; cached denials and open leases of the old one end."""
         new = as_policy(policy)
@@ -141,75 +132,6 @@ class Engine:
             self.leases.remember_ms = new.idempotency_seconds * 1000
             self.leases.retire_all(self.now())
 
-    def now(self) -> int:
-        """The time decisions are planned with: this host's clock, corrected by the offset
-        learnt from Redis when the two disagree by more than the tolerance."""
-        return self._clock() + self.clock_offset_ms
-
-    def _learn_offset(self, reply: Any) -> None:
-        offset = int(reply[1]) - self._clock()
-        log.warning("this host's clock is %+d ms off Redis's; planning with Redis's time",
-                    offset)
-        self.clock_offset_ms = offset
-
-    # sending ---------------------------------------------------------------------------
-    def _send(self, request: Request) -> Flow[Any]:
-        """Send one request through the circuit breaker."""
-        if not self.breaker.allow():
-            raise BackendUnavailable("redis circuit open")
-        try:
-            reply = yield request
-        except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
-            self.breaker.success()  # Redis answered: it is there, it refused us
-            raise BackendRejected(f"redis rejected the client: {exc}") from None
-        except UNAVAILABLE:
-            self.breaker.failure()
-            raise
-        except BaseException:  # an error reply, a cancellation: free a half-open probe
-            self.breaker.abandon()
-            raise
-        self.breaker.success()
-        return reply
-
-    def _script(self, call: ScriptCall) -> Flow[Any]:
-        """One script call; a NOSCRIPT reply (after SCRIPT FLUSH, a restart, a failover) loads
-        the script and sends the call again, once."""
-        try:
-            return (yield from self._send(call))
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-            yield from self._send(LoadScript(call.script))
-            return (yield from self._send(call))
-
-    def _run(self, call: ScriptCall,
-             replan: Callable[[int], ScriptCall]) -> Flow[tuple[ScriptCall, Any]]:
-        """A script call whose script checks the clock: when it says this host's clock is
-        off, learn the offset and send the call planned again (the normal case is one
-        round trip)."""
-        reply = yield from self._script(call)
-        for _ in range(2):
-            if not _skewed(reply):
-                return call, reply
-            self._learn_offset(reply)
-            call = replan(self.now())
-            reply = yield from self._script(call)
-        if _skewed(reply):
-            raise BudgetLimiterError("this host's clock keeps disagreeing with Redis's")
-        return call, reply
-
-    def _pipeline(self, calls: list[ScriptCall]) -> Flow[list[Any]]:
-        """Calls in one round trip; those whose script was missing are sent again once."""
-        replies: list[Any] = yield from self._send(Pipeline(calls))
-        missing = [i for i, r in enumerate(replies) if is_noscript(r)]
-        if missing:
-            for name in {calls[i].script for i in missing}:
-                yield from self._send(LoadScript(name))
-            again = yield from self._send(Pipeline([calls[i] for i in missing]))
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
     def _after_round_trip(self) -> Flow[None]:
         """Redis answered: replay what an outage left queued (apart from this call)."""
         if self.queue:
@@ -218,7 +140,7 @@ class Engine:
     def script(self, call: ScriptCall) -> Flow[Any]:
         """One planned call of the durable side's scripts (flush, ack, rebuild, adjust): its
         reply as ``call.parse`` reads it."""
-        reply = yield from self._script(call)
+        reply = yield from self.io.script(call)
         return call.parse(reply)
 
     # checks ------------------------------------------------------------------------------
@@ -246,7 +168,7 @@ class Engine:
             if cached is not None:
                 return cached
         try:
-            call, reply = yield from self._run(call, lambda t: core.plan_check(
+            call, reply = yield from self.io.run(call, lambda t: core.plan_check(
                 subject, est, t, reservation_id=reservation_id, ttl_seconds=ttl,
                 dry_run=dry_run))
         except UNAVAILABLE as exc:
@@ -285,14 +207,14 @@ class Engine:
         calls = [core.plan_check(s, u, now, ttl_seconds=ttl) for s, u in pairs]
         if not calls:
             return []
-        replies = yield from self._pipeline(calls)
-        skewed = [i for i, r in enumerate(replies) if _skewed(r)]
+        replies = yield from self.io.pipeline(calls)
+        skewed = [i for i, r in enumerate(replies) if skewed(r)]
         if skewed:
-            self._learn_offset(replies[skewed[0]])
+            self.io.learn_offset(replies[skewed[0]])
             now = self.now()
             for i in skewed:
                 calls[i] = core.plan_check(pairs[i][0], pairs[i][1], now, ttl_seconds=ttl)
-            again = yield from self._pipeline([calls[i] for i in skewed])
+            again = yield from self.io.pipeline([calls[i] for i in skewed])
             for i, reply in zip(skewed, again, strict=True):
                 replies[i] = reply
         for reply in replies:
@@ -305,7 +227,7 @@ class Engine:
         """Live used / reserved / limit of every limit that applies to ``subject``."""
         core = self.planners.core
         call = core.plan_status(subject, self.now())
-        call, reply = yield from self._run(call, lambda t: core.plan_status(subject, t))
+        call, reply = yield from self.io.run(call, lambda t: core.plan_status(subject, t))
         decision: Decision = call.parse(reply)
         return decision.limits
 
@@ -314,7 +236,7 @@ class Engine:
         target = scope if isinstance(scope, Scope) else Scope.parse(scope)
         core = self.planners.core
         call = core.plan_scope_status(target, self.now())
-        call, reply = yield from self._run(call, lambda t: core.plan_scope_status(target, t))
+        call, reply = yield from self.io.run(call, lambda t: core.plan_scope_status(target, t))
         decision: Decision = call.parse(reply)
         return decision.limits
 
@@ -367,7 +289,7 @@ class Engine:
         assert self.leases is not None
         for item in work:
             try:
-                yield from self._settle(item.call, _same(item.call), replay=False)
+                yield from self._settle(item.call, same_call(item.call), replay=False)
             except Exception as exc:  # one failure must not strand the other leases
                 if lease_ops.work_failed(self.leases, item, exc, isinstance(exc, UNAVAILABLE)):
                     self._defer(Deferred("commit", item.lease.spent_usage(),
@@ -396,10 +318,10 @@ class Engine:
     # settling -------------------------------------------------------------------------
     def _settle(self, call: ScriptCall, replan: Callable[[int], ScriptCall], *,
                 replay: bool = True) -> Flow[SettleResult]:
-        call, reply = yield from self._run(call, replan)
+        call, reply = yield from self.io.run(call, replan)
         if dirty_follow_up(call, reply, self.cluster):
             try:
-                yield from self._send(Command(("SADD", self.keys.dirty_orgs, call.org)))
+                yield from self.io.send(Command(("SADD", self.keys.dirty_orgs, call.org)))
             except UNAVAILABLE:  # the reconciler's periodic scan finds the org anyway
                 log.warning("could not mark org %r dirty; the reconciler's scan will", call.org)
         if replay:

@@ -1,0 +1,117 @@
+"""How the engine's flows reach Redis: every request through the circuit breaker, a NOSCRIPT
+reply answered by loading the script, and a script's "your clock is off" answered by learning
+the offset from Redis's time and planning the call again. Sub-flows; no I/O."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ..errors import BackendRejected, BackendUnavailable, BudgetLimiterError
+from .breaker import CircuitBreaker
+from .calls import Flow, LoadScript, Pipeline, Request, ScriptCall
+from .outage import REJECTED, UNAVAILABLE
+from .scripts import is_noscript
+from .settle_plan import SKEWED
+
+log = logging.getLogger("budgetlimiter")
+Clock = Callable[[], int]
+
+
+def system_clock_ms() -> int:
+    """Wall-clock time in epoch milliseconds (the clock periods are computed from)."""
+    return time.time_ns() // 1_000_000
+
+
+def same_call(call: ScriptCall) -> Callable[[int], ScriptCall]:
+    """A call that is not planned again after a clock correction (lease hand-backs: their
+    periods are the lease's own)."""
+    return lambda _now: call
+
+
+def skewed(reply: Any) -> bool:
+    # only the "clock off" answer of check.lua and settle.lua has two values
+    return isinstance(reply, list) and len(reply) == 2 and reply[0] == SKEWED
+
+
+class Transport:
+    """The breaker in front of Redis and the clock the engine plans with."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        #: what to add to ``clock`` to get Redis's time (learnt when a script says it is off)
+        self.clock_offset_ms = 0
+        self.breaker = CircuitBreaker()
+
+    def now(self) -> int:
+        """The time decisions are planned with: this host's clock, corrected by the offset
+        learnt from Redis when the two disagree by more than the tolerance."""
+        return self._clock() + self.clock_offset_ms
+
+    def learn_offset(self, reply: Any) -> None:
+        offset = int(reply[1]) - self._clock()
+        log.warning("this host's clock is %+d ms off Redis's; planning with Redis's time",
+                    offset)
+        self.clock_offset_ms = offset
+
+    # sending ---------------------------------------------------------------------------
+    def send(self, request: Request) -> Flow[Any]:
+        """Send one request through the circuit breaker."""
+        if not self.breaker.allow():
+            raise BackendUnavailable("redis circuit open")
+        try:
+            reply = yield request
+        except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
+            self.breaker.success()  # Redis answered: it is there, it refused us
+            raise BackendRejected(f"redis rejected the client: {exc}") from None
+        except UNAVAILABLE:
+            self.breaker.failure()
+            raise
+        except BaseException:  # an error reply, a cancellation: free a half-open probe
+            self.breaker.abandon()
+            raise
+        self.breaker.success()
+        return reply
+
+    def script(self, call: ScriptCall) -> Flow[Any]:
+        """One script call; a NOSCRIPT reply (after SCRIPT FLUSH, a restart, a failover) loads
+        the script and sends the call again, once."""
+        try:
+            return (yield from self.send(call))
+        except ResponseError as exc:
+            if not is_noscript(exc):
+                raise
+            yield from self.send(LoadScript(call.script))
+            return (yield from self.send(call))
+
+    def run(self, call: ScriptCall,
+             replan: Callable[[int], ScriptCall]) -> Flow[tuple[ScriptCall, Any]]:
+        """A script call whose script checks the clock: when it says this host's clock is
+        off, learn the offset and send the call planned again (the normal case is one
+        round trip)."""
+        reply = yield from self.script(call)
+        for _ in range(2):
+            if not skewed(reply):
+                return call, reply
+            self.learn_offset(reply)
+            call = replan(self.now())
+            reply = yield from self.script(call)
+        if skewed(reply):
+            raise BudgetLimiterError("this host's clock keeps disagreeing with Redis's")
+        return call, reply
+
+    def pipeline(self, calls: list[ScriptCall]) -> Flow[list[Any]]:
+        """Calls in one round trip; those whose script was missing are sent again once."""
+        replies: list[Any] = yield from self.send(Pipeline(calls))
+        missing = [i for i, r in enumerate(replies) if is_noscript(r)]
+        if missing:
+            for name in {calls[i].script for i in missing}:
+                yield from self.send(LoadScript(name))
+            again = yield from self.send(Pipeline([calls[i] for i in missing]))
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
