@@ -208,14 +208,14 @@ class Engine:
         if not calls:
             return []
         replies = yield from self.io.pipeline(calls)
-        skewed = [i for i, r in enumerate(replies) if skewed(r)]
-        if skewed:
-            self.io.learn_offset(replies[skewed[0]])
+        off = [i for i, r in enumerate(replies) if skewed(r)]
+        if off:
+            self.io.learn_offset(replies[off[0]])
             now = self.now()
-            for i in skewed:
+            for i in off:
                 calls[i] = core.plan_check(pairs[i][0], pairs[i][1], now, ttl_seconds=ttl)
-            again = yield from self.io.pipeline([calls[i] for i in skewed])
-            for i, reply in zip(skewed, again, strict=True):
+            again = yield from self.io.pipeline([calls[i] for i in off])
+            for i, reply in zip(off, again, strict=True):
                 replies[i] = reply
         for reply in replies:
             if isinstance(reply, Exception):
