@@ -1,4 +1,5 @@
-"""The local deny cache: exhausted budgets are answered in-process, and only those."""
+"""The local deny cache: exhausted budgets are answered in-process, and only those (both
+clients, every backend)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,6 @@ from budgetlimiter import Subject, Usage
 from .policies import BASIC
 
 ALICE = Subject("acme", "gpt", team="eng", user="alice")
-
-
-def evalshas(bl) -> int:
-    info = bl.redis.info("commandstats")
-    return int(info.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def test_exhausted_budget_is_denied_locally_until_ttl(make_limiter, clock):

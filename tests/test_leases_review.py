@@ -101,6 +101,7 @@ def test_overshoot_reduces_what_the_lease_admits(make_limiter):
     assert (cost(status).used, cost(status).reserved) == (45, 0)
 
 
+@pytest.mark.sync_only("drives _lease_work and _settle by hand")
 def test_lease_returned_after_its_redis_reservation_expired_is_counted_late(
         make_limiter, clock):
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=4, seconds=1, grace=1))
@@ -117,6 +118,7 @@ def test_lease_returned_after_its_redis_reservation_expired_is_counted_late(
     assert (status.used, status.reserved) == (1, 0)
 
 
+@pytest.mark.sync_only("patches _run, reads pending_local")
 def test_lease_return_during_an_outage_is_deferred_and_replayed_once(make_limiter):
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=4, seconds=60))
     d = bl.check(ORG, ONE)
@@ -136,6 +138,7 @@ def test_lease_return_during_an_outage_is_deferred_and_replayed_once(make_limite
     assert (status.used, status.reserved) == (1, 0)
 
 
+@pytest.mark.sync_only("patches _run, reads pending_local")
 def test_unused_lease_returned_during_an_outage_is_refunded_by_its_ttl(make_limiter, clock):
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=4, seconds=1, grace=2))
     d = bl.check(ORG, ONE)
@@ -153,6 +156,7 @@ def test_unused_lease_returned_during_an_outage_is_refunded_by_its_ttl(make_limi
     assert inv(make_limiter(POLICY).status(ORG)).reserved == 0
 
 
+@pytest.mark.sync_only("patches _run")
 def test_outage_open_lease_keeps_admitting_from_its_slice_then_policy_decides(
         make_limiter):
     """fail_closed: a held slice is still spent (it is reserved in Redis), but no lease opens
@@ -346,7 +350,7 @@ def test_a_long_leased_request_stays_reserved_like_an_ordinary_one(make_limiter,
     assert inv(b.status(ORG)).used <= 10
 
 
-def test_a_lease_redis_forgot_does_not_break_returns_or_lose_usage(make_limiter):
+def test_a_lease_redis_forgot_does_not_break_returns_or_lose_usage(make_limiter, raw_redis):
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=4, seconds=60))
     x = Subject("acme", "gpt", user="x")
     y = Subject("acme", "gpt", user="y")
@@ -354,7 +358,7 @@ def test_a_lease_redis_forgot_does_not_break_returns_or_lose_usage(make_limiter)
     bl.release(dx.reservation)  # x's lease: nothing used
     dy = bl.check(y, ONE)
     bl.commit(dy.reservation, ONE)  # y's lease: 1 used
-    bl.redis.flushall()  # Redis restarted without persistence
+    raw_redis.flushall()  # Redis restarted without persistence
     bl.return_leases()  # raises ReservationNotFound today
     status = inv(make_limiter(POLICY).status(y))
     assert status.used == 1  # y's usage reaches Redis (its commit carries its plan)
@@ -369,6 +373,7 @@ def test_zero_estimates_do_not_slip_through_an_exhausted_budget(make_limiter):
     assert not a.check(ORG, ZERO).allowed
 
 
+@pytest.mark.sync_only("patches _run to reload the policy mid-check")
 def test_policy_change_during_a_lease_opening_is_not_ignored(make_limiter):
     bl = make_limiter(POLICY, leases=LeaseConfig(calls=10, seconds=60))
     real = bl._run
@@ -391,6 +396,7 @@ def test_policy_change_during_a_lease_opening_is_not_ignored(make_limiter):
     assert admitted <= 4
 
 
+@pytest.mark.sync_only("reads leases._no_lease_until")
 def test_refusal_memory_is_bounded(make_limiter, clock):
     bl = make_limiter(POLICY.replace("amount: 25", "amount: 1000"),
                       leases=LeaseConfig(calls=2000, seconds=1))  # a slice never fits

@@ -44,6 +44,7 @@ def _open_lease_with_in_flight(bl):
 # what holds
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.sync_only("plans shrink ops by hand (core.plan_shrink, _settle)")
 def test_shrink_op_on_every_marker_state(make_limiter, clock):
     """R: refunds down to keep (never above what was reserved) and moves the expiry;
     X: 'late', nothing changes; D: 'duplicate'; missing: ReservationNotFound (swallowed by the
@@ -87,6 +88,7 @@ def test_shrink_op_on_every_marker_state(make_limiter, clock):
 
 
 @pytest.mark.parametrize("order", ["shrink_first", "return_first"])
+@pytest.mark.sync_only("orders the hand-back calls by hand (_lease_work, _settle)")
 def test_shrink_and_final_return_in_either_order(make_limiter, clock, order):
     """The shrink and the final commit may reach Redis in either order (two threads, or two
     connections in asyncio): usage is counted once and nothing stays reserved."""
@@ -109,6 +111,7 @@ def test_shrink_and_final_return_in_either_order(make_limiter, clock, order):
     assert (cost(plain.status(ORG)).used, cost(plain.status(ORG)).reserved) == (20, 0)
 
 
+@pytest.mark.sync_only("calls _return_leases")
 def test_retired_lease_holds_spent_and_in_flight_after_its_ttl(make_limiter, clock):
     """After the shrink the lease's reservation lives until hold_until (reservation_ttl), not
     until its own seconds + grace: another process cannot admit into it meanwhile."""
@@ -276,6 +279,7 @@ def test_reload_to_strict_during_lease_take_never_leases(make_limiter):
     assert cost(make_limiter(LEASES).status(ORG)).used == 10
 
 
+@pytest.mark.sync_only("the sync client's timer thread (_run, _lease_thread)")
 def test_close_waits_for_the_timer_threads_hand_back(make_limiter, clock):
     bl = make_limiter(LEASES, leases=LeaseConfig(calls=4, seconds=0.1))
     d = bl.check(ORG, ONE)
@@ -303,6 +307,7 @@ def test_close_waits_for_the_timer_threads_hand_back(make_limiter, clock):
     assert not closed_first or used == 1
 
 
+@pytest.mark.sync_only("patches _run, calls _return_leases")
 def test_failed_shrink_is_retried(make_limiter, clock):
     a = make_limiter(with_amount(4), leases=LeaseConfig(calls=4, seconds=1, grace=1))
     flying = _open_lease_with_in_flight(a)
