@@ -20,6 +20,7 @@ from budgetlimiter import Policy, parse_policy
 from budgetlimiter.backends import connect_sync
 
 from .clients import CLIENT_KINDS, make_client
+from .faults import FaultyProxy
 from .servers import RedisServer, redis_required
 from .sqlstores import make_store, store_url  # noqa: F401
 
@@ -123,6 +124,24 @@ def make_limiter(backend_url: str, clock: FakeClock,
                  client_kind: str) -> Iterator[LimiterFactory]:
     """Builds the row's client: backend x client kind."""
     make = LimiterFactory(backend_url, clock, client_kind)
+    yield make
+    make.close_all()
+
+
+@pytest.fixture
+def flaky_redis(fresh_redis: RedisServer) -> Iterator[FaultyProxy]:
+    """The session's redis-server behind a proxy that fails like a network on demand."""
+    proxy = FaultyProxy(fresh_redis.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def make_flaky_limiter(flaky_redis: FaultyProxy, clock: FakeClock,
+                       client_kind: str) -> Iterator[LimiterFactory]:
+    """Like ``make_limiter``, on the real redis-server through :func:`flaky_redis` (pass
+    ``url=flaky_redis.target_url`` for an observer that does not suffer the faults)."""
+    make = LimiterFactory(flaky_redis.url, clock, client_kind)
     yield make
     make.close_all()
 
