@@ -1,9 +1,9 @@
-"""Second review of the optional leases after a round of fixes: the shrink op of settle.lua on
-every marker state and in either order with the final return, the sampled expiry sweep of
-check.lua, and the remaining races (retire vs. the next Redis check, the timer thread vs.
-close(), policy reloads, outages during a shrink, the memory of returned leases).
+"""How leases go back to Redis: the shrink op of settle.lua on every marker state and in
+either order with the final return, what a retired lease keeps reserved, failed and retried
+hand-backs, the timer thread vs. close(), policy reloads during a take, the memory of returned
+leases; and the sampled expiry sweep of check.lua that hand-backs and crashed callers rely on.
 
-The tests after the first section were bugs found by this review, kept as regression tests.
+The tests after the first section were bugs, kept as regression tests.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def test_async_per_call_check_after_a_retire_is_not_under_granted(backend_url, c
             return await real(call)
 
         bl._run = slow_settles
-        # 6 used + 5 = 11 <= 14 (the sync client admits it: see test_leases_review.py)
+        # 6 used + 5 = 11 <= 14 (the sync client admits it: see test_lease_edges.py)
         big = await bl.check(ORG, Usage(input_tokens=10, invocations=5))
         bl._run = real
         await bl.aclose()
@@ -276,7 +276,7 @@ def test_reload_to_strict_during_lease_take_never_leases(make_limiter):
     d = bl.check(ORG, ONE)
     bl.commit(d.reservation, Usage(input_tokens=500))
     bl.return_leases()
-    # strict: the estimate is a cap (10 micro-USD), as test_leases_review.py checks
+    # strict: the estimate is a cap (10 micro-USD), as test_lease_edges.py checks
     assert not d.leased
     assert cost(make_limiter(LEASES).status(ORG)).used == 10
 

@@ -1,7 +1,7 @@
-"""Adversarial tests of the optional leases (budgetlimiter/leases.py and its wiring in the
-sync and asyncio clients): threads, tasks, cancellation, outages, data loss, policy changes,
-period ends, strict mode, zero estimates, rate limits, duplicates and memory bounds. Each test
-in the second half was a bug found by review; it is kept as a regression test.
+"""Leases at their edges (budgetlimiter/engine/leases.py and its wiring in both clients):
+threads, tasks, cancellation, outages, data loss, policy changes, period ends, strict mode,
+zero estimates, rate limits, duplicates and memory bounds. The tests in the second half were
+bugs, kept as regression tests.
 """
 
 from __future__ import annotations
