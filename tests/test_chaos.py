@@ -11,7 +11,10 @@ back and the books are checked:
 (c) every alert event recorded in SQL was delivered, and the receiver's distinct event ids
     are exactly the SQL event ids.
 
-``BUDGETLIMITER_CHAOS_SECONDS`` (default 20) sets how long the chaos lasts.
+``BUDGETLIMITER_CHAOS_SECONDS`` (default 20) sets how long the chaos lasts. The schedule (the
+clients' subjects, amounts and pauses, the chaos actions) comes from one seed, printed at the
+start and shown with a failure; ``BUDGETLIMITER_CHAOS_SEED=<seed>`` replays it (thread timing
+still varies).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from .webhook_receiver import WebhookReceiver
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 SECONDS = float(os.environ.get("BUDGETLIMITER_CHAOS_SECONDS", "20"))
+SEED = int(os.environ.get("BUDGETLIMITER_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
 CLIENTS = 4
 ORG = "acme"
 #: limits scale with the duration so that they are reached about halfway through
@@ -216,7 +220,7 @@ class Chaos:
     # ---------------------------------------------------------------- clients
     def client(self, i: int) -> None:
         bl = self.limiters[i]
-        rng = random.Random(1000 + i)
+        rng = random.Random(SEED + 1 + i)
         calls = self.calls[i]
         while not self.stop_all.is_set():
             s = rng.choice(SUBJECTS)
@@ -251,7 +255,7 @@ class Chaos:
         """Random actions every 0.2-0.6 s: SIGKILL Redis (after a synchronous flush; at
         least 1.5 s after it came back) and restart it 0.1-0.5 s later, stop/start the
         reconciler, take the webhook receiver down/up."""
-        rng = random.Random()
+        rng = random.Random(SEED)
         deadline = time.monotonic() + seconds
         up_since: float | None = time.monotonic()
         down_until = 0.0
@@ -304,6 +308,8 @@ class Chaos:
 
 def test_chaos(tmp_path, caplog):
     caplog.set_level(logging.ERROR)  # the outage warnings are expected and many
+    # captured output is shown with a failure: the seed to replay the schedule with
+    print(f"chaos seed {SEED} (replay: BUDGETLIMITER_CHAOS_SEED={SEED})")
     ch = Chaos(tmp_path)
     started = time.monotonic()
     try:
