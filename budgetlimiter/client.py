@@ -56,7 +56,9 @@ class BudgetLimiter(ClientSurface):
         super().__init__(policy, redis, connect_sync, timeout=timeout, prefix=prefix, clock=clock,
                          cluster=cluster, deny_cache_ttl=deny_cache_ttl, leases=leases,
                          outage_queue=outage_queue, max_clock_skew=max_clock_skew)
-        self._exclusive = threading.Lock()  # one lease opens at a time per client
+        # exclusive flows (lease opening, hand-backs) one at a time per client; a hand-back may
+        # be sent from inside an exclusive flow
+        self._exclusive = threading.RLock()
         self._timer_stop = threading.Event()
         self._timer: threading.Thread | None = None
 

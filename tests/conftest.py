@@ -1,17 +1,46 @@
-"""Shared fixtures: real redis-server processes, the backend table, a fake clock, policies."""
+"""Shared fixtures: real redis-server processes, the test table (backend x client), a fake
+clock, policies.
+
+``make_limiter`` builds the client under test for every row of the table: backend
+``memory`` or ``redis`` (a real redis-server) times client ``sync`` (``BudgetLimiter``) or
+``asyncio`` (``AsyncBudgetLimiter`` driven through :class:`tests.clients.LoopThreadClient`);
+ids read ``memory-sync``, ``redis-asyncio``. A test that cannot run on the asyncio client
+says why with ``@pytest.mark.sync_only("reason")`` and gets the ``sync`` rows only."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
-from budgetlimiter import BudgetLimiter, Policy, parse_policy
+from budgetlimiter import Policy, parse_policy
+from budgetlimiter.backends import connect_sync
 
+from .clients import CLIENT_KINDS, make_client
+from .faults import FaultyProxy
 from .servers import RedisServer, redis_required
 from .sqlstores import make_store, store_url  # noqa: F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sync_only(reason): runs on the sync client only (the reason says why)")
+
+
+@pytest.hookimpl(trylast=True)  # after the backend params: ids read "memory-sync"
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The client axis: ``client_kind`` is ``sync`` and ``asyncio``, or ``sync`` alone for a
+    test marked ``sync_only``."""
+    if "client_kind" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("sync_only")
+    if marker is not None and not (marker.args or marker.kwargs.get("reason")):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: sync_only needs a reason")
+    kinds = ["sync"] if marker is not None else list(CLIENT_KINDS)
+    metafunc.parametrize("client_kind", kinds, ids=kinds)
 
 
 class FakeClock:
@@ -66,18 +95,61 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def make_limiter(backend_url: str, clock: FakeClock) -> Iterator[Callable[..., BudgetLimiter]]:
-    made: list[BudgetLimiter] = []
+class LimiterFactory:
+    """``make(policy, client=None, **kwargs)``: a client of ``url``, of the row's kind unless
+    ``client="sync"``/``"asyncio"`` says otherwise (e.g. a sync operator tool in an asyncio
+    row); the fake clock and ``timeout=2.0`` (both clients: the asyncio default is another)
+    unless given. Every client made is closed by :meth:`close_all`."""
 
-    def make(policy: Policy | str, **kwargs: object) -> BudgetLimiter:
+    def __init__(self, url: str, clock: FakeClock, kind: str) -> None:
+        self.url, self.clock, self.kind = url, clock, kind
+        self.made: list[Any] = []
+
+    def __call__(self, policy: Policy | str, *, client: str | None = None,
+                 url: str | None = None, **kwargs: Any) -> Any:
         pol = parse_policy(policy) if isinstance(policy, str) else policy
-        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("clock", self.clock)
         kwargs.setdefault("timeout", 2.0)
-        limiter = BudgetLimiter(pol, backend_url, **kwargs)  # type: ignore[arg-type]
-        made.append(limiter)
+        limiter = make_client(client or self.kind, pol, url or self.url, **kwargs)
+        self.made.append(limiter)
         return limiter
 
+    def close_all(self) -> None:
+        for limiter in self.made:
+            limiter.close()
+
+
+@pytest.fixture
+def make_limiter(backend_url: str, clock: FakeClock,
+                 client_kind: str) -> Iterator[LimiterFactory]:
+    """Builds the row's client: backend x client kind."""
+    make = LimiterFactory(backend_url, clock, client_kind)
     yield make
-    for limiter in made:
-        limiter.close()
+    make.close_all()
+
+
+@pytest.fixture
+def flaky_redis(fresh_redis: RedisServer) -> Iterator[FaultyProxy]:
+    """The session's redis-server behind a proxy that fails like a network on demand."""
+    proxy = FaultyProxy(fresh_redis.port)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def make_flaky_limiter(flaky_redis: FaultyProxy, clock: FakeClock,
+                       client_kind: str) -> Iterator[LimiterFactory]:
+    """Like ``make_limiter``, on the real redis-server through :func:`flaky_redis` (pass
+    ``url=flaky_redis.target_url`` for an observer that does not suffer the faults)."""
+    make = LimiterFactory(flaky_redis.url, clock, client_kind)
+    yield make
+    make.close_all()
+
+
+@pytest.fixture
+def raw_redis(backend_url: str) -> Iterator[Any]:
+    """A plain sync redis-py client of the row's backend, to look at keys as Redis has them
+    (the key layout is documented in budgetlimiter/engine/keys.py)."""
+    client = connect_sync(backend_url, timeout=2.0)
+    yield client
+    client.close()

@@ -31,6 +31,10 @@ from budgetlimiter.usage import Metric
 
 from .servers import RedisServer, free_port
 
+#: adjustments and the reconciler are operator tools on the sync client
+pytestmark = pytest.mark.sync_only("the durable side (adjustments, reconciler) takes the sync "
+                                   "client")
+
 POLICY = """
 timezone: UTC
 pricing:

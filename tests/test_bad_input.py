@@ -28,14 +28,14 @@ HOSTILE_IDS = [
 ]
 
 
-def keys_snapshot(bl) -> dict[bytes, object]:
+def keys_snapshot(redis) -> dict[bytes, object]:
     out: dict[bytes, object] = {}
-    for k in bl.redis.keys("*"):
-        kind = bl.redis.type(k)
+    for k in redis.keys("*"):
+        kind = redis.type(k)
         if kind == b"hash":
-            out[k] = bl.redis.hgetall(k)
+            out[k] = redis.hgetall(k)
         elif kind == b"string":
-            out[k] = bl.redis.get(k)
+            out[k] = redis.get(k)
         else:
             out[k] = kind
     return out
@@ -64,11 +64,11 @@ def test_bad_ids_are_refused(bad):
             Subject("acme", "gpt", user=bad)  # type: ignore[arg-type]
 
 
-def test_bad_input_changes_nothing(make_limiter):
+def test_bad_input_changes_nothing(make_limiter, raw_redis):
     bl = make_limiter(BASIC)
     alice = Subject("acme", "gpt", team="eng", user="alice")
     bl.check(alice, Usage(input_tokens=10))
-    before = keys_snapshot(bl)
+    before = keys_snapshot(raw_redis)
     with pytest.raises(UnknownAgent):
         bl.check(Subject("acme", "no-such-model", team="eng"), Usage(input_tokens=1))
     with pytest.raises(InvalidInput):
@@ -81,7 +81,7 @@ def test_bad_input_changes_nothing(make_limiter):
         bl.record(alice, Usage(), request_id="x" * 300)
     with pytest.raises(InvalidInput):
         bl.commit("not-a-reservation", Usage())  # type: ignore[arg-type]
-    assert keys_snapshot(bl) == before
+    assert keys_snapshot(raw_redis) == before
 
 
 @pytest.mark.parametrize("text", ["", "acme", "team:eng", "org:acme/org:b", "org:a/user:u/team:t",
@@ -92,13 +92,13 @@ def test_bad_scope_strings(text):
 
 
 @pytest.mark.parametrize("org", HOSTILE_IDS)
-def test_hostile_ids_stay_inside_their_org_tag(make_limiter, org):
+def test_hostile_ids_stay_inside_their_org_tag(make_limiter, raw_redis, org):
     bl = make_limiter(DEFAULTS_ONLY)
     subject = Subject(org, "gpt", team=org, user=org)
     d = bl.check(subject, Usage(input_tokens=5))
     bl.commit(d.reservation, Usage(input_tokens=5))
     base = KeySpace().org_base(org).encode()
-    keys = [k for k in bl.redis.keys("*") if k != KeySpace().dirty_orgs.encode()]
+    keys = [k for k in raw_redis.keys("*") if k != KeySpace().dirty_orgs.encode()]
     assert len(keys) >= 8, keys
     for key in keys:
         assert key.startswith(base + b":")

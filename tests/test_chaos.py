@@ -9,9 +9,14 @@ back and the books are checked:
 (b) no admission overshot a hard limit: per Redis incarnation and budget, the admitted
     charges never exceed the limit, and every allowed decision saw used + reserved <= limit;
 (c) every alert event recorded in SQL was delivered, and the receiver's distinct event ids
-    are exactly the SQL event ids.
+    are exactly the SQL event ids;
+(d) the threshold crossings in SQL are bounded by what the clients saw: every crossing a
+    commit reported is there, and none that the clients' committed totals do not reach.
 
-``BUDGETLIMITER_CHAOS_SECONDS`` (default 20) sets how long the chaos lasts.
+``BUDGETLIMITER_CHAOS_SECONDS`` (default 20) sets how long the chaos lasts. The schedule (the
+clients' subjects, amounts and pauses, the chaos actions) comes from one seed, printed at the
+start and shown with a failure; ``BUDGETLIMITER_CHAOS_SEED=<seed>`` replays it (thread timing
+still varies).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .webhook_receiver import WebhookReceiver
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 SECONDS = float(os.environ.get("BUDGETLIMITER_CHAOS_SECONDS", "20"))
+SEED = int(os.environ.get("BUDGETLIMITER_CHAOS_SEED") or random.SystemRandom().randrange(2**32))
 CLIENTS = 4
 ORG = "acme"
 #: limits scale with the duration so that they are reached about halfway through
@@ -133,6 +139,30 @@ class Call:
     commit_status: str = ""
     commit_incarnation: int = -1
     actual: dict[Metric, int] = field(default_factory=dict)
+    #: crossings the commit reported: (scope, metric, period id, threshold)
+    crossings: set[tuple[str, str, str, int]] = field(default_factory=set)
+
+
+def crossing_key(t: Any) -> tuple[str, str, str, int]:
+    return str(t.scope), Metric(t.metric).value, t.period_id, int(t.threshold)
+
+
+def reachable_crossings(policy: Any, admitted: list[Call],
+                        day: str) -> set[tuple[str, str, str, int]]:
+    """The crossings that the committed actuals reach, summed on the client side per scope
+    (every commit of the run counted in ``day``): used * 100 >= threshold * limit, for every
+    limit of the policy (thresholds default to 50, 75, 90, 100)."""
+    totals: dict[tuple[str, Metric], int] = defaultdict(int)
+    specs: dict[tuple[str, Metric], Any] = {}
+    for c in admitted:
+        for scoped in policy.resolve(c.subject).scopes:
+            for spec in scoped.limits:
+                key = (str(scoped.scope), spec.metric)
+                specs[key] = spec
+                totals[key] += c.actual[spec.metric]
+    return {(scope, metric.value, day, th)
+            for (scope, metric), spec in specs.items() for th in spec.thresholds
+            if totals[(scope, metric)] * 100 >= th * spec.units}
 
 
 class CountingSink:
@@ -216,7 +246,7 @@ class Chaos:
     # ---------------------------------------------------------------- clients
     def client(self, i: int) -> None:
         bl = self.limiters[i]
-        rng = random.Random(1000 + i)
+        rng = random.Random(SEED + 1 + i)
         calls = self.calls[i]
         while not self.stop_all.is_set():
             s = rng.choice(SUBJECTS)
@@ -241,6 +271,7 @@ class Chaos:
                     assert r.actual is not None and r.status in ("committed", "late", "local"), r
                     c.commit_status = r.status
                     c.actual = {m: r.actual.get(m) for m in Metric}
+                    c.crossings = {crossing_key(t) for t in r.thresholds}
             except Exception as exc:  # any error is a finding; keep the load going
                 self.errors.append(f"client {i}: {type(exc).__name__}: {exc}")
                 time.sleep(0.05)
@@ -251,7 +282,7 @@ class Chaos:
         """Random actions every 0.2-0.6 s: SIGKILL Redis (after a synchronous flush; at
         least 1.5 s after it came back) and restart it 0.1-0.5 s later, stop/start the
         reconciler, take the webhook receiver down/up."""
-        rng = random.Random()
+        rng = random.Random(SEED)
         deadline = time.monotonic() + seconds
         up_since: float | None = time.monotonic()
         down_until = 0.0
@@ -302,8 +333,15 @@ class Chaos:
         self.redis.stop()
 
 
+def utc_day() -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
 def test_chaos(tmp_path, caplog):
     caplog.set_level(logging.ERROR)  # the outage warnings are expected and many
+    # captured output is shown with a failure: the seed to replay the schedule with
+    print(f"chaos seed {SEED} (replay: BUDGETLIMITER_CHAOS_SEED={SEED})")
+    first_day = utc_day()
     ch = Chaos(tmp_path)
     started = time.monotonic()
     try:
@@ -342,6 +380,7 @@ def test_chaos(tmp_path, caplog):
         ch.dl_thread.join(10)
         ch.deliverer.run_once()
         chaos_done = time.monotonic() - started
+        last_day = utc_day()
 
         # ---------------------------------------------------------- what happened
         calls = [c for cs in ch.calls for c in cs]
@@ -418,7 +457,22 @@ def test_chaos(tmp_path, caplog):
         assert {d.event.id for d in deliveries} == sql_event_ids
         assert ch.receiver.received_ids() == sql_event_ids
         assert all(r.valid for r in ch.receiver.requests)
-        # thresholds fire once per (scope, metric, period, threshold): the ids are unique keys
-        assert len(events) == len(sql_event_ids)
+
+        # (d) the crossings in SQL against two client-side counts: every crossing a commit
+        # reported (commits answered "local" report none) was recorded, and nothing the
+        # committed totals do not reach. The totals are an upper bound only: usage admitted
+        # while Redis had lost the counters (before the rebuild) can carry a scope past a
+        # threshold that then fires only at a later commit, and none comes once the rebuilt
+        # counter is over its budget; the print lists those crossings.
+        in_sql = {(e.scope, e.metric, e.period_id, e.threshold) for e in events}
+        reported = set().union(*(c.crossings for c in admitted))
+        assert reported, "no commit reported a crossing"
+        assert reported <= in_sql, sorted(reported - in_sql)
+        if first_day == last_day:  # (a run across midnight UTC splits the totals)
+            reachable = reachable_crossings(ch.policy, admitted, first_day)
+            assert in_sql <= reachable, sorted(in_sql - reachable)
+            print(f"  crossings reported by commits {len(reported)}, in SQL {len(in_sql)}, "
+                  f"reached by the committed totals {len(reachable)}; not fired (yet): "
+                  f"{sorted(reachable - in_sql)}")
     finally:
         ch.close()

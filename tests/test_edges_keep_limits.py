@@ -98,10 +98,11 @@ def test_commit_after_release_is_refused_never_a_silent_duplicate(make_limiter):
     assert team_used(bl) == 80
 
 
-def test_commit_by_id_after_redis_lost_the_reservation_counts_the_usage_once(make_limiter):
+def test_commit_by_id_after_redis_lost_the_reservation_counts_the_usage_once(make_limiter,
+                                                                           raw_redis):
     bl = make_limiter(BASIC)
     d = bl.check(GPT_ALICE, Usage(input_tokens=100))
-    bl.redis.flushall()  # Redis lost its data (restart without persistence, failover)
+    raw_redis.flushall()  # Redis lost its data (restart without persistence, failover)
     with pytest.raises(ReservationNotFound):  # without the subject nothing can be counted
         bl.commit_by_id("acme", d.reservation.id, Usage(input_tokens=80, cost="0.00008"))
     r = bl.commit_by_id("acme", d.reservation.id, Usage(input_tokens=80), subject=GPT_ALICE)

@@ -1,4 +1,6 @@
-"""The sync guard as a context manager and as a decorator."""
+"""The guard as a context manager and as a decorator, on both clients (the asyncio one's
+``async with`` guard through the adapter of tests/clients.py; tests/test_async.py decorates real
+coroutine functions)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ def test_guard_raises_budget_exceeded_when_denied(make_limiter):
     assert str(info.value.decision.blocked_by.scope) == "org:acme/team:eng"
 
 
+@pytest.mark.sync_only("the sync client's own refusal of coroutine functions")
 def test_guard_refuses_async_functions_on_sync_client(make_limiter):
     bl = make_limiter(BASIC)
     with pytest.raises(TypeError):

@@ -1,4 +1,5 @@
-"""The counter layout behind the one-command-per-budget admit path, on every backend.
+"""The counter layout behind the one-command-per-budget admit path, on every backend and
+both clients.
 
 Each budget counter keeps ``u:<m>`` (used) and ``h:<m>`` (held = used + reserved). An admitted
 check does one HINCRBY of ``h`` per budget and compares; anything else (a budget or rate limit
@@ -30,8 +31,8 @@ def split(limiter, scope: str, metric: str = "cost") -> tuple[int, int, int]:
     return s.taken, s.used, s.reserved
 
 
-def raw_counters(limiter) -> dict[str, dict[bytes, bytes]]:
-    return {k.decode(): limiter.redis.hgetall(k) for k in limiter.redis.scan_iter("*:c:*")}
+def raw_counters(redis) -> dict[str, dict[bytes, bytes]]:
+    return {k.decode(): redis.hgetall(k) for k in redis.scan_iter("*:c:*")}
 
 
 def test_admitted_check_reports_taken_and_status_splits_it(make_limiter):
@@ -50,32 +51,32 @@ def test_admitted_check_reports_taken_and_status_splits_it(make_limiter):
     assert split(bl, TEAM) == (100, 100, 0)
 
 
-def test_refusal_by_a_later_budget_undoes_the_earlier_ones(make_limiter):
+def test_refusal_by_a_later_budget_undoes_the_earlier_ones(make_limiter, raw_redis):
     """The org's budget is reserved first and the team's refuses: the org's counter must be
     exactly what it was (same fields, same values) and the refusal reports the split."""
     bl = make_limiter(BASIC)
     bl.commit(bl.check(ALICE, Usage(input_tokens=200)).reservation, Usage(input_tokens=200))
-    before = raw_counters(bl)
+    before = raw_counters(raw_redis)
     refused = bl.check(ALICE, Usage(input_tokens=900))  # team: 200 + 900 > 1000
     assert not refused.allowed
     b = refused.blocked_by
     assert b is not None and str(b.scope) == TEAM
     assert (b.used, b.reserved, b.taken) == (200, 0, 200)
     assert "used 0.000200, reserved 0.000000" in str(refused)
-    assert raw_counters(bl) == before
+    assert raw_counters(raw_redis) == before
 
 
-def test_refusal_by_a_rate_limit_undoes_the_budgets(make_limiter):
+def test_refusal_by_a_rate_limit_undoes_the_budgets(make_limiter, raw_redis):
     bl = make_limiter(BUDGETS_AND_RATE)
     s = Subject("acme", "gpt")
     est = Usage(input_tokens=10)
     assert bl.check(s, est).allowed and bl.check(s, est).allowed
-    before = raw_counters(bl)
+    before = raw_counters(raw_redis)
     third = bl.check(s, est)
     assert not third.allowed and third.blocked_by is not None
     assert third.blocked_by.kind == "rate"
     # the budgets were reserved by the fast path, then given back: nothing changed
-    assert raw_counters(bl) == before
+    assert raw_counters(raw_redis) == before
     assert split(bl, "org:acme", "total_tokens") == (20, 0, 20)
     # and the budgets in a refusal still report what they hold
     tokens = next(x for x in third.limits if x.metric is Metric.TOTAL_TOKENS)
@@ -106,13 +107,14 @@ def test_expired_reservations_are_refunded_from_held(make_limiter, clock):
 
 def test_adjustments_move_used_and_keep_what_is_reserved(make_limiter, tmp_path):
     bl = make_limiter(BASIC)
+    ops = make_limiter(BASIC, client="sync")  # the operator's tool (adjustments are sync)
     store = Store(f"sqlite:///{tmp_path}/adj.db")
     store.migrate()
     bl.check(ALICE, Usage(input_tokens=300))  # reserved, not committed
     team = Scope.parse(TEAM)
-    apply_adjustment(bl, store, team, Metric.COST, 100, "ops", "debit")
+    apply_adjustment(ops, store, team, Metric.COST, 100, "ops", "debit")
     assert split(bl, TEAM) == (400, 100, 300)
-    apply_adjustment(bl, store, team, Metric.COST, -1000, "ops", "credit below zero")
+    apply_adjustment(ops, store, team, Metric.COST, -1000, "ops", "credit below zero")
     assert split(bl, TEAM) == (300, 0, 300)  # used stops at zero; the reservation stays
     # the reservation still counts against the limit: 300 + 800 > 1000
     assert not bl.check(ALICE, Usage(input_tokens=800)).allowed
@@ -120,9 +122,12 @@ def test_adjustments_move_used_and_keep_what_is_reserved(make_limiter, tmp_path)
     store.close()
 
 
-def test_a_fresh_period_counter_gets_its_expiry_on_the_fast_path(make_limiter, clock):
+def test_a_fresh_period_counter_gets_its_expiry_on_the_fast_path(make_limiter, clock,
+                                                                raw_redis):
     bl = make_limiter(BASIC)
     clock.set(datetime(2026, 3, 10, 12, tzinfo=timezone.utc))
     assert bl.check(ALICE, Usage(input_tokens=10)).allowed
-    for key in bl.redis.scan_iter("*:c:*"):
-        assert bl.redis.pttl(key) > 0, key
+    counters = list(raw_redis.scan_iter("*:c:*"))
+    assert counters
+    for key in counters:
+        assert raw_redis.pttl(key) > 0, key

@@ -1,5 +1,5 @@
-"""The hot path on every backend (memory:// and a real redis-server): check, commit, release,
-record, status, expiry, periods, rollover, thresholds, rate limits."""
+"""The hot path on every backend (memory:// and a real redis-server) and both clients: check,
+commit, release, record, status, expiry, periods, rollover, thresholds, rate limits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from budgetlimiter import Metric, ReservationNotFound, ReservationSettled, Scope, Subject, Usage
+from budgetlimiter.engine.keys import KeySpace
 
 from .policies import BASIC, RATES, ROLLOVER, THRESHOLDS
 
@@ -117,7 +118,7 @@ def test_expired_reservation_is_refunded_lazily_and_late_commit_counts(make_limi
     assert (team.used, team.reserved) == (50, 300)
 
 
-def test_sweep_runs_on_status_reads_and_on_a_sample_of_checks(make_limiter, clock):
+def test_sweep_runs_on_status_reads_and_on_a_sample_of_checks(make_limiter, clock, raw_redis):
     bl = make_limiter(BASIC)
     bl.check(ALICE, Usage(input_tokens=100), ttl=30)
     clock.advance(31)
@@ -129,14 +130,14 @@ def test_sweep_runs_on_status_reads_and_on_a_sample_of_checks(make_limiter, cloc
     # about one check in eight (at least one in sixteen) sweeps
     for _ in range(200):
         bl.check(ALICE, Usage(input_tokens=0), ttl=60)
-    assert bl.redis.zcount(bl.keys.reservations_by_expiry("acme"), "-inf",
-                           clock.now_ms) == 0
+    assert raw_redis.zcount(KeySpace().reservations_by_expiry("acme"), "-inf",
+                            clock.now_ms) == 0
 
 
-def test_commit_after_redis_forgot_reservation_still_counts(make_limiter, backend_url):
+def test_commit_after_redis_forgot_reservation_still_counts(make_limiter, raw_redis):
     bl = make_limiter(BASIC)
     d = bl.check(ALICE, Usage(input_tokens=300))
-    bl.redis.flushall()
+    raw_redis.flushall()
     r = bl.commit(d.reservation, Usage(input_tokens=120))
     assert r.status == "committed"
     assert by_scope(bl.status(ALICE), "org:acme/team:eng").used == 120
@@ -314,11 +315,11 @@ def test_scope_status_reads_one_scope(make_limiter):
     assert [(s.limit, s.used) for s in user] == [(5000, 0)]
 
 
-def test_idempotency_window_comes_from_the_policy(make_limiter):
+def test_idempotency_window_comes_from_the_policy(make_limiter, raw_redis):
     bl = make_limiter(BASIC.replace("reservation_ttl_seconds: 60",
                                     "reservation_ttl_seconds: 60\nidempotency_seconds: 120"))
     d = bl.check(ALICE, Usage(input_tokens=1))
     assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "committed"
-    marker = bl.keys.reservation_prefix("acme") + d.reservation.id
-    assert 100_000 < bl.redis.pttl(marker) <= 120_000
+    marker = KeySpace().reservation_prefix("acme") + d.reservation.id
+    assert 100_000 < raw_redis.pttl(marker) <= 120_000
     assert bl.commit(d.reservation, Usage(input_tokens=1)).status == "duplicate"

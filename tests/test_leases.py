@@ -1,5 +1,6 @@
-"""Optional leases on every backend: a slice of budget reserved in Redis and spent in-process,
-with exact admission (a slice counts as reserved while held) and the usage sent back once."""
+"""Optional leases on every backend and both clients: a slice of budget reserved in Redis and
+spent in-process, with exact admission (a slice counts as reserved while held) and the usage
+sent back once."""
 
 from __future__ import annotations
 

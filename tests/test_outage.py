@@ -1,5 +1,5 @@
-"""Redis outages: bounded waits, the circuit breaker, fail_closed vs fail_open, and usage
-counted during an outage recorded exactly once when Redis returns."""
+"""Redis outages, on both clients: bounded waits, the circuit breaker, fail_closed vs
+fail_open, and usage counted during an outage recorded exactly once when Redis returns."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
 
+from .clients import make_client
+from .faults import await_probe
 from .policies import BASIC
 from .servers import RedisServer
 
@@ -26,12 +28,28 @@ def server():
     s.stop()
 
 
+@pytest.fixture
+def connect(client_kind, clock):
+    """``connect(policy_text, url, timeout=...)``: the row's client of a server the test kills
+    and restarts; closed at the end."""
+    made = []
+
+    def make(policy: str, url: str, *, timeout: float):
+        bl = make_client(client_kind, parse_policy(policy), url, clock=clock, timeout=timeout)
+        made.append(bl)
+        return bl
+
+    yield make
+    for bl in made:
+        bl.close()
+
+
 def team_used(bl) -> int:
     return next(x for x in bl.status(ALICE) if str(x.scope) == "org:acme/team:eng").used
 
 
-def test_fail_closed_denies_and_the_circuit_opens(server, clock):
-    bl = BudgetLimiter(parse_policy(BASIC), server.url, clock=clock, timeout=0.2)
+def test_fail_closed_denies_and_the_circuit_opens(server, connect):
+    bl = connect(BASIC, server.url, timeout=0.2)
     assert bl.check(ALICE, Usage(input_tokens=10)).allowed
     server.kill()
     for _ in range(3):
@@ -44,14 +62,20 @@ def test_fail_closed_denies_and_the_circuit_opens(server, clock):
     assert time.perf_counter() - started < 0.5  # answered without touching the network
     assert bl.breaker.short_circuited >= 100
     server.start()
-    time.sleep(bl.breaker.open_for + 0.05)
+    await_probe(bl)
     assert bl.check(ALICE, Usage(input_tokens=10)).allowed  # the probe closes the circuit
     assert bl.breaker.state == "closed"
-    bl.close()
 
 
-def test_fail_open_counts_locally_and_records_once_when_back(server, clock):
-    bl = BudgetLimiter(parse_policy(OPEN), server.url, clock=clock, timeout=0.2)
+def wait_replayed(bl, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while bl.queued:
+        assert time.monotonic() < deadline, f"{bl.queued} operations never replayed"
+        time.sleep(0.01)
+
+
+def test_fail_open_counts_locally_and_records_once_when_back(server, connect):
+    bl = connect(OPEN, server.url, timeout=0.2)
     d0 = bl.check(ALICE, Usage(input_tokens=100))  # a real reservation, committed in the outage
     bl.record(ALICE, Usage(input_tokens=1), request_id="before")
     server.kill()
@@ -60,18 +84,19 @@ def test_fail_open_counts_locally_and_records_once_when_back(server, clock):
     assert bl.commit(d.reservation, Usage(input_tokens=40)).status == "local"
     assert bl.commit(d0.reservation, Usage(input_tokens=30)).status == "local"
     assert bl.record(ALICE, Usage(input_tokens=20), request_id="r-out").status == "local"
-    assert bl.queued == 3
     server.start()  # empty: the earlier usage is gone (the reconciler would restore it)
-    time.sleep(bl.breaker.open_for + 0.05)
+    assert team_used(connect(BASIC, server.url, timeout=2)) == 0  # nothing replayed yet
+    await_probe(bl)
     assert bl.check(ALICE, Usage(input_tokens=1)).allowed  # success triggers the replay
-    assert not bl.queued
+    wait_replayed(bl)  # asyncio: in a task of its own, not ahead of this check's answer
     assert team_used(bl) == 40 + 30 + 20
-    assert bl.flush_local() == 0
+    bl.return_leases()  # replays what is still kept in-process: nothing, so nothing twice
+    assert bl.check(ALICE, Usage(input_tokens=1)).allowed
+    assert team_used(bl) == 40 + 30 + 20
     assert bl.record(ALICE, Usage(input_tokens=20), request_id="r-out").status == "duplicate"
-    bl.close()
 
 
-def test_an_unresponsive_redis_never_blocks_longer_than_the_timeout(clock):
+def test_an_unresponsive_redis_never_blocks_longer_than_the_timeout(connect):
     # a TCP server that accepts and never answers: the worst kind of dead Redis
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
@@ -91,8 +116,7 @@ def test_an_unresponsive_redis_never_blocks_longer_than_the_timeout(clock):
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     port = lsock.getsockname()[1]
-    bl = BudgetLimiter(parse_policy(BASIC), f"redis://127.0.0.1:{port}/0", clock=clock,
-                       timeout=0.05)
+    bl = connect(BASIC, f"redis://127.0.0.1:{port}/0", timeout=0.05)
     try:
         worst = 0.0
         for _ in range(20):

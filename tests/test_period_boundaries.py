@@ -1,4 +1,5 @@
-"""Budgets at calendar boundaries, end to end: month end, DST days, week start."""
+"""Budgets at calendar boundaries, end to end on every backend and both clients: month end,
+DST days, week start."""
 
 from __future__ import annotations
 

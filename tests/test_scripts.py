@@ -86,19 +86,46 @@ def test_noscript_recovery_after_script_flush_and_restart(redis_server, clock):
     assert all(x.allowed for x in bl.check_batch([(s, Usage(input_tokens=1))] * 3))
 
 
+#: an org id made of the characters that could break a hash tag or a key, with limits at three
+#: levels, a rate and a threshold, so that every kind of per-org key is written
+WEIRD_ORG = "we{ird}:org/*"
+WEIRD = f"""
+timezone: UTC
+pricing: {{gpt: {{input_per_million: "1", output_per_million: "2"}}}}
+orgs:
+  "{WEIRD_ORG}":
+    limits: [{{metric: cost, amount: "100", period: month}}]
+    rates: [{{metric: invocations, limit: 100, per: second}}]
+    teams:
+      eng:
+        limits: [{{metric: cost, amount: "10", period: day}}]
+        users:
+          alice:
+            limits: [{{metric: cost, amount: "0.00002", period: day, thresholds: [25]}}]
+"""
+
+
 def test_every_key_of_a_decision_shares_the_org_hash_tag(fresh_redis, clock):
-    bl = BudgetLimiter(parse_policy(DEEP), fresh_redis.url, clock=clock, timeout=2)
-    org = "we{ird}:org/*"
-    s = Subject(org, "gpt", team="eng", user="alice")
+    bl = BudgetLimiter(parse_policy(WEIRD), fresh_redis.url, clock=clock, timeout=2)
+    s = Subject(WEIRD_ORG, "gpt", team="eng", user="alice")
     d = bl.check(s, Usage(input_tokens=10))
-    bl.commit(d.reservation, Usage(input_tokens=5))
+    assert d.allowed and len(d.limits) == 4  # three budgets and the rate
+    kept = bl.check(s, Usage(input_tokens=1))  # stays open: its reservation keys remain
+    assert kept.allowed
+    assert bl.commit(d.reservation, Usage(input_tokens=5)).thresholds  # the 25 % event
     bl.record(s, Usage(input_tokens=5), request_id="r1")
     keys = [k.decode() for k in fresh_redis.client().keys("*")]
-    base = KeySpace().org_base(org)
+    base = KeySpace().org_base(WEIRD_ORG)
     tagged = [k for k in keys if k != KeySpace().dirty_orgs]
-    assert tagged and all(k.startswith(base + ":") for k in tagged)
+    assert all(k.startswith(base + ":") for k in tagged), tagged
+    kinds = {k[len(base) + 1:].split(":")[0] for k in tagged}
+    # counters, rate, reservation and its expiry index, record marker, ledger, dirty, events
+    assert {"c", "g", "r", "rx", "d", "l", "dirty", "ev"} <= kinds, sorted(tagged)
+    assert len([k for k in tagged if k.startswith(base + ":c:")]) == 3  # org, team, user
     slots = {redis.crc.key_slot(k.encode()) for k in tagged}
     assert len(slots) == 1
+    bl.release(kept.reservation)
+    bl.close()
 
 
 def test_registry_sources_have_headers_and_stable_shas():

@@ -25,6 +25,8 @@ orgs:
       tiny:
         limits: [{metric: output_tokens, amount: 10, period: day}]
 """
+#: guarded_stream is the sync client's helper; guarded_astream has its own tests below
+pytestmark = pytest.mark.sync_only("guarded_stream takes a sync BudgetLimiter")
 ALICE = Subject("acme", "gpt", team="eng", user="alice")
 EST = Usage(input_tokens=3000, output_tokens=500)
 TEAM = "org:acme/team:eng"

@@ -17,6 +17,7 @@ from budgetlimiter.durable.reconciler import Reconciler
 from budgetlimiter.durable.store.sql import Store
 from budgetlimiter.errors import BackendRejected
 
+from .clients import make_client
 from .servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -184,10 +185,11 @@ def test_tls_client_cert_and_narrow_acl_user(tls_redis, tmp_path, caplog):
     bl.close()
 
 
-def test_wrong_password_is_a_clear_error(tls_redis, caplog):
+def test_wrong_password_is_a_clear_error(tls_redis, caplog, client_kind):
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-Pa55word-should-not-leak"
-    bl = BudgetLimiter(parse_policy(POLICY), tls_redis.url(password=wrong), timeout=2)
+    bl = make_client(client_kind, parse_policy(POLICY), tls_redis.url(password=wrong),
+                     timeout=2)
     with pytest.raises(BackendRejected, match="invalid username-password pair") as info:
         bl.status(ALICE)
     # a misconfiguration is raised by check() too, whatever the outage policy
@@ -232,9 +234,9 @@ def test_plain_tcp_and_untrusted_server_are_refused(tls_redis, tmp_path):
     bl.close()
 
 
-def test_a_wrong_password_is_not_an_outage_under_fail_open(tls_redis):
+def test_a_wrong_password_is_not_an_outage_under_fail_open(tls_redis, client_kind):
     policy = parse_policy(POLICY.replace("timezone: UTC", "timezone: UTC\noutage: fail_open"))
-    bl = BudgetLimiter(policy, tls_redis.url(password="wrong-Pa55word"), timeout=2)
+    bl = make_client(client_kind, policy, tls_redis.url(password="wrong-Pa55word"), timeout=2)
     try:
         # a misconfiguration must not switch enforcement off: it is raised, not admitted
         with pytest.raises(BackendRejected, match="rejected"):

@@ -277,13 +277,17 @@ class Engine:
 
     def _hand_back(self, *, wait: bool, force: bool = False, scan: bool = False) -> Flow[None]:
         """Send due lease hand-backs, in a flow of their own (never lost with a cancelled
-        caller); ``wait``: the caller waits for them."""
+        caller). ``wait``: the caller waits for them, and for any hand-back still on its way
+        (they go one after the other), so that Redis sees every returned slice first."""
         if self.leases is None:
             return
         work = lease_ops.work(self.leases, self.planners.settle, self.now(), force=force,
                               scan=scan)
-        if work:
-            yield Detached(self._send_lease_work(work), wait=wait)
+        if work or wait:
+            yield Detached(self._hand_back_in_order(work), wait=wait)
+
+    def _hand_back_in_order(self, work: list[lease_ops.LeaseWork]) -> Flow[None]:
+        yield Exclusive("lease hand-back", self._send_lease_work(work))
 
     def _send_lease_work(self, work: list[lease_ops.LeaseWork]) -> Flow[None]:
         assert self.leases is not None

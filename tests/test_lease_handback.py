@@ -1,9 +1,9 @@
-"""Second review of the optional leases after a round of fixes: the shrink op of settle.lua on
-every marker state and in either order with the final return, the sampled expiry sweep of
-check.lua, and the remaining races (retire vs. the next Redis check, the timer thread vs.
-close(), policy reloads, outages during a shrink, the memory of returned leases).
+"""How leases go back to Redis: the shrink op of settle.lua on every marker state and in
+either order with the final return, what a retired lease keeps reserved, failed and retried
+hand-backs, the timer thread vs. close(), policy reloads during a take, the memory of returned
+leases; and the sampled expiry sweep of check.lua that hand-backs and crashed callers rely on.
 
-The tests after the first section were bugs found by this review, kept as regression tests.
+The tests after the first section were bugs, kept as regression tests.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from budgetlimiter import (
 )
 from budgetlimiter.engine import lease_ops
 from budgetlimiter.usage import Amounts
+from tests.faults import scripts_only
 
-from .faults import scripts_only
-from .lease_helpers import ONE, ORG, cost, inv, with_amount
+from .faults import await_probe
+from .lease_helpers import ONE, ORG, ZERO, cost, inv, with_amount
 from .policies import LEASES, ROLLOVER
 
 # a tight cost budget: 45 micro-USD a month (4 calls of ONE fit, a 5th does not)
@@ -55,6 +56,7 @@ def _open_lease_with_in_flight(bl):
 # what holds
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.sync_only("plans shrink ops by hand (core.plan_shrink, _settle)")
 def test_shrink_op_on_every_marker_state(make_limiter, clock):
     """R: refunds down to keep (never above what was reserved) and moves the expiry;
     X: 'late', nothing changes; D: 'duplicate'; missing: ReservationNotFound (swallowed by the
@@ -98,6 +100,7 @@ def test_shrink_op_on_every_marker_state(make_limiter, clock):
 
 
 @pytest.mark.parametrize("order", ["shrink_first", "return_first"])
+@pytest.mark.sync_only("orders the hand-back calls by hand (lease_ops.work, execute)")
 def test_shrink_and_final_return_in_either_order(make_limiter, clock, order):
     """The shrink and the final commit may reach Redis in either order (two threads, or two
     connections in asyncio): usage is counted once and nothing stays reserved."""
@@ -120,13 +123,21 @@ def test_shrink_and_final_return_in_either_order(make_limiter, clock, order):
     assert (cost(plain.status(ORG)).used, cost(plain.status(ORG)).reserved) == (20, 0)
 
 
+def hand_back_due_leases(bl):
+    """Any call hands due leases back first; a check with an explicit ttl is never leased and
+    waits for the hand-backs on either client. Its own reservation is released at once."""
+    probe = bl.check(Subject("acme", "gpt", user="probe"), ZERO, ttl=5)
+    if probe.reservation is not None:
+        bl.release(probe.reservation)
+
+
 def test_retired_lease_holds_spent_and_in_flight_after_its_ttl(make_limiter, clock):
     """After the shrink the lease's reservation lives until hold_until (reservation_ttl), not
     until its own seconds + grace: another process cannot admit into it meanwhile."""
     a = make_limiter(with_amount(4), leases=LeaseConfig(calls=4, seconds=1, grace=1))
     flying = _open_lease_with_in_flight(a)
     clock.advance(1.5)
-    a.run(a.engine.maintenance())  # shrink to 2
+    hand_back_due_leases(a)  # shrink to 2
     clock.advance(5)  # past the lease's own TTL (2 s)
     b = make_limiter(with_amount(4))
     assert sum(b.check(ORG, ONE).allowed for _ in range(4)) == 2
@@ -193,19 +204,13 @@ def test_lease_retired_for_a_zero_metric_is_returned_before_the_redis_check(make
     assert d.allowed
 
 
-def test_async_slice_check_waits_for_the_lease_it_replaces(backend_url, clock):
-    async def main():
-        bl = AsyncBudgetLimiter(parse_policy(with_amount(15)), backend_url, clock=clock,
-                                timeout=2, leases=LeaseConfig(calls=10, seconds=60))
-        d = await bl.check(ORG, ONE)
-        await bl.commit(d.reservation, Usage(input_tokens=100))  # cost part of slice spent
-        # 1 used; a new slice of 10 fits 15 once the old one (10 reserved) is back
-        d2 = await bl.check(ORG, ONE)
-        refused = bl.leases.refused
-        await bl.aclose()
-        return d2.allowed, d2.leased, refused
-
-    assert asyncio.run(asyncio.wait_for(main(), 5)) == (True, True, 0)
+def test_slice_check_waits_for_the_lease_it_replaces(make_limiter):
+    bl = make_limiter(with_amount(15), leases=LeaseConfig(calls=10, seconds=60))
+    d = bl.check(ORG, ONE)
+    bl.commit(d.reservation, Usage(input_tokens=100))  # cost part of slice spent
+    # 1 used; a new slice of 10 fits 15 once the old one (10 reserved) is back
+    d2 = bl.check(ORG, ONE)
+    assert (d2.allowed, d2.leased, bl.leases.refused) == (True, True, 0)
 
 
 def test_async_per_call_check_after_a_retire_is_not_under_granted(backend_url, clock):
@@ -223,7 +228,7 @@ def test_async_per_call_check_after_a_retire_is_not_under_granted(backend_url, c
             return await real(call)
 
         bl._execute = scripts_only(bl, slow_settles)
-        # 6 used + 5 = 11 <= 14 (the sync client admits it: see test_leases_review.py)
+        # 6 used + 5 = 11 <= 14 (the sync client admits it: see test_lease_edges.py)
         big = await bl.check(ORG, Usage(input_tokens=10, invocations=5))
         bl._execute = scripts_only(bl, real)
         await bl.aclose()
@@ -282,11 +287,12 @@ def test_reload_to_strict_during_lease_take_never_leases(make_limiter):
     d = bl.check(ORG, ONE)
     bl.commit(d.reservation, Usage(input_tokens=500))
     bl.return_leases()
-    # strict: the estimate is a cap (10 micro-USD), as test_leases_review.py checks
+    # strict: the estimate is a cap (10 micro-USD), as test_lease_edges.py checks
     assert not d.leased
     assert cost(make_limiter(LEASES).status(ORG)).used == 10
 
 
+@pytest.mark.sync_only("the sync client's timer thread (_execute, _timer)")
 def test_close_waits_for_the_timer_threads_hand_back(make_limiter, clock):
     bl = make_limiter(LEASES, leases=LeaseConfig(calls=4, seconds=0.1))
     d = bl.check(ORG, ONE)
@@ -314,22 +320,20 @@ def test_close_waits_for_the_timer_threads_hand_back(make_limiter, clock):
     assert not closed_first or used == 1
 
 
-def test_failed_shrink_is_retried(make_limiter, clock):
-    a = make_limiter(with_amount(4), leases=LeaseConfig(calls=4, seconds=1, grace=1))
+@pytest.mark.redis
+def test_failed_shrink_is_retried(make_flaky_limiter, flaky_redis, clock):
+    a = make_flaky_limiter(with_amount(4), leases=LeaseConfig(calls=4, seconds=1, grace=1),
+                           timeout=0.2)
     flying = _open_lease_with_in_flight(a)
     clock.advance(1.5)
-    real = type(a)._execute.__get__(a)
-
-    def down(call):
-        raise ConnectionError("blip")
-
-    a._execute = scripts_only(a, down)
-    a.run(a.engine.maintenance())  # the shrink fails
-    a._execute = scripts_only(a, real)
+    flaky_redis.down()
+    hand_back_due_leases(a)  # the shrink fails
+    flaky_redis.up()
+    await_probe(a)
     clock.advance(0.2)
-    a.run(a.engine.maintenance())  # Redis is back: a later hand-back could retry it
+    hand_back_due_leases(a)  # Redis is back: this hand-back retries it
     clock.advance(5)  # past the lease's own TTL (2 s), well within hold (60 s)
-    b = make_limiter(with_amount(4))
+    b = make_flaky_limiter(with_amount(4), url=flaky_redis.target_url)
     admitted = sum(b.check(ORG, ONE).allowed for _ in range(4))
     a.commit(flying.reservation, ONE)
     assert admitted == 2  # 1 spent + 1 in flight under a's lease
