@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Coroutine, Hashable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,13 @@ log = logging.getLogger("budgetlimiter")
 DEFAULT_ASYNC_TIMEOUT = 0.25
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A flow's first step asked for I/O (see :meth:`AsyncBudgetLimiter._start`)."""
+
+    request: Request
+
+
 class AsyncBudgetLimiter(ClientSurface):
     """The asyncio client (same arguments and operations as
     :class:`~budgetlimiter.BudgetLimiter`, awaited).
@@ -69,22 +77,38 @@ class AsyncBudgetLimiter(ClientSurface):
     # the driver ------------------------------------------------------------------------
     async def run(self, flow: Flow[T]) -> T:
         """Drive one engine flow to its end (see :meth:`BudgetLimiter.run`)."""
-        reply: Any = None
-        error: BaseException | None = None
+        first = self._start(flow)
+        return await self._resume(flow, first.request) if isinstance(first, _Pending) else first
+
+    def _start(self, flow: Flow[T]) -> T | _Pending:
+        """The flow's first step, without a coroutine: its first request, or its result when
+        it needs no I/O at all (a leased check or commit, a cached refusal)."""
+        try:
+            return _Pending(flow.send(None))
+        except StopIteration as stop:
+            self._flow_ended()
+            result: T = stop.value
+            return result
+
+    async def _resume(self, flow: Flow[T], request: Request) -> T:
+        """Execute ``request`` and go on with the flow until it ends."""
         while True:
-            try:
-                request = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                if self._timer is None and not self._closing \
-                        and self.engine.timer_period is not None:
-                    self._schedule_timer()
-                result: T = stop.value
-                return result
-            reply, error = None, None
+            reply: Any = None
+            error: BaseException | None = None
             try:
                 reply = await self._execute(request)
             except BaseException as exc:
                 error = exc
+            try:
+                request = flow.send(reply) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                self._flow_ended()
+                result: T = stop.value
+                return result
+
+    def _flow_ended(self) -> None:
+        if self._timer is None and not self._closing and self.engine.timer_period is not None:
+            self._schedule_timer()
 
     async def _execute(self, request: Request) -> Any:
         if isinstance(request, ScriptCall):
@@ -106,15 +130,16 @@ class AsyncBudgetLimiter(ClientSurface):
                 loading.add_done_callback(lambda _f: self._loading.pop(request.name, None))
             return await asyncio.shield(loading)
         if isinstance(request, Detached):
-            task = self._spawn(request.flow)
+            task = self._spawn(self.run(request.flow))
             return await asyncio.shield(task) if request.wait else None
         if isinstance(request, Exclusive):
             return await self._exclusively(request)
         raise TypeError(f"unknown request {request!r}")  # pragma: no cover
 
-    def _spawn(self, flow: Flow[Any]) -> asyncio.Task[Any]:
-        """Run a flow in a task of its own: it ends even if the caller is cancelled."""
-        task = asyncio.get_running_loop().create_task(self.run(flow))
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run (the rest of) a flow in a task of its own: it ends even if the caller is
+        cancelled."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -125,9 +150,13 @@ class AsyncBudgetLimiter(ClientSurface):
             log.error("background work failed: %r", task.exception())
 
     async def _exclusively(self, request: Exclusive) -> Any:
-        while (running := self._exclusive.get(request.key)) is not None:
+        while (running := self._exclusive.get(request.key)) is not None \
+                and not running.done():
             await asyncio.wait({running})
-        task = self._spawn(request.flow)
+        first = self._start(request.flow)  # often done at once: no task needed
+        if not isinstance(first, _Pending):
+            return first
+        task = self._spawn(self._resume(request.flow, first.request))
         self._exclusive[request.key] = task
         task.add_done_callback(lambda _t: self._exclusive.pop(request.key, None))
         try:
@@ -150,7 +179,7 @@ class AsyncBudgetLimiter(ClientSurface):
             self._timer = None
             if self._closing:
                 return
-            self._spawn(self.engine.maintenance())
+            self._spawn(self.run(self.engine.maintenance()))
             self._schedule_timer()
 
         self._timer = asyncio.get_running_loop().call_later(period, tick)
@@ -161,8 +190,11 @@ class AsyncBudgetLimiter(ClientSurface):
                     reservation_id: str | None = None, ttl: float | None = None,
                     dry_run: bool = False) -> Decision:
         """See :meth:`BudgetLimiter.check`."""
-        decision = await self.run(self.engine.check(
-            subject, estimate, reservation_id=reservation_id, ttl=ttl, dry_run=dry_run))
+        flow = self.engine.check(subject, estimate, reservation_id=reservation_id, ttl=ttl,
+                                 dry_run=dry_run)
+        first = self._start(flow)
+        decision = await self._resume(flow, first.request) \
+            if isinstance(first, _Pending) else first
         if decision.leased:
             # a leased answer never suspends: yield once so that a task checking in a loop
             # does not starve the others (and drain the lease alone)
@@ -180,7 +212,9 @@ class AsyncBudgetLimiter(ClientSurface):
 
     async def commit(self, reservation: Reservation, actual: Usage) -> SettleResult:
         """See :meth:`BudgetLimiter.commit`."""
-        return await self.run(self.engine.commit(reservation, actual))
+        flow = self.engine.commit(reservation, actual)
+        first = self._start(flow)
+        return await self._resume(flow, first.request) if isinstance(first, _Pending) else first
 
     async def commit_by_id(self, org: str, reservation_id: str, actual: Usage, *,
                            subject: Subject | None = None) -> SettleResult:

@@ -57,6 +57,12 @@ class Planners:
     settle: SettlePlanner
 
 
+def _nothing() -> Flow[None]:
+    """A flow with nothing to do (run exclusively: wait for the one holding the key)."""
+    return
+    yield  # a generator
+
+
 def live_scopes(keys: KeySpace, policy: Policy, org: str | None,
                 counter_keys: Iterable[bytes | str]) -> list[Scope]:
     """Scopes with counters (``counter_keys``, as a SCAN of :meth:`KeySpace.counter_pattern`
@@ -93,6 +99,8 @@ class Engine:
         #: usage kept while Redis was unreachable (None: fail those calls instead)
         self.queue = OutageQueue() if outage_queue else None
         pol = self.planners.core.policy
+        #: lease hand-backs on their way (a check going to Redis waits for them)
+        self._handing_back = 0
         self.leases = LeaseTable(leases, hold_ms=pol.reservation_ttl_seconds * 1000,
                                  remember_ms=pol.idempotency_seconds * 1000) \
             if leases is not None else None
@@ -132,11 +140,6 @@ class Engine:
             self.leases.remember_ms = new.idempotency_seconds * 1000
             self.leases.retire_all(self.now())
 
-    def _after_round_trip(self) -> Flow[None]:
-        """Redis answered: replay what an outage left queued (apart from this call)."""
-        if self.queue:
-            yield Detached(self.replay())
-
     def script(self, call: ScriptCall) -> Flow[Any]:
         """One planned call of the durable side's scripts (flush, ack, rebuild, adjust): its
         reply as ``call.parse`` reads it."""
@@ -149,11 +152,17 @@ class Engine:
               dry_run: bool = False) -> Flow[Decision]:
         """Check every limit of ``subject`` and reserve ``estimate`` on all or none
         (``dry_run``: decide the same way and write nothing)."""
+        # returns the flow rather than being one: a level of ``yield from`` less per call
         if self.leases is not None and not dry_run:
-            leased = yield from self._check_leased(subject, estimate, reservation_id, ttl)
-            if leased is not None:
-                return leased
-        return (yield from self._check_redis(subject, estimate, reservation_id, ttl, dry_run))
+            return self._check_maybe_leased(subject, estimate, reservation_id, ttl)
+        return self._check_redis(subject, estimate, reservation_id, ttl, dry_run)
+
+    def _check_maybe_leased(self, subject: Subject, estimate: Usage | None,
+                            reservation_id: str | None, ttl: float | None) -> Flow[Decision]:
+        leased = yield from self._check_leased(subject, estimate, reservation_id, ttl)
+        if leased is not None:
+            return leased
+        return (yield from self._check_redis(subject, estimate, reservation_id, ttl, False))
 
     def _check_redis(self, subject: Subject, estimate: Usage | None,
                      reservation_id: str | None, ttl: float | None,
@@ -168,12 +177,15 @@ class Engine:
             if cached is not None:
                 return cached
         try:
-            call, reply = yield from self.io.run(call, lambda t: core.plan_check(
-                subject, est, t, reservation_id=reservation_id, ttl_seconds=ttl,
-                dry_run=dry_run))
+            reply = yield from self.io.send(call)
+            if skewed(reply):  # (the replanning closure is built on this rare path only)
+                call, reply = yield from self.io.corrected(reply, lambda t: core.plan_check(
+                    subject, est, t, reservation_id=reservation_id, ttl_seconds=ttl,
+                    dry_run=dry_run))
         except UNAVAILABLE as exc:
             return self._outage_decision(call, subject, est, dry_run, exc)
-        yield from self._after_round_trip()
+        if self.queue:  # Redis answered: replay what an outage left (apart from this call)
+            yield Detached(self.replay())
         return self._decided(call, reply)
 
     def _decided(self, call: ScriptCall, reply: Any) -> Decision:
@@ -220,7 +232,8 @@ class Engine:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        yield from self._after_round_trip()
+        if self.queue:  # Redis answered: replay what an outage left (apart from this call)
+            yield Detached(self.replay())
         return [self._decided(c, r) for c, r in zip(calls, replies, strict=True)]
 
     def status(self, subject: Subject) -> Flow[tuple[LimitStatus, ...]]:
@@ -245,9 +258,12 @@ class Engine:
                       reservation_id: str | None, ttl: float | None) -> Flow[Decision | None]:
         table = self.leases
         assert table is not None
-        yield from self._hand_back(wait=False)
+        now = self.now()
+        work = lease_ops.work(table, self.planners.settle, now)
+        if work:  # (not a sub-flow: most leased checks have nothing to hand back)
+            yield self._hand_back_request(work, False)
         decision, opening = lease_ops.take(table, self.planners.core, subject, estimate,
-                                           reservation_id, ttl, self.now())
+                                           reservation_id, ttl, now)
         if decision is not None:
             return decision
         # a lease that take() just retired gives its unused part back before Redis decides
@@ -283,11 +299,22 @@ class Engine:
             return
         work = lease_ops.work(self.leases, self.planners.settle, self.now(), force=force,
                               scan=scan)
-        if work or wait:
-            yield Detached(self._hand_back_in_order(work), wait=wait)
+        if work:
+            yield self._hand_back_request(work, wait)
+        elif wait and self._handing_back:  # wait for the one on its way (no flow of our own)
+            yield Exclusive("lease hand-back", _nothing())
+
+    def _hand_back_request(self, work: list[lease_ops.LeaseWork], wait: bool) -> Detached:
+        # counted from now, not from when the detached flow starts (a task, in asyncio): a
+        # check that goes to Redis right after must know that it has to wait for it
+        self._handing_back += 1
+        return Detached(self._hand_back_in_order(work), wait=wait)
 
     def _hand_back_in_order(self, work: list[lease_ops.LeaseWork]) -> Flow[None]:
-        yield Exclusive("lease hand-back", self._send_lease_work(work))
+        try:
+            yield Exclusive("lease hand-back", self._send_lease_work(work))
+        finally:
+            self._handing_back -= 1
 
     def _send_lease_work(self, work: list[lease_ops.LeaseWork]) -> Flow[None]:
         assert self.leases is not None
@@ -328,8 +355,8 @@ class Engine:
                 yield from self.io.send(Command(("SADD", self.keys.dirty_orgs, call.org)))
             except UNAVAILABLE:  # the reconciler's periodic scan finds the org anyway
                 log.warning("could not mark org %r dirty; the reconciler's scan will", call.org)
-        if replay:
-            yield from self._after_round_trip()
+        if replay and self.queue:  # Redis answered: replay what an outage left queued
+            yield Detached(self.replay())
         result: SettleResult = call.parse(reply)
         return result
 

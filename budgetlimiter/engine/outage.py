@@ -43,8 +43,9 @@ class Deferred:
     id: str = ""
 
 
-class OutageQueue:
-    """Operations kept in-process while Redis is unreachable, in order.
+class OutageQueue(deque[Deferred]):
+    """Operations kept in-process while Redis is unreachable, in order (a deque: every
+    successful call asks whether it is empty, which must cost next to nothing).
 
     Exactly one replayer at a time (sync threads and asyncio tasks alike): a replay holds
     :attr:`replaying`; an entry leaves the queue only after Redis answered it. Entries are
@@ -53,31 +54,25 @@ class OutageQueue:
     """
 
     def __init__(self, maxlen: int = MAX_PENDING) -> None:
-        self._items: deque[Deferred] = deque(maxlen=maxlen)
+        super().__init__(maxlen=maxlen)
         #: held by the one flow replaying the queue
         self.replaying = threading.Lock()
         #: entries dropped because the queue was full (for metrics)
         self.dropped = 0
 
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
     def push(self, op: Deferred, amounts: Amounts | None) -> SettleResult:
         """Queue ``op``; the result says so (status ``local``)."""
-        if len(self._items) == self._items.maxlen:
+        if len(self) == self.maxlen:
             self.dropped += 1
-            log.error("outage queue full (%d): dropping the oldest entry", self._items.maxlen)
-        self._items.append(op)
+            log.error("outage queue full (%d): dropping the oldest entry", self.maxlen)
+        self.append(op)
         rid = op.reservation.id if op.reservation is not None else op.id
         return SettleResult(status="local", id=rid, actual=amounts)
 
     def head(self) -> Deferred | None:
-        return self._items[0] if self._items else None
+        return self[0] if self else None
 
     def done(self, op: Deferred) -> None:
         """``op`` reached Redis (or can never be applied): take it off the queue."""
-        if self._items and self._items[0] is op:
-            self._items.popleft()
+        if self and self[0] is op:
+            self.popleft()

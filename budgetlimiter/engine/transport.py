@@ -60,11 +60,19 @@ class Transport:
 
     # sending ---------------------------------------------------------------------------
     def send(self, request: Request) -> Flow[Any]:
-        """Send one request through the circuit breaker."""
+        """Send one request through the circuit breaker. A script call answered NOSCRIPT
+        (after SCRIPT FLUSH, a restart, a failover) loads the script and is sent again, once.
+        (One generator for all of it: each level of ``yield from`` costs every call.)"""
         if not self.breaker.allow():
             raise BackendUnavailable("redis circuit open")
         try:
-            reply = yield request
+            try:
+                reply = yield request
+            except ResponseError as exc:
+                if not (isinstance(request, ScriptCall) and is_noscript(exc)):
+                    raise
+                yield LoadScript(request.script)
+                reply = yield request
         except REJECTED as exc:  # before UNAVAILABLE: redis-py makes them ConnectionErrors
             self.breaker.success()  # Redis answered: it is there, it refused us
             raise BackendRejected(f"redis rejected the client: {exc}") from None
@@ -77,32 +85,28 @@ class Transport:
         self.breaker.success()
         return reply
 
-    def script(self, call: ScriptCall) -> Flow[Any]:
-        """One script call; a NOSCRIPT reply (after SCRIPT FLUSH, a restart, a failover) loads
-        the script and sends the call again, once."""
-        try:
-            return (yield from self.send(call))
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-            yield from self.send(LoadScript(call.script))
-            return (yield from self.send(call))
+    #: a script call (see :meth:`send`)
+    script = send
 
     def run(self, call: ScriptCall,
-             replan: Callable[[int], ScriptCall]) -> Flow[tuple[ScriptCall, Any]]:
-        """A script call whose script checks the clock: when it says this host's clock is
-        off, learn the offset and send the call planned again (the normal case is one
-        round trip)."""
-        reply = yield from self.script(call)
+            replan: Callable[[int], ScriptCall]) -> Flow[tuple[ScriptCall, Any]]:
+        """A script call whose script checks the clock (see :meth:`corrected`)."""
+        reply = yield from self.send(call)
+        if skewed(reply):
+            return (yield from self.corrected(reply, replan))
+        return call, reply
+
+    def corrected(self, reply: Any,
+                  replan: Callable[[int], ScriptCall]) -> Flow[tuple[ScriptCall, Any]]:
+        """A script said this host's clock is off: learn the offset from Redis's time and
+        send the call planned again (the normal case never gets here: one round trip)."""
         for _ in range(2):
-            if not skewed(reply):
-                return call, reply
             self.learn_offset(reply)
             call = replan(self.now())
-            reply = yield from self.script(call)
-        if skewed(reply):
-            raise BudgetLimiterError("this host's clock keeps disagreeing with Redis's")
-        return call, reply
+            reply = yield from self.send(call)
+            if not skewed(reply):
+                return call, reply
+        raise BudgetLimiterError("this host's clock keeps disagreeing with Redis's")
 
     def pipeline(self, calls: list[ScriptCall]) -> Flow[list[Any]]:
         """Calls in one round trip; those whose script was missing are sent again once."""
