@@ -15,6 +15,7 @@ from .coalesce import Coalescer, send_pipeline
 from .engine.calls import (
     Command,
     Detached,
+    Drain,
     Exclusive,
     Flow,
     LoadScript,
@@ -71,6 +72,8 @@ class AsyncBudgetLimiter(ClientSurface):
         self._exclusive: dict[Hashable, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loading: dict[str, asyncio.Future[Any]] = {}
+        #: detached flows by group, while they run (see Drain)
+        self._groups: dict[str, set[asyncio.Task[Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
 
@@ -131,7 +134,16 @@ class AsyncBudgetLimiter(ClientSurface):
             return await asyncio.shield(loading)
         if isinstance(request, Detached):
             task = self._spawn(self.run(request.flow))
+            if request.group:  # registered now, before anyone can ask to drain the group
+                group = self._groups.setdefault(request.group, set())
+                group.add(task)
+                task.add_done_callback(group.discard)
             return await asyncio.shield(task) if request.wait else None
+        if isinstance(request, Drain):
+            running = self._groups.get(request.group)
+            if running:
+                await asyncio.wait(set(running))
+            return None
         if isinstance(request, Exclusive):
             return await self._exclusively(request)
         raise TypeError(f"unknown request {request!r}")  # pragma: no cover

@@ -13,6 +13,7 @@ from .backends import DEFAULT_TIMEOUT, connect_sync
 from .engine.calls import (
     Command,
     Detached,
+    Drain,
     Exclusive,
     Flow,
     LoadScript,
@@ -56,9 +57,7 @@ class BudgetLimiter(ClientSurface):
         super().__init__(policy, redis, connect_sync, timeout=timeout, prefix=prefix, clock=clock,
                          cluster=cluster, deny_cache_ttl=deny_cache_ttl, leases=leases,
                          outage_queue=outage_queue, max_clock_skew=max_clock_skew)
-        # exclusive flows (lease opening, hand-backs) one at a time per client; a hand-back may
-        # be sent from inside an exclusive flow
-        self._exclusive = threading.RLock()
+        self._exclusive = threading.Lock()  # one lease opens at a time per client
         self._timer_stop = threading.Event()
         self._timer: threading.Thread | None = None
 
@@ -104,6 +103,8 @@ class BudgetLimiter(ClientSurface):
                     raise
                 log.exception("background work failed")
                 return None
+        if isinstance(request, Drain):  # detached flows ran to their end right away
+            return None
         if isinstance(request, Exclusive):
             with self._exclusive:
                 return self.run(request.flow)

@@ -63,6 +63,16 @@ class Detached:
 
     flow: Flow[Any]
     wait: bool = False
+    #: flows of one group can be waited for together (see :class:`Drain`)
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Wait until every detached flow of ``group`` started so far has ended (reply None).
+    The sync client runs detached flows at once, so for it there is nothing to wait for."""
+
+    group: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,7 @@ class Exclusive:
     abandoned: Callable[[Any], None] | None = None
 
 
-Request: TypeAlias = ScriptCall | Pipeline | Command | LoadScript | Detached | Exclusive
+Request: TypeAlias = (ScriptCall | Pipeline | Command | LoadScript | Detached | Drain
+                      | Exclusive)
 #: an operation of the engine: yields requests, receives replies, returns a result
 Flow = Generator[Request, Any, T]

@@ -28,7 +28,7 @@ from ..subject import Scope, Subject
 from ..usage import Amounts, Usage, usd_to_micros
 from . import lease_ops, transport
 from .breaker import CircuitBreaker
-from .calls import Command, Detached, Exclusive, Flow, ScriptCall
+from .calls import Command, Detached, Drain, Exclusive, Flow, ScriptCall
 from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .leases import LeaseConfig, LeaseTable
@@ -57,10 +57,8 @@ class Planners:
     settle: SettlePlanner
 
 
-def _nothing() -> Flow[None]:
-    """A flow with nothing to do (run exclusively: wait for the one holding the key)."""
-    return
-    yield  # a generator
+#: the group of detached lease hand-backs (see :class:`~.calls.Drain`)
+HAND_BACKS = "lease hand-backs"
 
 
 def live_scopes(keys: KeySpace, policy: Policy, org: str | None,
@@ -99,8 +97,6 @@ class Engine:
         #: usage kept while Redis was unreachable (None: fail those calls instead)
         self.queue = OutageQueue() if outage_queue else None
         pol = self.planners.core.policy
-        #: lease hand-backs on their way (a check going to Redis waits for them)
-        self._handing_back = 0
         self.leases = LeaseTable(leases, hold_ms=pol.reservation_ttl_seconds * 1000,
                                  remember_ms=pol.idempotency_seconds * 1000) \
             if leases is not None else None
@@ -261,7 +257,7 @@ class Engine:
         now = self.now()
         work = lease_ops.work(table, self.planners.settle, now)
         if work:  # (not a sub-flow: most leased checks have nothing to hand back)
-            yield self._hand_back_request(work, False)
+            yield Detached(self._send_lease_work(work), group=HAND_BACKS)
         decision, opening = lease_ops.take(table, self.planners.core, subject, estimate,
                                            reservation_id, ttl, now)
         if decision is not None:
@@ -293,28 +289,16 @@ class Engine:
 
     def _hand_back(self, *, wait: bool, force: bool = False, scan: bool = False) -> Flow[None]:
         """Send due lease hand-backs, in a flow of their own (never lost with a cancelled
-        caller). ``wait``: the caller waits for them, and for any hand-back still on its way
-        (they go one after the other), so that Redis sees every returned slice first."""
+        caller). ``wait``: the caller waits for them, and for any hand-back still on its way,
+        so that Redis has every returned slice before the caller's next call."""
         if self.leases is None:
             return
         work = lease_ops.work(self.leases, self.planners.settle, self.now(), force=force,
                               scan=scan)
         if work:
-            yield self._hand_back_request(work, wait)
-        elif wait and self._handing_back:  # wait for the one on its way (no flow of our own)
-            yield Exclusive("lease hand-back", _nothing())
-
-    def _hand_back_request(self, work: list[lease_ops.LeaseWork], wait: bool) -> Detached:
-        # counted from now, not from when the detached flow starts (a task, in asyncio): a
-        # check that goes to Redis right after must know that it has to wait for it
-        self._handing_back += 1
-        return Detached(self._hand_back_in_order(work), wait=wait)
-
-    def _hand_back_in_order(self, work: list[lease_ops.LeaseWork]) -> Flow[None]:
-        try:
-            yield Exclusive("lease hand-back", self._send_lease_work(work))
-        finally:
-            self._handing_back -= 1
+            yield Detached(self._send_lease_work(work), wait=wait, group=HAND_BACKS)
+        if wait:
+            yield Drain(HAND_BACKS)
 
     def _send_lease_work(self, work: list[lease_ops.LeaseWork]) -> Flow[None]:
         assert self.leases is not None

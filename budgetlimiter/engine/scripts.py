@@ -1,9 +1,9 @@
-"""The Lua script registry: one place that loads, hashes and runs the scripts.
+"""The Lua script registry: one place that loads and hashes the scripts.
 
 Each script is ``lua/lib.lua`` followed by ``lua/<name>.lua``. The SHA1 is computed here, calls
-go out as ``EVALSHA`` and a ``NOSCRIPT`` reply (after ``SCRIPT FLUSH``, a restart or a
-failover) loads the script and retries once, transparently. Pipelines use the same contract:
-replies that are ``NOSCRIPT`` errors are retried after one ``SCRIPT LOAD``.
+go out as ``EVALSHA``; the engine answers a ``NOSCRIPT`` reply (after ``SCRIPT FLUSH``, a
+restart or a failover) by loading the script and sending the call again, once (see
+:mod:`budgetlimiter.engine.transport`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -70,26 +69,3 @@ def is_noscript(reply: object) -> bool:
     return isinstance(reply, NoScriptError) or (
         isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
     )
-
-
-class SyncCommands(Protocol):
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any: ...
-    def script_load(self, script: str) -> Any: ...
-
-
-def run_sync(client: Any, script: Script, keys: list[str], args: list[str | int]) -> Any:
-    """EVALSHA with transparent reload on NOSCRIPT."""
-    try:
-        return client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        client.script_load(script.source)
-        return client.evalsha(script.sha, len(keys), *keys, *args)
-
-
-async def run_async(client: Any, script: Script, keys: list[str], args: list[str | int]) -> Any:
-    """Async EVALSHA with transparent reload on NOSCRIPT."""
-    try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        await client.script_load(script.source)
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
