@@ -69,7 +69,7 @@ class AsyncBudgetLimiter(ClientSurface):
         self.coalescer = Coalescer(self.redis, self._scripts, max_batch=max_batch,
                                    max_inflight=max_inflight) if coalesce else None
         #: exclusive flows running, by key (a second one with that key waits for the first)
-        self._exclusive: dict[Hashable, asyncio.Task[Any]] = {}
+        self._exclusive: dict[Hashable, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loading: dict[str, asyncio.Future[Any]] = {}
         #: detached flows by group, while they run (see Drain)
@@ -162,15 +162,27 @@ class AsyncBudgetLimiter(ClientSurface):
             log.error("background work failed: %r", task.exception())
 
     async def _exclusively(self, request: Exclusive) -> Any:
-        while (running := self._exclusive.get(request.key)) is not None \
-                and not running.done():
-            await asyncio.wait({running})
+        # each waiter parks on a future of its own, woken when the holder ends (cheaper than
+        # asyncio.wait when every task of a busy subject queues up behind a lease opening)
+        while (waiters := self._exclusive.get(request.key)) is not None:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters.append(waiter)
+            await waiter
         first = self._start(request.flow)  # often done at once: no task needed
         if not isinstance(first, _Pending):
             return first
         task = self._spawn(self._resume(request.flow, first.request))
-        self._exclusive[request.key] = task
-        task.add_done_callback(lambda _t: self._exclusive.pop(request.key, None))
+        mine: list[asyncio.Future[None]] = []
+        self._exclusive[request.key] = mine
+
+        def release(_task: asyncio.Task[Any]) -> None:
+            if self._exclusive.get(request.key) is mine:
+                del self._exclusive[request.key]
+            for waiter in mine:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+        task.add_done_callback(release)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -262,10 +262,12 @@ class Engine:
                                            reservation_id, ttl, now)
         if decision is not None:
             return decision
-        # a lease that take() just retired gives its unused part back before Redis decides
-        yield from self._hand_back(wait=True)
         if opening is None:
+            # a lease that take() just retired gives its unused part back before Redis decides
+            yield from self._hand_back(wait=True)
             return None
+        # the checks that find no lease queue up here, and all but the first find the lease
+        # it opened: only the one that goes to Redis waits for the hand-backs (in the flow)
         leased: Decision | None = yield Exclusive(("lease", subject), self._open_lease(opening),
                                                   self.abandon_leased)
         return leased
@@ -277,6 +279,7 @@ class Engine:
         decision = table.take(opening.subject, opening.amounts, self.now())
         if decision is not None:
             return decision
+        yield from self._hand_back(wait=True)  # Redis must have every returned slice first
         answer = yield from self._check_redis(opening.subject, opening.slice,
                                               opening.lease_id, table.config.ttl_seconds,
                                               False)
