@@ -27,14 +27,25 @@ def _money(metric: Metric, units: int) -> str | int:
 class LimitStatus:
     """One limit of one scope as Redis saw it during the decision.
 
-    Amounts are integers in the metric's unit (micro-USD for cost). For budgets ``limit`` is
-    the effective limit (declared amount plus carried-over budget) and ``taken`` is what is
-    used or reserved (an admitted check's own reservation included). For rate limits ``used``
-    is how much of the burst is currently taken and ``period`` is ``per <second|minute|hour>``.
+    Amounts are integers in the metric's unit (micro-USD for cost); ``to_dict`` gives money as
+    decimal USD strings.
 
-    ``used`` and ``reserved`` are ``None`` in the statuses of an *admitted* check: it reads and
-    reserves one counter per budget (used + reserved together), which keeps the hot path at
-    one Redis command per budget. Refusals, ``status()`` and dry runs report both.
+    - ``limit``: for a budget the effective limit (declared amount plus carried-over budget);
+      for a rate limit the rate, in units per ``period`` (``per second|minute|hour``).
+    - ``burst``: for a rate limit the bucket: how many units may go at once (the policy's
+      ``burst``, ``limit`` when not given); ``None`` for budgets.
+    - ``taken``: what is used or reserved (an admitted check's own reservation included); for
+      a rate limit, how much of the bucket is in use.
+    - ``remaining``: ``limit - taken`` for a budget, ``burst - taken`` for a rate limit (never
+      below zero).
+    - ``requested``: how much of this limit's metric the request asked for (its estimate;
+      units for a rate limit); 0 in ``status()`` reads. A refusal's ``blocked_by`` shows what
+      did not fit: ``requested`` more than ``limit - used - reserved`` allowed.
+    - ``used`` and ``reserved``: ``None`` in every limit of an *admitted* check (one that
+      reserved): it reads and reserves one counter per budget (used + reserved together),
+      which keeps the hot path at one Redis command per budget. Refusals, dry runs,
+      ``status()`` and ``scope_status()`` report both (for a rate limit: ``used == taken``,
+      ``reserved == 0``).
     """
 
     scope: Scope
@@ -50,17 +61,25 @@ class LimitStatus:
     resets_at: datetime | None
     state: LimitState
     origin: str = ""
+    requested: int = 0
+    burst: int | None = None
+
+    @property
+    def capacity(self) -> int:
+        """What ``taken`` is measured against: ``limit`` for a budget, ``burst`` for a rate."""
+        return self.limit if self.burst is None else self.burst
 
     @property
     def remaining(self) -> int:
-        return max(0, self.limit - self.taken)
+        return max(0, self.capacity - self.taken)
 
     @property
     def percent(self) -> float:
-        """Share of the limit used or reserved, for display only."""
-        if self.limit <= 0:
+        """Share of the limit (the burst of a rate limit) taken, for display only."""
+        cap = self.capacity
+        if cap <= 0:
             return 100.0 if self.taken > 0 else 0.0
-        return 100.0 * self.taken / self.limit
+        return 100.0 * self.taken / cap
 
     def to_dict(self) -> dict[str, Any]:
         m = self.metric
@@ -71,6 +90,8 @@ class LimitStatus:
             "period": self.period,
             "mode": self.mode,
             "limit": _money(m, self.limit),
+            "burst": self.burst,
+            "requested": _money(m, self.requested),
             "taken": _money(m, self.taken),
             "used": None if self.used is None else _money(m, self.used),
             "reserved": None if self.reserved is None else _money(m, self.reserved),
@@ -151,10 +172,14 @@ class Decision:
             else:
                 taken = (f"used {_money(b.metric, b.used)}, "
                          f"reserved {_money(b.metric, b.reserved)}")
-            return (
-                f"denied {self.subject}: {b.kind} {b.metric.value} per {b.period} of {b.scope} "
-                f"(limit {_money(b.metric, b.limit)}, {taken})"
-            )
+            if b.kind == "rate":
+                what = f"rate {b.metric.value} {b.period} of {b.scope}"
+                limit = f"limit {b.limit} {b.period}, burst {b.burst}"
+            else:
+                what = f"budget {b.metric.value} per {b.period} of {b.scope}"
+                limit = f"limit {_money(b.metric, b.limit)}"
+            return (f"denied {self.subject}: {what} ({limit}, {taken}, "
+                    f"requested {_money(b.metric, b.requested)})")
         return f"denied {self.subject}: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:

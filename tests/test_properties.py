@@ -411,8 +411,12 @@ def test_check_replies_of_the_right_shape_always_parse(data, dry):
         assert d.blocked_by is None
     for x in d.limits:
         assert x.remaining >= 0 and x.percent >= 0
-        if x.kind == "rate":
-            assert 0 <= x.used <= x.limit
+        if x.kind == "rate":  # taken is measured against the bucket, not the rate
+            assert x.burst is not None and 0 <= x.taken <= x.burst
+        if allowed and not dry:  # an admitted check reports taken only, on either path
+            assert x.used is None and x.reserved is None
+        else:
+            assert x.used is not None and x.reserved is not None
 
 
 @FAST

@@ -8,17 +8,18 @@ seconds pass, whichever is first; the TTL bounds how long a credit or a raised l
 be seen. Budgets exhausted only by reservations are never cached (a release may free them).
 
 A cached refusal speaks about the subject that asked: it carries that subject and, as its only
-limit, the exhausted budget (a scope both subjects share), never the limits of the subject
-whose refusal filled the cache.
+limit, the exhausted budget (a scope both subjects share) with this request's ``requested``
+amount, never the limits of the subject whose refusal filled the cache.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..results import Decision, LimitStatus
 from ..subject import Subject
 from .calls import ScriptCall
+from .planner import budget_estimate
 
 
 @dataclass(slots=True)
@@ -45,7 +46,7 @@ class DenyCache:
         """A cached denial for this call of ``subject``, or None (then ask Redis)."""
         if not self._entries:
             return None
-        for bk in call.budget_keys:
+        for index, bk in enumerate(call.budget_keys):
             entry = self._entries.get(bk)
             if entry is None:
                 continue
@@ -53,7 +54,7 @@ class DenyCache:
                 del self._entries[bk]
                 continue
             self.hits += 1
-            blocked = entry.blocked
+            blocked = replace(entry.blocked, requested=budget_estimate(call, index))
             retry = None
             if blocked.resets_at is not None:
                 retry = max(0.0, blocked.resets_at.timestamp() - now_ms / 1000)

@@ -18,17 +18,12 @@ from zoneinfo import ZoneInfo
 from ..errors import InvalidInput
 from ..policy import LimitSpec, Mode, Policy, RateSpec, Rollover, ScopeLimits
 from ..policy.periods import PeriodKind, Window, previous_window, window_at
-from ..results import (
-    Decision,
-    LimitState,
-    LimitStatus,
-    Reservation,
-    ms_to_datetime,
-)
+from ..results import Decision, Reservation, ms_to_datetime
 from ..subject import Scope, Subject, validate_reservation_id
 from ..usage import METRIC_ORDER, Amounts, Usage
 from .calls import ScriptCall
 from .keys import KeySpace
+from .replies import NOTHING, ReplyReader, decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,61 +61,19 @@ class _Template:
     #: (position in that list, index of the metric in the amount vector)
     arg_tail: list[str | int]
     amount_slots: list[tuple[int, int]]
-    reader: _ReplyReader
+    reader: ReplyReader
     #: metrics of the hard budgets (indexes in the amount vector), for leases
     hard_metrics: tuple[int, ...]
 
 
-class _ReplyReader:
-    """Turns a check reply into limit statuses; everything that does not depend on the reply
-    (scope, metric, period, mode, reset time, origin) is computed once per template."""
+#: ARGV of ``check.lua`` before the first budget entry, and the estimate's place in an entry
+_HEAD = 9
+_BUDGET_ENTRY = 8
 
-    __slots__ = ("budgets", "rates")
 
-    def __init__(self, budgets: Sequence[_Budget], rates: Sequence[_Rate]) -> None:
-        self.budgets = [
-            (b.scopelimits.scope, b.spec.metric, b.spec.period.value, b.spec.mode.value,
-             b.spec.units, ms_to_datetime(b.window.end_ms), b.origin, b.spec.mode is Mode.SOFT)
-            for b in budgets]
-        self.rates = [
-            (r.scopelimits.scope, r.spec.metric, f"per {r.spec.per}", r.spec.burst_units,
-             math.ceil(r.spec.per_ms * 1000 / r.spec.limit), r.origin)
-            for r in rates]
-
-    def statuses(self, vals: list[int], blocker: int, status_read: bool) -> list[LimitStatus]:
-        out: list[LimitStatus] = []
-        pos = 3
-        j = 0
-        for scope, metric, period, mode, units, resets, origin, soft in self.budgets:
-            j += 1
-            u, r, carry = vals[pos], vals[pos + 1], vals[pos + 2]
-            pos += 3
-            used: int | None
-            reserved: int | None
-            if u == -1:  # admitted: the script read only used + reserved, in r
-                taken, used, reserved = r, None, None
-            else:
-                taken, used, reserved = u + r, u, r
-            eff = units + carry
-            if j == blocker:
-                state: LimitState = "blocked"
-            elif soft:
-                state = "soft_exceeded" if taken > eff else "ok"
-            elif status_read and taken >= eff:
-                state = "blocked"  # exhausted: the next request would be refused
-            else:
-                state = "ok"
-            out.append(LimitStatus(scope, "budget", metric, period, mode,  # type: ignore[arg-type]
-                                   eff, taken, used, reserved, carry, resets, state, origin))
-        for scope, metric, period, burst, interval, origin in self.rates:
-            j += 1
-            ahead_us = vals[pos]
-            pos += 1
-            taken = min(burst, math.ceil(ahead_us / interval)) if ahead_us > 0 else 0
-            out.append(LimitStatus(scope, "rate", metric, period, "hard", burst, taken, taken,
-                                   0, 0,
-                                   None, "blocked" if j == blocker else "ok", origin))
-        return out
+def budget_estimate(call: ScriptCall, index: int) -> int:
+    """The estimate a planned check sends for its ``index``-th budget."""
+    return int(call.args[_HEAD + _BUDGET_ENTRY * index + 2])
 
 
 _TEMPLATE_CACHE_MAX = 50_000
@@ -327,7 +280,7 @@ class Core:
             budget_keys=tuple((ks.counter(b.scopelimits.scope, b.window), b.spec.metric.code)
                               for b in budgets),
             resets=[ms_to_datetime(b.window.end_ms) for b in budgets],
-            arg_tail=arg_tail, amount_slots=slots, reader=_ReplyReader(budgets, rates),
+            arg_tail=arg_tail, amount_slots=slots, reader=ReplyReader(budgets, rates),
             hard_metrics=tuple(sorted({_METRIC_INDEX[b.spec.metric.value] for b in budgets
                                        if b.spec.mode is Mode.HARD})),
         )
@@ -391,7 +344,7 @@ class Core:
         reader = t.reader
 
         def parse(reply: Any) -> Decision:
-            return _decision(subject, reservation, reader, now_ms, reply, dry_run)
+            return decision(subject, reservation, reader, now_ms, reply, dry_run, vec)
 
         return ScriptCall("check", keys, args, parse, org, t.budget_keys)
 
@@ -420,36 +373,9 @@ class Core:
         head: list[str | int] = [now_ms, 0, 1, 1, ks.reservation_prefix(org), "", len(budgets),
                                  len(rates), self.clock_tolerance_ms]
 
-        reader = _ReplyReader(budgets, rates)
+        reader = ReplyReader(budgets, rates)
 
         def parse(reply: Any) -> Decision:
-            return _decision(subject, None, reader, now_ms, reply, True)
+            return decision(subject, None, reader, now_ms, reply, True, NOTHING)
 
         return ScriptCall("check", keys, head + args, parse, org)
-
-def _decision(subject: Subject, reservation: Reservation | None, reader: _ReplyReader,
-              now_ms: int, reply: Any, status_read: bool) -> Decision:
-    """The decision of a check (or status read) reply; see ``lua/check.lua``."""
-    vals = [int(v) for v in reply]
-    allowed = vals[0] == 1
-    blocker = vals[1]
-    statuses = reader.statuses(vals, blocker, status_read)
-    if allowed:
-        return Decision(True, subject, reservation, tuple(statuses))
-    blocked_by = statuses[blocker - 1] if blocker > 0 else None
-    retry_after: float | None = None
-    if blocked_by is not None:
-        if blocked_by.kind == "rate":
-            retry_after = vals[2] / 1_000_000
-        elif blocked_by.resets_at is not None:
-            retry_after = max(0.0, blocked_by.resets_at.timestamp() - now_ms / 1000)
-    return Decision(
-        allowed=False,
-        subject=subject,
-        reservation=None,
-        limits=tuple(statuses),
-        blocked_by=blocked_by,
-        retry_after=retry_after,
-        reason=f"{blocked_by.kind}_exceeded" if blocked_by else "denied",
-    )
-

@@ -117,7 +117,12 @@ def _sf_string(text: str) -> str:
 
 def ratelimit_headers(decision: Decision) -> dict[str, str]:
     """``Retry-After`` and the IETF ``RateLimit-Policy`` / ``RateLimit`` fields for a denial
-    (draft-ietf-httpapi-ratelimit-headers; quota in the metric's integer unit)."""
+    (draft-ietf-httpapi-ratelimit-headers; quota in the metric's integer unit).
+
+    ``q``/``w`` are the blocking limit's ``limit`` and window: a budget's amount per period, a
+    rate limit's rate per second/minute/hour (the same number as ``limit`` in the body, in
+    ``status`` and in ``/v1/policy/effective``); ``r`` is its ``remaining`` (for a rate limit
+    what the bucket lets go now, up to its ``burst``)."""
     retry = max(1, math.ceil(decision.retry_after or 1))
     headers = {"Retry-After": str(retry)}
     b = decision.blocked_by

@@ -55,6 +55,10 @@ class UsageIn(_In):
         return Usage(self.input_tokens, self.output_tokens, self.invocations, cost)
 
 
+ESTIMATE_DEFAULT = ("What the call may use. Omitted (or {}): one invocation and no tokens, "
+                    "as the library's Usage(): it counts against invocation budgets and "
+                    "request rates, costs the agent's per-invocation price, and an exhausted "
+                    "budget refuses it like any other request.")
 Ttl = Annotated[float, Field(gt=0, le=604800, description="Reservation TTL in seconds.")]
 
 
@@ -62,7 +66,7 @@ class CheckRequest(_In):
     """Check and reserve: all-or-nothing over every scope and limit of the subject."""
 
     subject: SubjectIn
-    estimate: UsageIn = UsageIn()
+    estimate: UsageIn = Field(default=UsageIn(), description=ESTIMATE_DEFAULT)
     ttl: Ttl | None = None
     reservation_id: Id | None = None
 
@@ -98,7 +102,7 @@ class RecordRequest(_In):
 
 class BatchItem(_In):
     subject: SubjectIn
-    estimate: UsageIn = UsageIn()
+    estimate: UsageIn = Field(default=UsageIn(), description=ESTIMATE_DEFAULT)
 
 
 class BatchRequest(_In):
@@ -111,20 +115,30 @@ class BatchRequest(_In):
 # responses ---------------------------------------------------------------------------------
 
 class LimitOut(BaseModel):
-    """One limit of one scope as Redis saw it."""
+    """One limit of one scope as Redis saw it. Amounts are in the metric's unit: decimal USD
+    strings for cost, integers otherwise."""
 
     scope: str
     kind: Literal["budget", "rate"]
     metric: str
-    period: str
+    period: str = Field(description="a budget's period (day, month, ...); for a rate limit "
+                        "'per second|minute|hour'")
     mode: Literal["hard", "soft"]
-    limit: MoneyOrCount
-    taken: MoneyOrCount = Field(description="used + reserved (this reservation included)")
+    limit: MoneyOrCount = Field(
+        description="budget: the effective limit (amount + carry); rate limit: the rate, in "
+                    "units per period")
+    burst: int | None = Field(
+        description="rate limit: the bucket (units that may go at once); null for budgets")
+    requested: MoneyOrCount = Field(
+        description="what this request asked for of the metric (0 in status reads)")
+    taken: MoneyOrCount = Field(
+        description="used + reserved (an admitted check's own reservation included); rate "
+                    "limit: how much of the burst is in use")
     used: MoneyOrCount | None = Field(
-        description="null in an admitted check (it reads used + reserved as one counter); "
-                    "refusals and status reads report it")
+        description="null in every limit of an admitted check (it reads used + reserved as "
+                    "one counter); refusals and status reads report it")
     reserved: MoneyOrCount | None = Field(description="null when used is null")
-    remaining: MoneyOrCount
+    remaining: MoneyOrCount = Field(description="limit - taken (rate limit: burst - taken)")
     carry: MoneyOrCount
     percent: float
     resets_at: str | None

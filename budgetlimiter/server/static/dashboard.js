@@ -76,8 +76,14 @@
     row._parts = { name: name, bar: bar, title: title, used: used, res: res, nums: nums };
     return row;
   }
+  // a rate limit's bar is its bucket: taken of burst (its limit is the rate per period)
+  function capacity(l) { return l.burst !== null && l.burst !== undefined ? l.burst : l.limit; }
+  function ofText(l) {
+    return l.kind === "rate" ? fmt(l, l.burst) + " (burst; " + l.limit + " " + l.period + ")"
+                             : fmt(l, l.limit);
+  }
   function updateLimit(row, l) {
-    var p = row._parts, lim = num(l.limit), u = num(l.used), r = num(l.reserved);
+    var p = row._parts, lim = num(capacity(l)), u = num(l.used), r = num(l.reserved);
     var wu = lim > 0 ? Math.min(100, 100 * u / lim) : (u > 0 ? 100 : 0);
     var wr = lim > 0 ? Math.min(100 - wu, 100 * r / lim) : 0;
     row.className = "limit state-" + l.state;
@@ -86,10 +92,10 @@
     p.res.setAttribute("x", wu.toFixed(2));
     p.res.setAttribute("width", wr.toFixed(2));
     var text = "used " + fmt(l, l.used) + " + reserved " + fmt(l, l.reserved) + " of " +
-      fmt(l, l.limit) + " (" + l.percent + "%, " + l.state.replace("_", " ") + ")";
+      ofText(l) + " (" + l.percent + "%, " + l.state.replace("_", " ") + ")";
     p.bar.setAttribute("aria-label", label(l) + ": " + text);
     p.title.textContent = text;
-    p.nums.textContent = fmt(l, l.used) + " + " + fmt(l, l.reserved) + " / " + fmt(l, l.limit) +
+    p.nums.textContent = fmt(l, l.used) + " + " + fmt(l, l.reserved) + " / " + fmt(l, capacity(l)) +
       " · " + l.percent + "%";
   }
 
@@ -179,7 +185,7 @@
       var tr = el("tr", "state-" + l.state);
       tr.appendChild(el("td", "scope", l.scope));
       tr.appendChild(el("td", null, label(l)));
-      tr.appendChild(el("td", "num", fmt(l, l.used) + " / " + fmt(l, l.limit)));
+      tr.appendChild(el("td", "num", fmt(l, l.used) + " / " + fmt(l, capacity(l))));
       tr.appendChild(el("td", "num", l.percent));
       tr.appendChild(el("td", null, l.state.replace("_", " ")));
       body.appendChild(tr);
