@@ -19,6 +19,7 @@ from ..errors import BudgetLimiterError
 from ..results import Decision
 from ..subject import Scope, Subject
 from . import models as m
+from .params import CHECK_PARAMS, EFFECTIVE_PARAMS, read_query, scope_error
 from .problems import Problem, dumps, from_library_error
 
 if TYPE_CHECKING:
@@ -97,14 +98,16 @@ async def read_model(request: Request, model: type[M], limit: int) -> M:
     except ValidationError as exc:
         errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
                   for e in exc.errors(include_url=False, include_input=False)[:20]]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid"}
+        first = errors[0] if errors else {"loc": [], "msg": "invalid", "type": ""}
         where = ".".join(first["loc"]) or "body"
-        raise Problem("invalid_input", f"{where}: {first['msg']}", errors=errors) from None
+        code = "invalid_id" if first["type"] == "invalid_id" else "invalid_input"
+        raise Problem(code, f"{where}: {first['msg']}", errors=errors) from None
 
 
 def wants_http_status(request: Request) -> bool:
-    """``?http_status=true`` or ``Prefer: budget-status=http``."""
-    if request.query_params.get("http_status", "").lower() in ("true", "1", "yes"):
+    """``?http_status=true`` or ``Prefer: budget-status=http`` (any other ``http_status``
+    than ``true`` or ``false`` is a 422 problem, as the OpenAPI document says)."""
+    if read_query(CHECK_PARAMS, request.query_params).get("http_status") == "true":
         return True
     prefer = request.headers.get("prefer", "")
     return any(p.strip().lower() == "budget-status=http" for p in prefer.split(","))
@@ -145,6 +148,7 @@ class Api:
         return self.s.config.max_body
 
     async def check(self, request: Request) -> Response:
+        http_status = wants_http_status(request)  # a bad parameter: refused before any I/O
         req = await read_model(request, m.CheckRequest, self.limit)
         limiter = self.s.require_limiter()
         decision = await limiter.check(req.subject.to_subject(), req.estimate.to_usage(),
@@ -153,7 +157,7 @@ class Api:
         if decision.degraded:
             self.s.metrics.redis_errors.inc()
         doc = decision.to_dict()
-        if decision.allowed or not wants_http_status(request):
+        if decision.allowed or not http_status:
             return json_response(doc)
         if decision.degraded:
             raise Problem("backend_unavailable", "Redis unavailable; the policy fails closed",
@@ -164,6 +168,10 @@ class Api:
 
     async def commit(self, request: Request) -> Response:
         req = await read_model(request, m.CommitRequest, self.limit)
+        if req.subject is not None and req.subject.org != req.org:
+            raise Problem("org_mismatch", "subject.org must equal org (the reservation's)",
+                          errors=[{"loc": ["subject", "org"], "msg": "must equal org",
+                                   "type": "org_mismatch"}])
         limiter = self.s.require_limiter()
         subject = req.subject.to_subject() if req.subject is not None else None
         result = await limiter.commit_by_id(req.org, req.reservation_id, req.actual.to_usage(),
@@ -197,25 +205,26 @@ class Api:
         raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
         text = raw.decode("latin-1").split("/v1/status/", 1)[-1]
         try:
-            scope = Scope.parse(unquote(text, errors="strict"))
+            text = unquote(text, errors="strict")
         except UnicodeDecodeError:
-            raise Problem("invalid_input", "the scope is not valid UTF-8") from None
+            raise Problem("invalid_input", "scope: the URL is not valid UTF-8") from None
+        why = scope_error(text)
+        if why is not None:
+            raise Problem("invalid_input", f"scope: {why}")
+        scope = Scope.parse(text)
         limits = await self.s.require_limiter().scope_status(scope)
         return json_response({"scope": str(scope), "limits": [s.to_dict() for s in limits]})
 
     async def effective_policy(self, request: Request) -> Response:
-        q = request.query_params
-        org, agent = q.get("org"), q.get("agent")
-        if not org or not agent:
-            raise Problem("invalid_input", "org and agent are required query parameters")
-        subject = Subject(org, agent, team=q.get("team") or None, user=q.get("user") or None)
+        q = read_query(EFFECTIVE_PARAMS, request.query_params)
+        subject = Subject(q["org"], q["agent"], team=q.get("team"), user=q.get("user"))
         policy = self.s.require_limiter().policy
         return json_response(policy.resolve(subject).to_dict())
 
     async def usage(self, request: Request) -> Response:
         from .reports import usage_report
 
-        doc = await usage_report(self.s, dict(request.query_params))
+        doc = await usage_report(self.s, request.query_params)
         return json_response(doc)
 
     async def healthz(self, request: Request) -> Response:

@@ -19,8 +19,8 @@ from .problems import Problem
 access_log = logging.getLogger("budgetlimiter.server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _ROUTES = frozenset({"/v1/check", "/v1/commit", "/v1/release", "/v1/record", "/v1/check:batch",
-                     "/v1/usage", "/v1/policy/effective", "/healthz", "/readyz", "/metrics",
-                     "/openapi.json"})
+                     "/v1/usage", "/v1/policy/effective", "/v1/ui/tree", "/healthz", "/readyz",
+                     "/metrics", "/openapi.json"})
 
 
 def route_label(path: str) -> str:

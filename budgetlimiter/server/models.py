@@ -3,7 +3,10 @@
 Requests are validated strictly: unknown fields, wrong JSON types (``"5"`` for a count,
 ``true`` for an integer, ``1.5`` tokens), negative amounts and money given as a JSON number are
 all refused with a ``422`` problem before anything reaches Redis. Money is a decimal string in
-USD (``"0.011"``); counts are integers.
+USD (``"0.011"``); counts are integers (a JSON number with no fraction, such as ``3.0``, is
+that integer, as JSON Schema has it). What the published document says is what is enforced:
+ids and their pattern come from :mod:`.params`, and rules JSON Schema cannot state (a subject
+of another org than the reservation's) have their own status code (409 ``org_mismatch``).
 """
 
 from __future__ import annotations
@@ -11,16 +14,50 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from ..subject import Subject
-from ..usage import MAX_AMOUNT, Usage
+from ..usage import Usage
+from .params import ID_PATTERN, MAX_ID, id_error
 
-Id = Annotated[str, Field(min_length=1, max_length=256,
-                          description="Any printable text of 1..256 characters.")]
-Count = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
-Money = Annotated[str, Field(pattern=r"^[0-9]{1,16}(\.[0-9]{1,12})?$",
-                             description="USD as a decimal string, e.g. \"0.011\".",
+#: at most this many tokens, and invocations, in one usage: far beyond any call, and low
+#: enough that no price of a sane policy takes the cost past the ~9 billion USD an amount holds
+MAX_TOKENS = 10**12
+MAX_INVOCATIONS = 10**9
+
+
+def _valid_id(value: str) -> str:
+    why = id_error(value)
+    if why is not None:
+        raise PydanticCustomError("invalid_id", "id {why}", {"why": why})
+    return value
+
+
+def _integral(value: Any) -> Any:
+    """A float without a fraction is that integer (JSON Schema's ``integer``)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# the pattern is published, and enforced by _valid_id (which names the problem invalid_id)
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID, json_schema_extra={
+                   "pattern": ID_PATTERN},
+                          description="1 to 256 characters, no control characters."),
+               AfterValidator(_valid_id)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS), BeforeValidator(_integral)]
+Invocations = Annotated[int, Field(ge=0, le=MAX_INVOCATIONS), BeforeValidator(_integral)]
+Money = Annotated[str, Field(pattern=r"^[0-9]{1,9}(\.[0-9]{1,12})?$",
+                             description="USD as a decimal string, e.g. \"0.011\" (below one "
+                             "billion; fractions of a micro-dollar round up).",
                              examples=["0.011"])]
 MoneyOrCount = Annotated[str | int, Field(
     description="Decimal USD string for the cost metric, an integer otherwise.")]
@@ -45,9 +82,9 @@ class SubjectIn(_In):
 class UsageIn(_In):
     """An estimate or actual usage. ``cost`` (USD) overrides the agent's pricing."""
 
-    input_tokens: Count = 0
-    output_tokens: Count = 0
-    invocations: Count = 1
+    input_tokens: Tokens = 0
+    output_tokens: Tokens = 0
+    invocations: Invocations = 1
     cost: Money | None = None
 
     def to_usage(self) -> Usage:
@@ -71,17 +108,37 @@ class CheckRequest(_In):
     reservation_id: Id | None = None
 
 
+def _commit_schema(schema: dict[str, Any]) -> None:
+    # what JSON Schema can say of "subject or actual.cost"
+    schema["anyOf"] = [
+        {"required": ["subject"], "properties": {"subject": {"type": "object"}}},
+        {"required": ["actual"], "properties": {"actual": {
+            "required": ["cost"], "properties": {"cost": {"type": "string"}}}}},
+    ]
+
+
 class CommitRequest(_In):
     """Replace a reservation's estimate by the actual usage (idempotent by id).
 
     The sidecar keeps no reservation objects, so it needs ``subject`` to price ``actual`` with
-    the agent's pricing, unless ``actual.cost`` is given.
+    the agent's pricing, unless ``actual.cost`` is given. A ``subject`` of another org than
+    ``org`` is answered 409 ``org_mismatch`` (a rule JSON Schema cannot state).
     """
+
+    model_config = ConfigDict(json_schema_extra=_commit_schema)
 
     org: Id
     reservation_id: Id
     actual: UsageIn
     subject: SubjectIn | None = None
+
+    @model_validator(mode="after")
+    def _priced(self) -> CommitRequest:
+        if self.subject is None and self.actual.cost is None:
+            raise PydanticCustomError(
+                "missing", "subject (to price actual with the agent's pricing) or actual.cost "
+                "is required")
+        return self
 
 
 class ReleaseRequest(_In):
@@ -244,6 +301,43 @@ class EffectivePolicyOut(BaseModel):
     subject: SubjectOut
     timezone: str
     scopes: list[EffectiveScopeOut]
+
+
+class TreeNodeOut(BaseModel):
+    scope: str
+    level: Literal["org", "team", "user", "agent"]
+    team: str | None
+    user: str | None
+    agent: str | None
+    parent: str | None
+    limits: list[LimitOut]
+
+
+class AlertDeliveryOut(BaseModel):
+    id: str
+    scope: str
+    metric: str
+    period: str
+    period_id: str
+    threshold: int
+    occurred_ms: int
+    sink: str
+    state: str
+    attempts: int
+    last_error: str
+
+
+class UiTreeOut(BaseModel):
+    """The dashboard's view of one org: every scope with live counters (or declared in the
+    policy), the limits closest to their limit, and with a database the latest alerts."""
+
+    org: str
+    generated_at: float
+    store: bool
+    scopes: list[TreeNodeOut]
+    top: list[LimitOut]
+    alerts: list[AlertDeliveryOut] | None = Field(description="null without a database")
+    alerts_error: str | None
 
 
 class HealthOut(BaseModel):

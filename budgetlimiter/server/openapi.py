@@ -8,13 +8,22 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from . import models as m
+from .params import (
+    CHECK_PARAMS,
+    EFFECTIVE_PARAMS,
+    SCOPE_HELP,
+    SCOPE_SCHEMA,
+    TREE_PARAMS,
+    USAGE_PARAMS,
+    Param,
+)
 from .problems import PROBLEM_MEDIA_TYPE
 
 _REQUESTS: list[type[BaseModel]] = [m.CheckRequest, m.CommitRequest, m.ReleaseRequest,
                                     m.RecordRequest, m.BatchRequest]
 _RESPONSES: list[type[BaseModel]] = [m.DecisionOut, m.SettleOut, m.BatchOut, m.ScopeStatusOut,
-                                     m.UsageOut, m.EffectivePolicyOut, m.HealthOut, m.ReadyOut,
-                                     m.ProblemOut]
+                                     m.UsageOut, m.EffectivePolicyOut, m.UiTreeOut, m.HealthOut,
+                                     m.ReadyOut, m.ProblemOut]
 _REF = "#/components/schemas/{model}"
 
 
@@ -31,10 +40,13 @@ _PROBLEM = {"description": "Error (RFC 9457 problem details; branch on `code`)."
             "content": {PROBLEM_MEDIA_TYPE: {"schema": _ref(m.ProblemOut)}}}
 
 
-def _query(name: str, description: str, *, required: bool = False,
-           schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": required, "description": description,
-            "schema": schema or {"type": "string", "minLength": 1, "maxLength": 256}}
+def _params(params: tuple[Param, ...]) -> list[dict[str, Any]]:
+    return [p.openapi() for p in params]
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": _ref(m.ProblemOut)}}}
 
 
 def _post(op_id: str, summary: str, body: type[BaseModel], out: type[BaseModel],
@@ -62,12 +74,11 @@ def _get(op_id: str, summary: str, out: type[BaseModel], params: list[dict[str, 
 
 _CHECK_EXTRA = {
     "parameters": [
-        _query("http_status", "`true`: a blocked check answers 429 (with Retry-After and "
-               "RateLimit headers) instead of 200 with allowed=false.",
-               schema={"type": "string", "enum": ["true", "false"]}),
+        *_params(CHECK_PARAMS),
         {"name": "Prefer", "in": "header", "required": False,
-         "description": "`budget-status=http` is the same as `?http_status=true`.",
-         "schema": {"type": "string", "enum": ["budget-status=http"]}},
+         "description": "RFC 7240 preferences; `budget-status=http` is the same as "
+         "`?http_status=true` (other preferences are ignored).",
+         "schema": {"type": "string"}},
     ],
     "responses": {
         "200": _json(m.DecisionOut, "The decision (allowed or not)."),
@@ -80,9 +91,7 @@ _CHECK_EXTRA = {
         "default": _PROBLEM,
     },
 }
-
-_DAY = {"type": "string", "format": "date"}
-
+_ORG_MISMATCH = {"409": _problem("`org_mismatch`: the request names two different orgs.")}
 
 def build_openapi(version: str) -> dict[str, Any]:
     """The complete OpenAPI 3.1 document."""
@@ -93,7 +102,9 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/v1/check": _post("check", "Check and reserve (all-or-nothing).", m.CheckRequest,
                            m.DecisionOut, _CHECK_EXTRA),
         "/v1/commit": _post("commit", "Commit actual usage of a reservation (by id).",
-                            m.CommitRequest, m.SettleOut),
+                            m.CommitRequest, m.SettleOut,
+                            {"responses": {"200": _json(m.SettleOut, "OK"), **_ORG_MISMATCH,
+                                           "default": _PROBLEM}}),
         "/v1/release": _post("release", "Release a reservation.", m.ReleaseRequest,
                              m.SettleOut),
         "/v1/record": _post("record", "Record usage without a reservation.", m.RecordRequest,
@@ -103,29 +114,15 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/v1/status/{scope}": _get("scopeStatus", "Live counters of one scope.",
                                    m.ScopeStatusOut, [{
                                        "name": "scope", "in": "path", "required": True,
-                                       "description": "Scope text, URL-encoded, e.g. "
-                                       "org%3Aacme%2Fteam%3Aeng.",
-                                       "schema": {"type": "string", "minLength": 1}}]),
-        "/v1/usage": _get("usage", "Reports from the durable store.", m.UsageOut, [
-            _query("org", "Org id.", required=True),
-            _query("by", "Report kind.", required=True,
-                   schema={"type": "string", "enum": ["agent", "team", "user", "trend"]}),
-            _query("team", "by=user: only this team's users."),
-            _query("scope", "by=trend: the scope (default org:<org>)."),
-            _query("metric", "by=trend: the metric (default cost).",
-                   schema={"type": "string", "enum": ["invocations", "input_tokens",
-                                                      "output_tokens", "total_tokens",
-                                                      "cost"]}),
-            _query("granularity", "by=trend: day (default), week or month.",
-                   schema={"type": "string", "enum": ["day", "week", "month"]}),
-            _query("from", "First day (default: 30 days before `to`).", schema=_DAY),
-            _query("to", "Last day (default: today, UTC).", schema=_DAY),
-        ]),
+                                       "description": "The scope text, URL-encoded (e.g. "
+                                       "org%3Aacme%2Fteam%3Aeng). " + SCOPE_HELP,
+                                       "schema": SCOPE_SCHEMA}]),
+        "/v1/usage": _get("usage", "Reports from the durable store.", m.UsageOut,
+                          _params(USAGE_PARAMS), extra_responses=_ORG_MISMATCH),
         "/v1/policy/effective": _get("effectivePolicy", "What the policy applies to a subject.",
-                                     m.EffectivePolicyOut, [
-            _query("org", "Org id.", required=True), _query("agent", "Agent id.", required=True),
-            _query("team", "Team id."), _query("user", "User id."),
-        ]),
+                                     m.EffectivePolicyOut, _params(EFFECTIVE_PARAMS)),
+        "/v1/ui/tree": _get("uiTree", "The dashboard's view of one org (live counters).",
+                            m.UiTreeOut, _params(TREE_PARAMS)),
         "/healthz": _get("healthz", "Liveness: the process answers.", m.HealthOut, [],
                          public=True),
         "/readyz": _get("readyz", "Readiness: Redis, scripts and policy.", m.ReadyOut, [],
@@ -135,6 +132,12 @@ def build_openapi(version: str) -> dict[str, Any]:
                                                    "content": {"text/plain": {"schema": {
                                                        "type": "string"}}}},
                                            "default": _PROBLEM}}},
+        "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document.",
+                                  "security": [],
+                                  "responses": {"200": {"description": "OpenAPI 3.1.",
+                                                        "content": {"application/json": {
+                                                            "schema": {"type": "object"}}}},
+                                                "default": _PROBLEM}}},
     }
     return {
         "openapi": "3.1.0",

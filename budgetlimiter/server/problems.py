@@ -42,6 +42,7 @@ CODES: dict[str, tuple[int, str]] = {
     "reservation_not_found": (404, "Reservation not found"),
     "reservation_released": (409, "Reservation already released"),
     "reservation_committed": (409, "Reservation already committed"),
+    "org_mismatch": (409, "The request names two different orgs"),
     "method_not_allowed": (405, "Method not allowed"),
     "payload_too_large": (413, "Request body too large"),
     "budget_exceeded": (429, "Budget exceeded"),

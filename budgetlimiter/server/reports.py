@@ -7,24 +7,16 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
-from ..subject import Scope, validate_id
+from ..subject import Scope
 from ..usage import Metric, micros_to_usd
+from .params import USAGE_PARAMS, read_query
 from .problems import Problem
 
 if TYPE_CHECKING:
     from .app import Server
 
-BY = ("agent", "team", "user", "trend")
+#: the longest trend series, in days before ``to``
 MAX_DAYS = 3700
-
-
-def _day(name: str, value: str | None, default: date) -> date:
-    if not value:
-        return default
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise Problem("invalid_input", f"{name} must be a date like 2026-03-01") from None
 
 
 async def _run(fn: Any, *args: Any) -> Any:
@@ -43,51 +35,49 @@ def _money(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for r in rows]
 
 
-async def usage_report(server: Server, q: dict[str, str]) -> dict[str, Any]:
-    """Validate the query, run the report off the event loop, format money as strings."""
-    by = q.get("by", "")
-    if by not in BY:
-        raise Problem("invalid_input", f"by must be one of {', '.join(BY)}")
-    org = validate_id("org", q.get("org") or "")
-    last = _day("to", q.get("to"), datetime.now(timezone.utc).date())
-    try:
-        default_first = last - timedelta(days=30)
-    except OverflowError:  # a 'to' within 30 days of year 1
-        default_first = date.min
-    first = _day("from", q.get("from"), default_first)
-    if first > last:
-        raise Problem("invalid_input", "from is after to")
-    if (last - first).days > MAX_DAYS:
-        raise Problem("invalid_input", f"the range is limited to {MAX_DAYS} days")
+async def usage_report(server: Server, query: Any) -> dict[str, Any]:
+    """Validate the query (a Starlette ``QueryParams``) as the OpenAPI document says, run the
+    report off the event loop, format money as strings.
+
+    A ``from`` after ``to`` is an empty range (no rows, no points); a trend starts at most
+    :data:`MAX_DAYS` days before ``to`` (the answer's ``from`` says where)."""
+    q = read_query(USAGE_PARAMS, query)
+    by, org = q["by"], q["org"]
+    last = date.fromisoformat(q["to"]) if "to" in q else datetime.now(timezone.utc).date()
+    if "from" in q:
+        first = date.fromisoformat(q["from"])
+    else:
+        try:
+            first = last - timedelta(days=30)
+        except OverflowError:  # a 'to' within 30 days of year 1
+            first = date.min
+    scope = Scope.parse(q["scope"]) if "scope" in q else Scope(org)
+    if by == "trend" and scope.org != org:
+        raise Problem("org_mismatch", "scope must be a scope of org",
+                      errors=[{"loc": ["query", "scope"], "msg": "must be a scope of org",
+                               "type": "org_mismatch"}])
+    if by == "trend" and (last - first).days > MAX_DAYS:
+        first = last - timedelta(days=MAX_DAYS)  # later than first: no underflow
     a, b = first.isoformat(), last.isoformat()
     doc: dict[str, Any] = {"org": org, "by": by, "from": a, "to": b, "rows": [], "series": []}
+    store = await server.store()
+    if first > last:
+        return doc
     from ..durable.store import reports
 
     if by == "trend":
-        scope = Scope.parse(q["scope"]) if q.get("scope") else Scope(org)
-        if scope.org != org:
-            raise Problem("invalid_input", "scope must belong to org")
-        try:
-            metric = Metric(q.get("metric") or "cost")
-        except ValueError:
-            raise Problem("invalid_input", "unknown metric") from None
-        granularity = q.get("granularity") or "day"
-        if granularity not in ("day", "week", "month"):
-            raise Problem("invalid_input", "granularity must be day, week or month")
+        metric = Metric(q.get("metric", "cost"))
+        granularity = q.get("granularity", "day")
         week_start = server.require_limiter().policy.week_start_index()
-        store = await server.store()
-        series = await _run(reports.trend, store, scope, metric, granularity,
-                                         a, b, week_start)
+        series = await _run(reports.trend, store, scope, metric, granularity, a, b, week_start)
         doc["series"] = [{"period": p, "value": str(micros_to_usd(v))
                           if metric is Metric.COST else v} for p, v in series]
         return doc
-    store = await server.store()
     if by == "agent":
         rows = await _run(reports.usage_by_agent, store, org, a, b)
     elif by == "team":
         rows = await _run(reports.cost_by_team, store, org, a, b)
     else:
-        team = q.get("team") or None
-        rows = await _run(reports.cost_by_user, store, org, a, b, team)
+        rows = await _run(reports.cost_by_user, store, org, a, b, q.get("team"))
     doc["rows"] = _money(rows)
     return doc

@@ -20,8 +20,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..subject import Scope as BudgetScope
-from ..subject import validate_id
 from .handlers import endpoint, json_response
+from .params import TREE_PARAMS, read_query
 from .problems import Problem
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ async def tree(request: Request) -> Response:
     """``GET /v1/ui/tree?org=``: every scope of the org with its live counters, the top
     consumers, and (with a database) the alert log with delivery states."""
     server: Server = request.app.state.server
-    org = validate_id("org", request.query_params.get("org") or "")
+    org = read_query(TREE_PARAMS, request.query_params)["org"]
     limiter = server.require_limiter()
     scopes = await org_scopes(server, org)
     statuses = await asyncio.gather(*(limiter.scope_status(s) for s in scopes))
