@@ -6,10 +6,13 @@ Every connection gets bounded socket and connect timeouts.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse, urlsplit
+
+from .errors import InvalidInput
 
 DEFAULT_TIMEOUT = 0.05  # seconds; a decision must never hang on a dead Redis
 DEFAULT_CONNECT_TIMEOUT = 0.25
@@ -30,8 +33,22 @@ class Backend:
         return self.kind == "cluster"
 
 
+def _shown(url: str) -> str:
+    """``url`` for an error message: without the password of its user-info part."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url, count=1)
+
+
+def _bad_url(url: str, problem: str) -> InvalidInput:
+    return InvalidInput(f"bad backend URL {_shown(url)[:200]}: {problem}")
+
+
 def parse_backend(url: str) -> Backend:
-    scheme = urlparse(url).scheme
+    """The kind of a backend URL; an unknown scheme, or seed addresses of a Sentinel or
+    Cluster URL that cannot be read, raise :class:`~budgetlimiter.errors.InvalidInput` (a
+    ``ValueError``) naming the problem."""
+    if not isinstance(url, str):
+        raise InvalidInput(f"a backend URL must be a string, got {type(url).__name__}")
+    scheme = urlsplit(url).scheme
     kinds = {
         "redis": "redis", "rediss": "redis", "unix": "redis",
         "redis+sentinel": "sentinel", "rediss+sentinel": "sentinel",
@@ -39,11 +56,42 @@ def parse_backend(url: str) -> Backend:
         "memory": "memory",
     }
     if scheme not in kinds:
-        raise ValueError(
+        raise InvalidInput(
             f"unsupported backend URL scheme {scheme!r}; use redis://, rediss://, unix://, "
             "redis+sentinel://, redis+cluster:// or memory://"
         )
-    return Backend(url, kinds[scheme])
+    kind = kinds[scheme]
+    if kind in ("sentinel", "cluster"):
+        _seeds(url, 26379 if kind == "sentinel" else 6379)
+    return Backend(url, kind)
+
+
+def _seeds(url: str, default_port: int) -> list[tuple[str, int]]:
+    """The ``host:port`` list of a Sentinel or Cluster URL
+    (``scheme://[user:password@]host[:port][,host[:port]...][/...]``; IPv6 in brackets)."""
+    netloc = urlsplit(url).netloc
+    hosts = netloc.rsplit("@", 1)[-1]
+    if not hosts:
+        raise _bad_url(url, "no host: write host:port (several separated by commas)")
+    seeds = []
+    for part in hosts.split(","):
+        m = _SEED.fullmatch(part)
+        if m is None:
+            raise _bad_url(url, f"{part[:60]!r} is not host:port")
+        host = m.group("v6") or m.group("host")
+        port = m.group("port")
+        if port is None or port == "":
+            number = default_port
+        elif not port.isdigit() or not 0 < int(port) < 65536:
+            raise _bad_url(url, f"the port of {part[:60]!r} is not a number from 1 to 65535")
+        else:
+            number = int(port)
+        seeds.append((host, number))
+    return seeds
+
+
+#: one seed: a host name or IPv4 address, or an IPv6 address in brackets, and a port
+_SEED = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s\[\]:/,@]+))(?::(?P<port>[^:]*))?")
 
 
 def _memory_server(url: str) -> Any:
@@ -76,15 +124,7 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
     the ``ssl_*`` query options.
     """
     parsed = urlparse(url)
-    hosts = []
-    for part in parsed.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = part.partition(":")
-        if not host:
-            raise ValueError("a redis+sentinel:// URL needs host:port of each sentinel")
-        try:
-            hosts.append((host, int(port or 26379)))
-        except ValueError:
-            raise ValueError(f"bad sentinel port {port[:20]!r}") from None
+    hosts = _seeds(url, 26379)
     service = parsed.path.strip("/").split("/")[0] or "mymaster"
     kwargs: dict[str, Any] = {}
     if parsed.password:
@@ -93,6 +133,8 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
         kwargs["username"] = unquote(parsed.username)
     query = parse_qs(parsed.query)
     if "db" in query:
+        if not query["db"][0].isdigit():
+            raise _bad_url(url, f"db must be a number, got {query['db'][0][:20]!r}")
         kwargs["db"] = int(query["db"][0])
     if parsed.scheme.startswith("rediss"):
         kwargs["ssl"] = True
@@ -133,13 +175,7 @@ def _connect(url: str, timeout: float, connect_timeout: float, *, asyncio: bool)
         server = _memory_server(url)
         return (fakeredis.FakeAsyncRedis if asyncio else fakeredis.FakeRedis)(server=server)
     if backend.kind == "cluster":
-        if asyncio:
-            from redis.asyncio.cluster import RedisCluster as AsyncCluster
-
-            return AsyncCluster.from_url(url.replace("+cluster", "", 1), **opts)
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
+        return _cluster(url, opts, asyncio=asyncio)
     if backend.kind == "sentinel":
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
         from redis.sentinel import Sentinel
@@ -153,9 +189,38 @@ def _connect(url: str, timeout: float, connect_timeout: float, *, asyncio: bool)
     import redis
     import redis.asyncio
 
+    try:
+        if asyncio:
+            return hiredis_packing(redis.asyncio.Redis.from_url(url, **opts))
+        return redis.Redis.from_url(url, **opts)
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise _bad_url(url, str(exc)[:200]) from None
+
+
+def _cluster(url: str, opts: dict[str, Any], *, asyncio: bool) -> Any:
+    """A cluster client that knows every seed of ``redis+cluster://h1:p1,h2:p2,.../``: it
+    discovers the cluster from the first one that answers, so it starts while any seed (all
+    but one) is down. redis-py takes one seed from the URL (and tries it last) and the others
+    as ``startup_nodes``: the URL gets the last seed, so they are tried in the URL's order."""
+    seeds = _seeds(url, 6379)
+    parts = urlsplit(url.replace("+cluster", "", 1))
+    user = parts.netloc.rpartition("@")[0]
+    host, port = seeds[-1]
+    last = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    one = parts._replace(netloc=f"{user}@{last}" if user else last).geturl()
+    node: Any
+    factory: Any
     if asyncio:
-        return hiredis_packing(redis.asyncio.Redis.from_url(url, **opts))
-    return redis.Redis.from_url(url, **opts)
+        from redis.asyncio.cluster import ClusterNode as node
+        from redis.asyncio.cluster import RedisCluster as factory
+    else:
+        from redis.cluster import ClusterNode as node
+        from redis.cluster import RedisCluster as factory
+    nodes = [node(h, p) for h, p in seeds[:-1]]
+    try:
+        return factory.from_url(one, startup_nodes=nodes or None, **opts)
+    except ValueError as exc:
+        raise _bad_url(url, str(exc)[:200]) from None
 
 
 _FAST_CLASSES: dict[type, type] = {}

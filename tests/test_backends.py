@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,35 @@ def test_backend_urls(url, kind):
 def test_unknown_scheme_is_a_clear_error():
     with pytest.raises(ValueError, match="unsupported backend URL scheme 'http'"):
         parse_backend("http://localhost")
+
+
+def test_cluster_and_sentinel_urls_take_several_seeds():
+    from budgetlimiter.backends import _seeds
+
+    assert _seeds("redis+cluster://u:p@h1:7000,h2:7001,[::1]:7002/0", 6379) == [
+        ("h1", 7000), ("h2", 7001), ("::1", 7002)]
+    assert _seeds("redis+cluster://h1,h2:7001", 6379) == [("h1", 6379), ("h2", 7001)]
+    assert _seeds("redis+sentinel://s1,s2:26380/mymaster", 26379) == [
+        ("s1", 26379), ("s2", 26380)]
+
+
+@pytest.mark.parametrize("url,problem", [
+    ("redis+cluster://h1:7000,h2:70x0", "the port of 'h2:70x0' is not a number"),
+    ("redis+cluster://h1:7000,,h3:7000", "'' is not host:port"),
+    ("redis+cluster://h1:99999", "the port of 'h1:99999' is not a number from 1 to 65535"),
+    ("redis+cluster:///0", "no host"),
+    ("redis+sentinel://user:s3cret@s1:2637x/mymaster", "the port of 's1:2637x'"),
+    ("redis+sentinel://s1:26379/mymaster?db=x", "db must be a number"),
+    ("redis://127.0.0.1:abc/0", "bad backend URL redis://127.0.0.1:abc/0"),
+])
+def test_an_unreadable_url_is_one_clear_error(url, problem):
+    """Refused before any connection: InvalidInput (a ValueError) naming what is wrong, and
+    never the password."""
+    from budgetlimiter.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=re.escape(problem)) as err:
+        BudgetLimiter(parse_policy(BASIC), url, timeout=0.1)
+    assert "s3cret" not in str(err.value)
 
 
 @pytest.mark.redis

@@ -80,6 +80,38 @@ def test_reconciler_flushes_and_restores_on_a_cluster(limiter, cluster, make_sto
         assert org.used == 1000
 
 
+@pytest.mark.parametrize("dead_at", [0, 1, 3])
+def test_several_seeds_start_while_one_is_down(cluster, clock, dead_at):
+    """``redis+cluster://h1:p1,h2:p2,...``: the client discovers the cluster from the first
+    seed that answers, sync and asyncio, wherever the dead seed stands in the list."""
+    import asyncio
+
+    from budgetlimiter import AsyncBudgetLimiter
+
+    from .servers import free_port
+
+    cluster.flushall()
+    seeds = [f"127.0.0.1:{n.port}" for n in cluster.nodes[:3]]
+    seeds.insert(dead_at, f"127.0.0.1:{free_port()}")  # nothing listens there
+    url = "redis+cluster://" + ",".join(seeds) + "/0"
+    s = Subject("acme", "gpt", team="eng", user="alice")
+    bl = BudgetLimiter(parse_policy(DEFAULTS_ONLY), url, clock=clock, timeout=2)
+    try:
+        assert bl.engine.cluster
+        assert bl.check(s, Usage(input_tokens=10)).allowed
+    finally:
+        bl.close()
+
+    async def main() -> bool:
+        abl = AsyncBudgetLimiter(parse_policy(DEFAULTS_ONLY), url, clock=clock, timeout=2)
+        try:
+            return (await abl.check(s, Usage(input_tokens=10))).allowed
+        finally:
+            await abl.aclose()
+
+    assert asyncio.run(main())
+
+
 def test_async_client_coalesces_on_a_cluster(cluster, clock):
     import asyncio
 
