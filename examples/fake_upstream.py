@@ -6,6 +6,10 @@ directory (``openai_chat_completion.json``, ``openai_chat_stream.json``,
 of events, sent as server-sent events when the request says ``"stream": true``). Like OpenAI,
 a chat stream carries the final usage chunk only with ``stream_options.include_usage``. Every
 request body is kept in ``app.state.requests``. For tests and local demos of the proxy.
+
+A request whose ``metadata`` says ``{"fake_upstream": "reset_after=N"}`` gets a stream that
+breaks after N events: the connection is dropped in the middle of the body, as when a
+provider's connection is reset.
 """
 
 from __future__ import annotations
@@ -42,8 +46,13 @@ def create_upstream(payloads: Path = PAYLOADS) -> Starlette:
         if base == "openai_chat" and not (body.get("stream_options") or {}).get("include_usage"):
             events = [e for e in events if e["choices"]]
 
+        hint = str((body.get("metadata") or {}).get("fake_upstream", ""))
+        reset_after = int(hint.split("=", 1)[1]) if hint.startswith("reset_after=") else -1
+
         async def sse() -> AsyncIterator[bytes]:
-            for event in events:
+            for i, event in enumerate(events):
+                if i == reset_after:  # the server drops the connection mid-body
+                    raise ConnectionResetError("fake upstream: connection reset mid-stream")
                 head = f"event: {event['type']}\n" if "type" in event else ""
                 yield f"{head}data: {json.dumps(event)}\n\n".encode()
             if base == "openai_chat":

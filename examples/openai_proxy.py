@@ -5,7 +5,10 @@ Each proxy API key maps to an org / team / user; the requested ``model`` is the 
 the request body (prompt size + ``max_*tokens``), checks and reserves it on every scope of the
 hierarchy in one Redis round trip, forwards the request upstream, and commits the usage the
 upstream reports (streamed or not). A denied request gets ``429`` with a JSON body naming the
-scope and limit that blocked it and ``retry_after``; it never reaches the upstream.
+scope and limit that blocked it (with what the request needed: ``limit.requested``) and
+``retry_after``; it never reaches the upstream. When the upstream connection breaks in the
+middle of a stream, the client's stream ends with an error event the OpenAI SDKs raise as an
+``APIError`` (``data: {"error": {...}}``), what was streamed is billed, and one line is logged.
 
 Run it (the fake upstream in ``fake_upstream.py`` stands in for a provider)::
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import logging
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -44,6 +49,8 @@ from budgetlimiter.errors import InvalidInput
 from budgetlimiter.estimate import estimate_openai_chat, estimate_openai_responses
 from budgetlimiter.extract import extract_usage
 from budgetlimiter.streaming import guarded_astream
+
+log = logging.getLogger("budgetlimiter.examples.openai_proxy")
 
 #: proxy API key -> (org, team, user); in production: a database or your gateway's auth
 KEYS: dict[str, tuple[str, str | None, str | None]] = {
@@ -149,7 +156,8 @@ def create_app(limiter: AsyncBudgetLimiter, upstream: str, *,
             await reply.aclose()
             await chunks.aclose()  # nothing consumed: released
             raise UpstreamError(reply.status_code, content)
-        return StreamingResponse(chunks, media_type="text/event-stream")
+        return StreamingResponse(relay_to_client(subject, chunks),
+                                 media_type="text/event-stream")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -159,6 +167,34 @@ def create_app(limiter: AsyncBudgetLimiter, upstream: str, *,
 
     return Starlette(routes=[Route(path, proxy, methods=["POST"]) for path in ESTIMATORS],
                      lifespan=lifespan)
+
+
+def sse_error(message: str, code: str) -> bytes:
+    """An error event as the OpenAI SDKs read it in a stream: they raise ``APIError`` with
+    ``message`` for a ``data:`` payload whose ``error`` member is an object."""
+    error = {"message": message, "type": "upstream_error", "code": code}
+    return f"data: {json.dumps({'error': error})}\n\n".encode()
+
+
+async def relay_to_client(subject: Subject, chunks: Any) -> AsyncIterator[bytes]:
+    """The guarded upstream stream, to the client. An upstream that breaks mid-stream (reset,
+    timeout, truncated body) ends the client's stream with an error event instead of a broken
+    connection; the guard has committed what was streamed by then (reported usage, else the
+    estimate's input and the output counted from the chunks)."""
+    sent = 0
+    try:
+        async for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+    except httpx.HTTPError as exc:
+        result = chunks.result
+        cost = result.cost_usd if result is not None else None
+        log.warning("upstream stream for %s broke after %d bytes (%s: %s); billed %s USD",
+                    subject, sent, type(exc).__name__, str(exc)[:200] or "no detail", cost)
+        yield sse_error("the upstream connection was lost in the middle of the stream; what "
+                        "was streamed is billed", "upstream_stream_interrupted")
+    finally:
+        await chunks.aclose()
 
 
 async def relay(reply: httpx.Response) -> AsyncIterator[bytes]:

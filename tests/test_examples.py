@@ -145,6 +145,8 @@ def test_proxy_enforces_team_budget_and_counts_exactly_what_upstream_reported(
             assert err["limit"]["metric"] == "cost" and err["limit"]["period"] == "day"
             assert Decimal(err["limit"]["limit"]) == Decimal("0.02")
             assert Decimal(err["limit"]["used"]) == Decimal(spent).scaleb(-6)
+            assert Decimal(err["limit"]["requested"]) == Decimal(chat_estimate).scaleb(-6)
+            assert "requested" in err["message"]
             assert err["retry_after"] > 0 and int(r.headers["Retry-After"]) >= 1
             assert "org:acme/team:eng" in err["message"]
             assert len(upstream.app.state.requests) == forwarded  # never forwarded
@@ -206,3 +208,59 @@ def test_proxy_counts_streams_without_usage_and_releases_upstream_errors(
         assert team["input_tokens"].used == usage["input_tokens"]
 
     asyncio.run(scenario())
+
+
+def sse_events(text: str) -> list[dict]:
+    """The JSON ``data:`` payloads of an SSE body, as an OpenAI SDK reads them."""
+    return [json.loads(line[6:]) for line in text.splitlines()
+            if line.startswith("data: ") and line[6:].strip() != "[DONE]"]
+
+
+def test_proxy_ends_a_stream_the_upstream_broke_with_an_error_event_and_bills_it(
+        fresh_redis, clock, upstream, caplog):
+    """The upstream drops the connection after 3 events: the client's stream ends with an
+    error event the OpenAI SDK raises as APIError, what was streamed is committed (the
+    estimate's input, the output counted from the streamed text), and the proxy logs one
+    line, not a traceback."""
+    from budgetlimiter.streaming import StreamUsage
+
+    proxy_module = example("openai_proxy")
+    body = {**CHAT, "stream": True, "metadata": {"fake_upstream": "reset_after=3"}}
+    streamed = load("openai_chat_stream")[:3]
+    expected = StreamUsage(estimate_openai_chat(body))
+    for event in streamed:
+        expected.feed_event(event)
+    usage = expected.usage(completed=False)
+
+    async def scenario() -> None:
+        limiter = AsyncBudgetLimiter(parse_policy(POLICY), fresh_redis.url, clock=clock,
+                                     timeout=2)
+        async with httpx.AsyncClient(base_url=upstream.url) as http, \
+                httpx.AsyncClient(base_url="http://proxy", transport=httpx.ASGITransport(
+                    app=proxy_module.create_app(limiter, upstream.url, http=http))) as client:
+            with caplog.at_level("INFO"):
+                r = await client.post("/v1/chat/completions", headers=ALICE, json=body)
+            assert r.status_code == 200 and r.headers["content-type"].startswith(
+                "text/event-stream")
+            events = sse_events(r.text)
+            assert events[:3] == streamed  # relayed unchanged up to the break
+            error = events[-1]["error"]  # the SDK: data.get("error") -> APIError(message)
+            assert len(events) == 4 and isinstance(error, dict)
+            assert isinstance(error["message"], str) and "lost" in error["message"]
+            assert error["code"] == "upstream_stream_interrupted"
+            assert r.text.endswith("\n\n") and "[DONE]" not in r.text
+            team = {s.metric.value: s for s in await limiter.scope_status("org:acme/team:eng")}
+        await limiter.aclose()
+        assert (team["input_tokens"].used, team["output_tokens"].used) == (
+            usage.input_tokens, usage.output_tokens)
+        assert usage.output_tokens > 0 and team["cost"].reserved == 0
+        assert team["cost"].used == estimated_cost("gpt-4o", usage)
+
+    asyncio.run(scenario())
+    proxy_lines = [r for r in caplog.records if r.name == "budgetlimiter.examples.openai_proxy"]
+    assert len(proxy_lines) == 1 and proxy_lines[0].levelname == "WARNING"
+    assert proxy_lines[0].exc_info is None
+    assert "broke after" in proxy_lines[0].getMessage()
+    assert "billed 0.00" in proxy_lines[0].getMessage()
+    tracebacks = [r for r in caplog.records if r.exc_info and "proxy" in r.name]
+    assert not tracebacks
