@@ -82,6 +82,7 @@ def test_a_rate_limit_reports_its_rate_and_its_burst(make_limiter):
     (status,) = bl.scope_status("org:acme")
     assert (status.limit, status.burst, status.taken, status.used, status.reserved) == (
         20, 40, 40, 40, 0)
+    assert status.state == "blocked"  # a full bucket: the next request would wait
     doc = status.to_dict()
     assert (doc["limit"], doc["burst"], doc["remaining"]) == (20, 40, 0)
     # the effective policy says the same: limit 20 per second, burst 40

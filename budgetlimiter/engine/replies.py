@@ -86,10 +86,11 @@ class ReplyReader:
             ahead_us = vals[pos]
             pos += 1
             taken = min(burst, math.ceil(ahead_us / interval)) if ahead_us > 0 else 0
+            # a full bucket in a status read: the next request would wait (as for budgets)
+            full = j == blocker or (status_read and taken >= burst)
             out.append(LimitStatus(scope, "rate", metric, period, "hard", rate, taken,
                                    taken if split else None, 0 if split else None, 0, None,
-                                   "blocked" if j == blocker else "ok", origin, amounts[mi],
-                                   burst))
+                                   "blocked" if full else "ok", origin, amounts[mi], burst))
         return out
 
 

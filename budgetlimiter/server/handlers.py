@@ -210,7 +210,8 @@ class Api:
             raise Problem("invalid_input", "scope: the URL is not valid UTF-8") from None
         why = scope_error(text)
         if why is not None:
-            raise Problem("invalid_input", f"scope: {why}")
+            raise Problem("invalid_input", f"scope: {why}", errors=[
+                {"loc": ["path", "scope"], "msg": why, "type": "invalid_input"}])
         scope = Scope.parse(text)
         limits = await self.s.require_limiter().scope_status(scope)
         return json_response({"scope": str(scope), "limits": [s.to_dict() for s in limits]})
