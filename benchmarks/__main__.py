@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import realistic, report, scenarios
 from . import references as refs
-from . import report, scenarios
 from .common import Result, set_mark_hook
 from .server import RedisServer
 
@@ -109,6 +109,11 @@ ENTRIES: list[Entry] = [
     Entry("raw-async-64", True, lambda c: [refs.bench_raw_async(c.url, c.seconds, 64)],
           _one("raw-async-64")),
     Entry("limits", True, lambda c: [refs.bench_limits(c.url, c.seconds)], _one("limits")),
+    Entry("limits-async-64", True,
+          lambda c: [realistic.bench_limits_async(c.url, c.seconds, 64)],
+          _one("limits-async-64")),
+    Entry("async-64-mixed", True, lambda c: [realistic.bench_async_mixed(c.url, c.seconds, 64)],
+          _one("async-64-mixed")),
     Entry("scan", True, _scan,
           lambda quick: [f"depth-{d}" for d in _scan_depths(quick)] + ["many-policies"]),
 ]
