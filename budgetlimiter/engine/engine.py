@@ -199,8 +199,7 @@ class Engine:
         reservation = None
         if not dry_run:
             now = self.now()
-            rid = call.keys[1].rsplit(":r:", 1)[1]
-            reservation = Reservation(id=rid, subject=subject,
+            reservation = Reservation(id=call.reservation_id, subject=subject,
                                       estimate=self.planners.core.amounts(subject, estimate),
                                       created_ms=now, expires_ms=now, local=True)
         return Decision(allowed=True, subject=subject, reservation=reservation, limits=(),

@@ -393,7 +393,7 @@ class Core:
         def parse(reply: Any) -> Decision:
             return _decision(subject, reservation, reader, now_ms, reply, dry_run)
 
-        return ScriptCall("check", keys, args, parse, org, t.budget_keys)
+        return ScriptCall("check", keys, args, parse, org, t.budget_keys, rid)
 
     # status ------------------------------------------------------------------------
     def plan_status(self, subject: Subject, now_ms: int) -> ScriptCall:
