@@ -35,11 +35,10 @@ from .leases import LeaseConfig, LeaseTable
 from .outage import UNAVAILABLE, Deferred, OutageQueue
 from .planner import Core
 from .settle_plan import SettlePlanner, dirty_follow_up
-from .transport import Transport, same_call, skewed
+from .transport import Clock, Transport, same_call, skewed
 
 log = logging.getLogger("budgetlimiter")
 
-Clock = Callable[[], int]
 #: how far a client's clock may be from Redis's before it is corrected (seconds)
 DEFAULT_CLOCK_TOLERANCE = 1.0
 
