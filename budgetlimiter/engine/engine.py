@@ -35,7 +35,8 @@ from .leases import LeaseConfig, LeaseTable
 from .outage import UNAVAILABLE, Deferred, OutageQueue
 from .planner import Core
 from .settle_plan import SettlePlanner, dirty_follow_up
-from .transport import Clock, Transport, same_call, skewed
+from .transport import Clock as Clock  # re-exported: the clients and the server name it
+from .transport import Transport, same_call, skewed
 
 log = logging.getLogger("budgetlimiter")
 
