@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ReservationExists
 from ..policy import LimitSpec, Mode, Policy, RateSpec, Rollover, ScopeLimits
 from ..policy.periods import PeriodKind, Window, previous_window, window_at
 from ..results import (
@@ -376,7 +376,7 @@ class Core:
             now_ms,
             0 if dry_run else expires,
             ttl_ms + self.idempotency_ms,
-            1 if dry_run else 0,
+            1 if dry_run else (2 if reservation_id is not None else 0),
             self.keys.reservation_prefix(org),
             plan,
             len(t.budgets),
@@ -431,6 +431,11 @@ def _decision(subject: Subject, reservation: Reservation | None, reader: _ReplyR
               now_ms: int, reply: Any, status_read: bool) -> Decision:
     """The decision of a check (or status read) reply; see ``lua/check.lua``."""
     vals = [int(v) for v in reply]
+    if vals[0] == -5:
+        assert reservation is not None
+        raise ReservationExists(
+            f"reservation id {reservation.id!r} is already in use (a check with it was made; "
+            "commit or release that reservation, or check under a new id)")
     allowed = vals[0] == 1
     blocker = vals[1]
     statuses = reader.statuses(vals, blocker, status_read)
