@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from ..errors import InvalidInput
 from ..policy.envoy import HITS_METRICS, EnvoyMapping
-from ..subject import Subject, validate_reservation_id
+from ..subject import MAX_ID_LENGTH, Subject, validate_reservation_id
 from ..usage import Usage
 
 Phase = Literal["request", "stream_done"]
@@ -42,6 +42,12 @@ LEVELS: tuple[str, ...] = ("team", "user", "agent")
 #: more descriptors, or entries in one, than any real route produces
 MAX_DESCRIPTORS = 64
 MAX_ENTRIES = 64
+#: validated subjects and usages, reused: a gateway asks for the same few again and again
+#: (a Subject validates every character of its ids; cleared when full, like the policy memo)
+_MEMO_SIZE = 50_000
+_subjects: dict[tuple[str, str, str | None, str | None], Subject] = {}
+_usages: dict[tuple[int, int, int, int | None], Usage] = {}
+_roles_memo: dict[int, tuple[EnvoyMapping, dict[str, str]]] = {}
 
 
 class InvalidRequest(InvalidInput):
@@ -65,6 +71,17 @@ class Call:
 
 def _roles(mapping: EnvoyMapping) -> dict[str, str]:
     """descriptor key -> role (org, team, user, agent, request_id, metric, phase)."""
+    hit = _roles_memo.get(id(mapping))
+    if hit is not None and hit[0] is mapping:
+        return hit[1]
+    if len(_roles_memo) > 64:
+        _roles_memo.clear()
+    roles = _build_roles(mapping)
+    _roles_memo[id(mapping)] = (mapping, roles)
+    return roles
+
+
+def _build_roles(mapping: EnvoyMapping) -> dict[str, str]:
     entries = mapping.entries
     roles = {"phase": mapping.stream_done.key}
     for role in ("org", "team", "user", "agent", "request_id", "metric"):
@@ -143,14 +160,15 @@ class _Reader:
                 "metric")
         self.amounts[metric] = hits
 
-    def entry(self, role: str, what: str) -> str | None:
+    def request_id(self, what: str) -> str | None:
+        role = "request_id"
         value = self.values.get(role)
         if value is None:
             return None
+        if len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable():
+            return value  # (the common case, without the per-character check)
         try:
-            if role == "request_id":
-                return validate_reservation_id(value)
-            return value
+            return validate_reservation_id(value)
         except InvalidInput as exc:
             raise InvalidRequest(f"entry {self._key(role)!r} ({what}): {exc}") from None
 
@@ -180,7 +198,7 @@ def parse_request(request: Any, mapping: EnvoyMapping) -> Call:
     phase = _phase(reader, mapping)
     subject = _subject(reader, mapping)
     usage = _usage(reader.amounts, mapping, phase)
-    request_id = reader.entry("request_id", "the request id")
+    request_id = reader.request_id("the request id")
     return Call(phase, subject, usage, request_id, tuple(reader.covers))
 
 
@@ -203,11 +221,17 @@ def _subject(reader: _Reader, mapping: EnvoyMapping) -> Subject:
     if agent is None:
         raise InvalidRequest(f"no descriptor carries the agent entry {mapping.entries.agent!r}"
                              " and the mapping has no default_agent")
-    try:
-        return Subject(org, agent, team=reader.values.get("team"),
-                       user=reader.values.get("user"))
-    except InvalidInput as exc:
-        raise InvalidRequest(f"invalid subject in the descriptors: {exc}") from None
+    key = (org, agent, reader.values.get("team"), reader.values.get("user"))
+    subject = _subjects.get(key)
+    if subject is None:
+        try:
+            subject = Subject(org, agent, team=key[2], user=key[3])
+        except InvalidInput as exc:
+            raise InvalidRequest(f"invalid subject in the descriptors: {exc}") from None
+        if len(_subjects) >= _MEMO_SIZE:
+            _subjects.clear()
+        _subjects[key] = subject
+    return subject
 
 
 def _usage(amounts: dict[str, int], mapping: EnvoyMapping, phase: Phase) -> Usage:
@@ -220,13 +244,19 @@ def _usage(amounts: dict[str, int], mapping: EnvoyMapping, phase: Phase) -> Usag
     else:
         inp, out = split_tokens(amounts.get("input_tokens"), amounts.get("output_tokens"),
                                 amounts.get("total_tokens"))
-    cost = None
-    if "micro_usd" in amounts:
-        cost = Decimal(amounts["micro_usd"]).scaleb(-6)
-    try:
-        return Usage(inp, out, amounts.get("requests", 1), cost)
-    except InvalidInput as exc:
-        raise InvalidRequest(f"usage out of range: {exc}") from None
+    micros = amounts.get("micro_usd")
+    key = (inp, out, amounts.get("requests", 1), micros)
+    usage = _usages.get(key)
+    if usage is None:
+        cost = None if micros is None else Decimal(micros).scaleb(-6)
+        try:
+            usage = Usage(inp, out, key[2], cost)
+        except InvalidInput as exc:
+            raise InvalidRequest(f"usage out of range: {exc}") from None
+        if len(_usages) >= _MEMO_SIZE:
+            _usages.clear()
+        _usages[key] = usage
+    return usage
 
 
 def split_tokens(inp: int | None, out: int | None, total: int | None) -> tuple[int, int]:

@@ -22,8 +22,10 @@ from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf import duration_pb2
 
 from ..results import Decision, LimitStatus
+from ..subject import Scope
 from .mapping import Call, covered
 
 Response = rls_pb2.RateLimitResponse
@@ -39,23 +41,33 @@ WINDOW: dict[str, int] = {
     "per second": 1, "per minute": 60, "per hour": 3600,
 }
 UINT32_MAX = 2**32 - 1
+#: per scope / limit identity, computed once (scopes repeat from call to call)
+_MEMO_SIZE = 50_000
+_levels_memo: dict[Scope, tuple[str, ...]] = {}
+_names: dict[tuple[Scope, str, str], str] = {}
 
 
 def _levels(status: LimitStatus) -> tuple[str, ...]:
     scope = status.scope
-    return tuple(level for level in ("team", "user", "agent")
-                 if getattr(scope, level) is not None)
-
-
-def _share_left(status: LimitStatus) -> float:
-    return status.remaining / status.limit if status.limit > 0 else 0.0
+    levels = _levels_memo.get(scope)
+    if levels is None:
+        levels = tuple(level for level in ("team", "user", "agent")
+                       if getattr(scope, level) is not None)
+        if len(_levels_memo) >= _MEMO_SIZE:
+            _levels_memo.clear()
+        _levels_memo[scope] = levels
+    return levels
 
 
 def binding(limits: Sequence[LimitStatus]) -> LimitStatus | None:
     """The limit closest to refusing: hard limits first, then the smallest share left."""
-    if not limits:
-        return None
-    return min(limits, key=lambda s: (s.mode != "hard", _share_left(s)))
+    best: LimitStatus | None = None
+    best_key = (True, 2.0)
+    for s in limits:
+        key = (s.mode != "hard", s.remaining / s.limit if s.limit > 0 else 0.0)
+        if key < best_key:
+            best, best_key = s, key
+    return best
 
 
 def until_reset(status: LimitStatus, decision: Decision, now_ms: int) -> int:
@@ -75,20 +87,29 @@ def until_reset(status: LimitStatus, decision: Decision, now_ms: int) -> int:
 
 def limit_name(status: LimitStatus) -> str:
     """``org:acme/team:eng|cost|day``: the limit's identity, printable ASCII."""
-    text = f"{status.scope}|{status.metric.value}|{status.period}"
-    return "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    key = (status.scope, status.metric.value, status.period)
+    name = _names.get(key)
+    if name is None:
+        text = f"{status.scope}|{status.metric.value}|{status.period}"
+        name = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+        if len(_names) >= _MEMO_SIZE:
+            _names.clear()
+        _names[key] = name
+    return name
 
 
 def _status(code: int, limit: LimitStatus | None, decision: Decision,
             now_ms: int) -> Any:
-    status = Response.DescriptorStatus(code=code)
-    if limit is not None:
-        status.current_limit.name = limit_name(limit)
-        status.current_limit.requests_per_unit = min(limit.limit, UINT32_MAX)
-        status.current_limit.unit = UNITS.get(limit.period, _Unit.UNKNOWN)
-        status.limit_remaining = min(limit.remaining, UINT32_MAX)
-        status.duration_until_reset.seconds = until_reset(limit, decision, now_ms)
-    return status
+    if limit is None:
+        return Response.DescriptorStatus(code=code)
+    return Response.DescriptorStatus(
+        code=code,
+        current_limit=_Unit(name=limit_name(limit),
+                            requests_per_unit=min(limit.limit, UINT32_MAX),
+                            unit=UNITS.get(limit.period, _Unit.UNKNOWN)),
+        limit_remaining=min(limit.remaining, UINT32_MAX),
+        duration_until_reset=duration_pb2.Duration(
+            seconds=until_reset(limit, decision, now_ms)))
 
 
 def _header(key: str, value: str) -> Any:
@@ -140,15 +161,16 @@ def decision_response(decision: Decision, call: Call, now_ms: int) -> Any:
     statuses = []
     nobody_covers_blocker = blocked is not None and not any(
         covered(_levels(blocked), levels) for levels in call.covers)
+    whole = blocked if blocked is not None else binding(limits)
     for levels in call.covers:
         if blocked is not None and (nobody_covers_blocker
                                     or covered(_levels(blocked), levels)):
             statuses.append(_status(over, blocked, decision, now_ms))
             continue
-        mine = binding([s for s in limits if covered(_levels(s), levels)])
+        mine = [s for s in limits if covered(_levels(s), levels)]
         code = ok if decision.allowed else over if blocked is None else ok
-        statuses.append(_status(code, mine, decision, now_ms))
-    whole = blocked if blocked is not None else binding(limits)
+        statuses.append(_status(code, whole if len(mine) == len(limits) and blocked is None
+                                else binding(mine), decision, now_ms))
     response = Response(overall_code=ok if decision.allowed else over, statuses=statuses,
                         response_headers_to_add=headers(decision, whole, now_ms))
     if not decision.allowed:
