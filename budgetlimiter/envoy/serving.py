@@ -5,6 +5,7 @@ its own (:func:`serve_grpc`) or inside the HTTP sidecar's event loop (:func:`sid
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from .service import SERVICE_NAME, RateLimitServicer, add_ratelimit_servicer
 if TYPE_CHECKING:
     from ..server.app import Server
 
+log = logging.getLogger("budgetlimiter.envoy")
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -66,6 +68,8 @@ async def serve_grpc(limiter: AsyncBudgetLimiter, *, host: str = "127.0.0.1", po
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, _SERVING)
+    log.info("envoy rate limit service started", extra={"grpc": f"{host}:{bound}",
+                                                        "auth": bool(tokens)})
     return GrpcService(server, servicer, health_servicer, bound)
 
 
