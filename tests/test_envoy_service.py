@@ -158,6 +158,17 @@ def test_a_refused_request_counts_nothing_at_stream_done(start: Start) -> None:
     assert svc.limits(ALICE) == {TEAM: (0, 2000), USER: (0, 2000)}
 
 
+def test_a_request_id_is_checked_once(start: Start) -> None:
+    svc = start()
+    assert svc.call(descriptor(**entries(rid="d1"))).overall_code == OK
+    again = rpc_error(lambda: svc.call(descriptor(**entries(rid="d1"))))
+    assert again.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "already checked" in (again.details() or "")
+    assert svc.limits(ALICE) == {TEAM: (0, 1000), USER: (0, 1000)}  # one reservation
+    svc.call(*done(rid="d1", output_tokens=10))
+    assert svc.limits(ALICE) == {TEAM: (10, 0), USER: (10, 0)}
+
+
 def test_soft_limits_answer_ok_and_count(start: Start) -> None:
     svc = start()
     carol = Subject("acme", "gpt", team="eng", user="carol")

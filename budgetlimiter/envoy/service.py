@@ -39,14 +39,16 @@ from ..server.auth import allowed, find_token
 from ..server.config import Token
 from ..subject import Subject
 from ..usage import Usage
-from .mapping import Call, parse_request
+from .mapping import Call, InvalidRequest, parse_request
 from .response import decision_response, ok_response
 
 log = logging.getLogger("budgetlimiter.envoy")
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
-#: request ids refused at request time, remembered so that their stream-done call (Envoy
-#: sends one for a refused request too when its hits_addend is a number) counts nothing
-DENIED_MEMORY = 65_536
+#: request ids checked at request time, remembered (the oldest forgotten first): a second
+#: request-time call with an id is refused (a second reservation under one id would replace
+#: the first, whose estimate would then never be refunded), and the stream-done call of a
+#: refused request (Envoy sends one when its hits_addend is a number) counts nothing
+SEEN_MEMORY = 131_072
 #: stream-done commits kept for retry while Redis is unreachable
 RETRY_LIMIT = 100_000
 
@@ -114,7 +116,7 @@ class RateLimitServicer:
         self.mapping = mapping
         self.tokens = tuple(tokens)
         self.retries = _Retries(limiter)
-        self._denied: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], bool] = OrderedDict()  # -> admitted
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def current_mapping(self) -> EnvoyMapping:
@@ -154,14 +156,25 @@ class RateLimitServicer:
                                 "write token")
 
     async def _request_time(self, call: Call) -> Any:
-        limiter = self.limiter
-        decision = await limiter.check(call.subject, call.usage,
-                                       reservation_id=call.request_id)
-        if call.request_id is None:
+        limiter, rid = self.limiter, call.request_id
+        key = (call.subject.org, rid or "")
+        if rid is not None:
+            if key in self._seen:
+                raise InvalidRequest(f"request id {rid[:80]!r} was already checked; request "
+                                     "ids must be unique per request")
+            self._seen[key] = True  # (before the await: a concurrent duplicate is refused)
+            if len(self._seen) > SEEN_MEMORY:
+                self._seen.popitem(last=False)
+        try:
+            decision = await limiter.check(call.subject, call.usage, reservation_id=rid)
+        except InvalidInput:  # refused before anything was written: the id stays free
+            self._seen.pop(key, None)
+            raise
+        if rid is None:
             if decision.reservation is not None:  # rates stay charged; usage comes by record
                 self._spawn(limiter.release(decision.reservation))
         elif not decision.allowed:
-            self._remember_denied(call.subject.org, call.request_id)
+            self._seen[key] = False
         return decision_response(decision, call, limiter.clock())
 
     async def _stream_done(self, call: Call, descriptors: int,
@@ -170,8 +183,7 @@ class RateLimitServicer:
         try:
             if rid is None:
                 await limiter.record(call.subject, call.usage)
-            elif (org, rid) in self._denied:
-                del self._denied[(org, rid)]
+            elif self._seen.get((org, rid)) is False:
                 log.info("stream done for %s/%s, refused at request time: nothing counted",
                          org, rid)
             else:
@@ -185,11 +197,6 @@ class RateLimitServicer:
                                 "Redis unreachable: the usage is kept in this process and "
                                 "committed when Redis is back")
         return ok_response(descriptors)
-
-    def _remember_denied(self, org: str, rid: str) -> None:
-        self._denied[(org, rid)] = None
-        if len(self._denied) > DENIED_MEMORY:
-            self._denied.popitem(last=False)
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
