@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import realistic, report, scenarios
+from . import envoy, realistic, report, scenarios
 from . import references as refs
 from .common import Result, set_mark_hook
 from .server import RedisServer
@@ -103,6 +103,12 @@ ENTRIES: list[Entry] = [
     Entry("batch", True, lambda c: [scenarios.bench_batch(c.url, c.seconds)], _one("batch")),
     Entry("sidecar", False, lambda c: [scenarios.bench_sidecar(c.url, c.seconds, 64)],
           _one("sidecar-64")),
+    # Envoy's rate limit service: ShouldRateLimit from a grpc.aio client with 64 tasks on one
+    # channel, against a bare grpc.aio servicer answering OK and against budgetlimiter's
+    # (request-time check of 4 budgets, reserve under a fresh request id); each server in
+    # its own process, measured back to back in the same run (benchmarks/envoy.py)
+    Entry("envoy", False, lambda c: envoy.run(c.url, c.seconds, 64),
+          lambda quick: ["envoy-bare-64", "envoy-64"]),
     _rb("check"),
     _rb("minimal"),
     Entry("raw-sync", True, lambda c: [refs.bench_raw_sync(c.url, c.seconds)], _one("raw-sync")),

@@ -80,6 +80,8 @@ def goals(results: dict[str, Result]) -> list[Goal]:
         out.append(Goal("[leases] added p99 @64", round(added, 1),
                         "p99(async-64-lease) - p99(raw-async-64) < 2000 us", added < 2000,
                         f"{a.p99_us:,.0f} - {b.p99_us:,.0f} = {added:,.0f} us"))
+    out.append(_ratio_goal(results, "envoy-64 vs bare grpc.aio servicer", "envoy-64",
+                           "envoy-bare-64", 0.6))
     return out
 
 
