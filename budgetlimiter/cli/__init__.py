@@ -10,13 +10,14 @@ Exit codes: 0 success (or allowed), 1 denied by a limit, 2 bad input or invalid 
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
 from ..engine.outage import UNAVAILABLE
 from ..errors import BudgetLimiterError, InvalidInput, PolicyError
-from .context import EXIT_INPUT, EXIT_UNAVAILABLE, Context, load_config
+from .context import EXIT_INPUT, EXIT_UNAVAILABLE, LOG_HANDLER, Context, load_config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,8 +25,8 @@ from .context import EXIT_INPUT, EXIT_UNAVAILABLE, Context, load_config
               help="Backend URL: redis://, rediss://, unix://, redis+sentinel://, "
               "redis+cluster://, memory:// (default memory://).")
 @click.option("--db", "db_url", envvar="BUDGETLIMITER_DB", default=None,
-              help="Durable store URL: sqlite:///file.db or postgresql://... "
-              "(default sqlite:///budgetlimiter.db).")
+              help="Durable store URL: sqlite:///file.db or postgresql://... (needed by "
+              "reconcile, restore, report, alerts and adjust; no default).")
 @click.option("--policy", envvar="BUDGETLIMITER_POLICY", default=None,
               help="Policy file (YAML or TOML).")
 @click.option("--config", "config_file", envvar="BUDGETLIMITER_CONFIG", default=None,
@@ -37,9 +38,12 @@ def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: 
          config_file: str | None, fmt: str) -> None:
     """Budgets and rate limits for AI agent invocations, on Redis."""
     config = load_config(config_file)
+    library = logging.getLogger("budgetlimiter")
+    if LOG_HANDLER not in library.handlers:
+        library.addHandler(LOG_HANDLER)
     ctx.obj = Context(
         redis_url=redis_url or config.get("redis") or "memory://",
-        db_url=db_url or config.get("db") or "sqlite:///budgetlimiter.db",
+        db_url=db_url or config.get("db") or None,
         policy_path=policy or config.get("policy"),
         fmt=fmt,
     )
@@ -70,19 +74,22 @@ _register()
 def run(argv: list[str] | None = None) -> None:
     """Entry point with the error contract: one clear line, a documented exit code."""
     try:
-        main(args=argv, standalone_mode=False)
+        main(args=argv, prog_name="budgetlimiter", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # usage errors too: one line, not click's three
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
         sys.exit(EXIT_INPUT)
     except (InvalidInput, PolicyError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
     except UNAVAILABLE as exc:
-        click.echo(f"error: Redis unreachable: {exc}", err=True)
+        text = str(exc).removeprefix("redis unavailable: ")
+        click.echo(f"error: Redis unreachable: {text}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
     except BudgetLimiterError as exc:
         click.echo(f"error: {exc}", err=True)

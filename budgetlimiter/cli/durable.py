@@ -14,7 +14,7 @@ import click
 
 from ..subject import Scope
 from ..usage import Metric, micros_to_usd
-from .context import EXIT_INPUT, Context
+from .context import EXIT_INPUT, LOG_HANDLER, Context, redacted
 from .output import bar, render, sparkline
 
 
@@ -33,6 +33,8 @@ def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ..
     from ..durable.alerts import Deliverer, LogSink, WebhookSink
     from ..durable.reconciler import Reconciler
 
+    # the loop logs what it does (INFO, through the root logger), errors included
+    logging.getLogger("budgetlimiter").removeHandler(LOG_HANDLER)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sinks: dict[str, Any] = {"log": LogSink("log")}
     if webhooks:
@@ -45,6 +47,7 @@ def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ..
             name = "webhook" if i == 0 else f"webhook{i + 1}"
             sinks[name] = WebhookSink(name, url, secret)
     store = obj.store()
+    store_url = obj.db_url or ""
     rec = Reconciler(obj.limiter(), store, sinks=list(sinks), policy_file=obj.policy_path)
     deliverer = Deliverer(store, sinks)
     if once:
@@ -59,7 +62,7 @@ def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ..
         signal.signal(sig, lambda *_: stop.set())
     worker = threading.Thread(target=deliverer.run_forever, args=(stop, 1.0), daemon=True)
     worker.start()
-    click.echo(f"reconciling every {interval:g}s into {obj.db_url.split('@')[-1]} "
+    click.echo(f"reconciling every {interval:g}s into {redacted(store_url)} "
                f"(sinks: {', '.join(sinks)}); Ctrl-C flushes and stops", err=True)
     rec.run_forever(stop, interval)
     worker.join(10)

@@ -14,7 +14,7 @@ import click
 from ..errors import InvalidAmount
 from ..subject import Scope, Subject
 from ..usage import Metric, Usage, micros_to_usd, usd_to_micros
-from .context import EXIT_DENIED, EXIT_INPUT, EXIT_UNAVAILABLE, Context
+from .context import EXIT_DENIED, EXIT_INPUT, EXIT_UNAVAILABLE, Context, redacted
 from .output import bar, limit_row, render
 from .policy_cmds import subject_options
 
@@ -64,6 +64,11 @@ def check(obj: Context, org: str, team: str | None, user: str | None, agent: str
     subject = Subject(org, agent, team=team, user=user)
     est = make_usage(input_tokens, output_tokens, invocations, cost)
     decision = obj.limiter().check(subject, est, ttl=ttl)
+    if decision.degraded:
+        # the policy's outage setting answered, not Redis: no decision to report, nothing held
+        click.echo(f"error: Redis unreachable: nothing was checked or reserved "
+                   f"({redacted(obj.redis_url)})", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
     if obj.fmt == "json":
         click.echo(json.dumps(decision.to_dict(), indent=2, default=str))
     elif obj.fmt == "csv":
