@@ -5,7 +5,8 @@ Settings come from flags, then environment variables (``BUDGETLIMITER_REDIS``,
 ``./budgetlimiter.toml`` when present), then defaults.
 
 Exit codes: 0 success (or allowed), 1 denied by a limit, 2 bad input or invalid policy,
-3 Redis or the database unreachable.
+3 Redis or the database unreachable, 4 a commit of a released reservation or a release of a
+committed one, 5 a commit or release of an unknown reservation id.
 """
 
 from __future__ import annotations
@@ -16,8 +17,22 @@ import sys
 import click
 
 from ..engine.outage import UNAVAILABLE
-from ..errors import BudgetLimiterError, InvalidInput, PolicyError
-from .context import EXIT_INPUT, EXIT_UNAVAILABLE, LOG_HANDLER, Context, load_config
+from ..errors import (
+    BudgetLimiterError,
+    InvalidInput,
+    PolicyError,
+    ReservationNotFound,
+    ReservationSettled,
+)
+from .context import (
+    EXIT_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_SETTLED,
+    EXIT_UNAVAILABLE,
+    LOG_HANDLER,
+    Context,
+    load_config,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,11 +66,13 @@ def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: 
 
 
 def _register() -> None:
-    from . import durable, live, policy_cmds
+    from . import durable, live, policy_cmds, settle
     from . import serve as serve_cmd
 
     main.add_command(live.demo)
     main.add_command(live.check)
+    main.add_command(settle.commit)
+    main.add_command(settle.release)
     main.add_command(live.record)
     main.add_command(live.status)
     main.add_command(live.top)
@@ -87,6 +104,12 @@ def run(argv: list[str] | None = None) -> None:
     except (InvalidInput, PolicyError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)
+    except ReservationSettled as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_SETTLED)
+    except ReservationNotFound as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
     except UNAVAILABLE as exc:
         text = str(exc).removeprefix("redis unavailable: ")
         click.echo(f"error: Redis unreachable: {text}", err=True)

@@ -15,6 +15,10 @@ from ..errors import InvalidInput
 EXIT_DENIED = 1
 EXIT_INPUT = 2
 EXIT_UNAVAILABLE = 3
+#: commit of a released reservation, or release of a committed one (nothing changed)
+EXIT_SETTLED = 4
+#: commit or release of a reservation id Redis does not know (nothing changed)
+EXIT_NOT_FOUND = 5
 DEFAULT_CONFIG = "budgetlimiter.toml"
 
 #: The library's log lines on stderr, errors only: a command reports an outage in its own one

@@ -55,29 +55,40 @@ def demo(invocations: int, seed: int) -> None:
 @click.command()
 @subject_options
 @usage_options
-@click.option("--ttl", type=float, default=None, help="Reservation TTL in seconds.")
+@click.option("--reserve", is_flag=True,
+              help="Hold the estimate: reserve it and print the reservation id, to settle "
+              "with `commit ID` or `release ID` (default: answer only, nothing reserved).")
+@click.option("--ttl", type=float, default=None,
+              help="With --reserve: the reservation's TTL in seconds.")
 @click.pass_obj
 def check(obj: Context, org: str, team: str | None, user: str | None, agent: str,
           input_tokens: int, output_tokens: int, invocations: int, cost: str | None,
-          ttl: float | None) -> None:
-    """Check and reserve an estimate (exit 1 when denied)."""
+          reserve: bool, ttl: float | None) -> None:
+    """Would this estimate fit? Exit 1 when denied. Nothing is reserved unless --reserve."""
+    if ttl is not None and not reserve:
+        raise click.UsageError("--ttl needs --reserve (without it nothing is reserved)")
     subject = Subject(org, agent, team=team, user=user)
     est = make_usage(input_tokens, output_tokens, invocations, cost)
-    decision = obj.limiter().check(subject, est, ttl=ttl)
+    decision = obj.limiter().check(subject, est, ttl=ttl, dry_run=not reserve)
     if decision.degraded:
         # the policy's outage setting answered, not Redis: no decision to report, nothing held
         click.echo(f"error: Redis unreachable: nothing was checked or reserved "
                    f"({redacted(obj.redis_url)})", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+    res = decision.reservation
     if obj.fmt == "json":
         click.echo(json.dumps(decision.to_dict(), indent=2, default=str))
     elif obj.fmt == "csv":
-        click.echo(render([limit_row(s, False) for s in decision.limits], "csv"))
+        head = {"allowed": decision.allowed, "reservation_id": res.id if res else "",
+                "expires_at": res.expires_at.isoformat() if res else ""}
+        rows = [{**head, **limit_row(s, False)} for s in decision.limits]
+        click.echo(render(rows or [head], "csv"))
     else:
         click.echo(str(decision))
-        if decision.reservation:
-            click.echo(f"reservation {decision.reservation.id} "
-                       f"(expires {decision.reservation.expires_at:%Y-%m-%d %H:%M:%S}Z)")
+        if res is not None:
+            click.echo(f"reservation {res.id} (expires {res.expires_at:%Y-%m-%d %H:%M:%S}Z)")
+        elif decision.allowed:
+            click.echo("nothing reserved (--reserve holds the estimate)")
         click.echo(render([limit_row(s) for s in decision.limits], "table"))
     if not decision.allowed:
         sys.exit(EXIT_DENIED)
@@ -93,13 +104,38 @@ def record(obj: Context, org: str, team: str | None, user: str | None, agent: st
            request_id: str | None) -> None:
     """Record usage that had no reservation (idempotent by --request-id)."""
     subject = Subject(org, agent, team=team, user=user)
-    result = obj.limiter().record(
-        subject, make_usage(input_tokens, output_tokens, invocations, cost),
-        request_id=request_id)
+    usage = make_usage(input_tokens, output_tokens, invocations, cost)
+    limiter = obj.limiter()
+    result = limiter.record(subject, usage, request_id=request_id)
+    # a duplicate carries no amounts: show the cost of what was asked (the same request id
+    # was recorded before, with whatever usage it had then; nothing is counted again)
+    asked = (usage.cost if usage.cost is not None
+             else micros_to_usd(obj.policy().pricing_for(agent).cost_micros(usage)))
+    settle_output(obj, result, asked, "already recorded: nothing counted again")
+
+
+def settle_output(obj: Context, result: Any, asked: Decimal | None, duplicate: str) -> None:
+    """One settle result (record, commit, release) in the chosen format."""
+    out = result.to_dict()
+    if out["cost"] is None and asked is not None:
+        out["cost"] = str(asked)
+    thresholds = out.pop("thresholds")
     if obj.fmt == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        click.echo(json.dumps({**out, "thresholds": thresholds}, indent=2, default=str))
         return
-    click.echo(f"{result.status} {result.id} cost ${result.cost_usd}")
+    if obj.fmt == "csv":
+        click.echo(render([{**out, "thresholds": " ".join(
+            f"{t['scope']}:{t['metric']}:{t['period']}:{t['threshold']}" for t in thresholds)}],
+            "csv"))
+        return
+    line = f"{result.status} {result.id}"
+    if out["cost"] is not None:
+        line += f" cost ${out['cost']}"
+    if result.status == "duplicate":
+        line += f" ({duplicate})"
+    if result.overshoot and result.status in ("committed", "late"):
+        line += " (overshoot: more than the estimate)"
+    click.echo(line)
     for t in result.thresholds:
         click.echo(f"threshold {t.threshold}% crossed: {t.metric.value} per {t.period} "
                    f"of {t.scope}")
