@@ -48,9 +48,12 @@ from .context import (
               type=click.Path(dir_okay=False), help="Config file (TOML) with redis/db/policy.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True, help="Output format wherever the output is data.")
+@click.option("--strict", is_flag=True, envvar="BUDGETLIMITER_STRICT",
+              help="An org (or a team of an org that lists its teams) not declared in the "
+              "policy is an error (exit 2), not a warning.")
 @click.pass_context
 def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: str | None,
-         config_file: str | None, fmt: str) -> None:
+         config_file: str | None, fmt: str, strict: bool) -> None:
     """Budgets and rate limits for AI agent invocations, on Redis."""
     config = load_config(config_file)
     library = logging.getLogger("budgetlimiter")
@@ -61,6 +64,7 @@ def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: 
         db_url=db_url or config.get("db") or None,
         policy_path=policy or config.get("policy"),
         fmt=fmt,
+        strict=strict,
     )
     ctx.call_on_close(ctx.obj.close)
 

@@ -108,12 +108,13 @@ def open_store(url: str | None) -> Any:
 class Context:
     """What every command needs; opened on first use and closed when the command ends."""
 
-    def __init__(self, redis_url: str, db_url: str | None, policy_path: str | None,
-                 fmt: str) -> None:
+    def __init__(self, redis_url: str, db_url: str | None, policy_path: str | None, fmt: str,
+                 strict: bool = False) -> None:
         self.redis_url = redis_url
         self.db_url = db_url
         self.policy_path = policy_path
         self.fmt = fmt
+        self.strict = strict
         self._policy: Any = None
         self._limiter: Any = None
         self._store: Any = None
@@ -145,6 +146,26 @@ class Context:
             self._store = open_store(self.db_url)
             self._store.migrate()
         return self._store
+
+    def declared(self, org: str, team: str | None = None) -> None:
+        """Say on stderr when ``org`` (or ``team``, in an org that lists its teams) is not
+        declared in the policy, so that only defaults apply (a typo, most likely); with
+        ``--strict`` that is an error (exit 2) before anything is read or written."""
+        policy = self.policy()
+        spec = policy.orgs.get(org)
+        if spec is None:
+            what = (f"org {org!r} is not declared in {self.policy_path}: only the policy's "
+                    "top-level defaults apply to it")
+        elif team is not None and spec.teams and team not in spec.teams:
+            teams = list(spec.teams)
+            listed = ", ".join(teams[:6]) + (", ..." if len(teams) > 6 else "")
+            what = (f"team {team!r} is not declared under org {org!r} in {self.policy_path}, "
+                    f"which lists its teams ({listed}): only defaults apply to it")
+        else:
+            return
+        if self.strict:
+            raise InvalidInput(f"{what} (--strict)")
+        click.echo(f"warning: {what}", err=True)
 
     def close(self) -> None:
         if self._limiter is not None:

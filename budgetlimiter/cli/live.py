@@ -69,6 +69,7 @@ def check(obj: Context, org: str, team: str | None, user: str | None, agent: str
         raise click.UsageError("--ttl needs --reserve (without it nothing is reserved)")
     subject = Subject(org, agent, team=team, user=user)
     est = make_usage(input_tokens, output_tokens, invocations, cost)
+    obj.declared(org, team)
     decision = obj.limiter().check(subject, est, ttl=ttl, dry_run=not reserve)
     if decision.degraded:
         # the policy's outage setting answered, not Redis: no decision to report, nothing held
@@ -105,6 +106,7 @@ def record(obj: Context, org: str, team: str | None, user: str | None, agent: st
     """Record usage that had no reservation (idempotent by --request-id)."""
     subject = Subject(org, agent, team=team, user=user)
     usage = make_usage(input_tokens, output_tokens, invocations, cost)
+    obj.declared(org, team)
     limiter = obj.limiter()
     result = limiter.record(subject, usage, request_id=request_id)
     # a duplicate carries no amounts: show the cost of what was asked (the same request id
@@ -168,6 +170,7 @@ def status(obj: Context, scope: str, tree: bool) -> None:
     """Live counters of SCOPE (e.g. org:acme/team:eng): used / reserved / limit / remaining
     / percent / resets-at per metric and period."""
     target = Scope.parse(scope)
+    obj.declared(target.org, target.team)
     limiter = obj.limiter()
     scopes = live_scopes(limiter, target) if tree else [target]
     if target not in scopes:
@@ -265,6 +268,7 @@ def adjust(obj: Context, scope: str, metric: str, amount: str, why: str,
     if not why.strip():
         click.echo("error: --why must not be empty", err=True)
         sys.exit(EXIT_INPUT)
+    obj.declared(target.org, target.team)
     try:
         outcome = apply_adjustment(obj.limiter(), obj.store(), target, met, sign * units,
                                    who or getpass.getuser(), why,

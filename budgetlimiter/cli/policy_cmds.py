@@ -58,7 +58,9 @@ def show(obj: Context, file: str | None, org: str, team: str | None, user: str |
     """The effective (inherited) limits of one subject, and where each was declared."""
     if file:
         obj.policy_path = file
-    eff = obj.policy().resolve(Subject(org, agent, team=team, user=user))
+    subject = Subject(org, agent, team=team, user=user)
+    obj.declared(org, team)
+    eff = obj.policy().resolve(subject)
     data = eff.to_dict()
     if obj.fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))

@@ -37,6 +37,7 @@ def commit(obj: Context, reservation_id: str, org: str, agent: str | None, team:
         raise click.UsageError("commit needs --agent (to price the usage with the agent's "
                                "pricing) or --cost")
     subject = Subject(org, agent, team=team, user=user) if agent is not None else None
+    obj.declared(org, team)
     try:
         result = obj.limiter().commit_by_id(org, reservation_id, actual, subject=subject)
     except ReservationNotFound as exc:
@@ -59,6 +60,7 @@ def commit(obj: Context, reservation_id: str, org: str, agent: str | None, team:
 def release(obj: Context, reservation_id: str, org: str) -> None:
     """Refund reservation RESERVATION_ID, which will not be used (idempotent). Exit 4 if it
     was committed, 5 if Redis does not know it."""
+    obj.declared(org)
     result = obj.limiter().release(reservation_id, org=org)
     settle_output(obj, result, None, "already released")
 
