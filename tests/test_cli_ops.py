@@ -163,7 +163,8 @@ def test_top_watch_updates_in_a_terminal(env, limiter, tmp_path):
 
 DATA_COMMANDS = [
     ("status", "org:acme", "--tree"),
-    ("top", "-n", "5"),
+    ("top", "-n", "5", "--interval", "0.1"),
+    ("top", "--org", "acme", "--interval", "0"),
     ("check", "--org", "acme", "--team", "eng", "--user", "alice", "--agent", "gpt-4o",
      "--input-tokens", "10"),
     ("policy", "show", "--org", "acme", "--team", "eng", "--user", "alice", "--agent",
@@ -179,7 +180,7 @@ DATA_COMMANDS = [
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
-@pytest.mark.parametrize("args", DATA_COMMANDS, ids=lambda a: "-".join(a[:2]))
+@pytest.mark.parametrize("args", DATA_COMMANDS, ids=lambda a: "-".join(a[:3]))
 def test_every_data_command_in_every_format(env, limiter, fmt, args):
     limiter.record(ALICE, Usage(input_tokens=100_000), request_id="seed-a")
     limiter.record(DAN, Usage(input_tokens=100_000), request_id="seed-d")

@@ -1,13 +1,19 @@
 """What the real console script (a subprocess) prints against a real redis-server: warnings for
-orgs and teams the policy does not declare (errors with --strict)."""
+orgs and teams the policy does not declare (errors with --strict), and `top --org` with a
+measured rate."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from .cli_proc import ALICE, Cli, one_error_line
+from budgetlimiter import BudgetLimiter, Subject, Usage, load_policy
+
+from .cli_proc import ALICE, POLICY, Cli, one_error_line
 
 pytestmark = pytest.mark.redis
 
@@ -15,6 +21,13 @@ pytestmark = pytest.mark.redis
 @pytest.fixture
 def cli(fresh_redis, tmp_path: Path) -> Cli:
     return Cli(cwd=tmp_path, redis=fresh_redis.url, db=f"sqlite:///{tmp_path}/bl.db")
+
+
+@pytest.fixture
+def limiter(fresh_redis):
+    bl = BudgetLimiter(load_policy(POLICY), fresh_redis.url, timeout=2)
+    yield bl
+    bl.close()
 
 
 # -- a typo in an org is not silent -------------------------------------------------------
@@ -28,6 +41,7 @@ UNDECLARED = [
     (("adjust", "org:nosuch", "--metric", "cost", "--amount", "1", "--why", "x"),
      "org 'nosuch' is not declared"),
     (("release", "r1", "--org", "acem"), "org 'acem' is not declared"),
+    (("top", "--org", "acem", "--interval", "0"), "org 'acem' is not declared"),
 ]
 
 
@@ -51,3 +65,46 @@ def test_declared_scopes_and_undeclared_users_need_no_warning(cli: Cli) -> None:
                  ("--strict", "status", "org:acme/team:research/user:nobody-listed")):
         done = cli(*args)
         assert done.code == 0 and done.err == "", (args, done.err)
+
+
+# -- top ------------------------------------------------------------------------------------
+def test_top_filters_by_org_and_measures_the_rate(cli: Cli, limiter: BudgetLimiter) -> None:
+    dan = Subject("acme", "claude-sonnet", team="research", user="dan")
+    other = Subject("globex", "gpt-4o", user="bob")  # undeclared org: top-level defaults
+    limiter.record(other, Usage(input_tokens=1000))
+    limiter.record(dan, Usage(input_tokens=10))
+    stop = threading.Event()
+
+    def spend() -> None:  # $0.000300 every 50 ms while top measures
+        while not stop.is_set():
+            limiter.record(dan, Usage(input_tokens=100))
+            time.sleep(0.05)
+
+    started = time.monotonic()
+    proc = cli.popen("--format", "json", "top", "--org", "acme", "--interval", "3")
+    spender = threading.Thread(target=spend)
+    spender.start()
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        spender.join()
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, err
+    rows = json.loads(out)
+    assert rows and all(r["scope"].startswith("org:acme") for r in rows)
+    assert "bar" not in rows[0]
+    dan_day = next(r for r in rows if r["scope"] == "org:acme/team:research/user:dan"
+                   and r["period"] == "day")
+    # 3 s of $0.0003 per 50 ms: about $0.36/min; scheduling on a busy machine slows the
+    # spender, never speeds it up past one record per 50 ms
+    assert 0 < float(dan_day["per_min"]) <= 0.0003 * 60 / 0.05 * 1.05, (dan_day, elapsed)
+    rates = [r for r in rows if r["period"].startswith("per ")]
+    assert rates and all(r["per_min"] == "" for r in rates)  # no rate of a rate limit
+
+
+def test_top_without_an_interval_shows_no_rate(cli: Cli, limiter: BudgetLimiter) -> None:
+    limiter.record(Subject("acme", "gpt-4o", team="eng", user="alice"), Usage(1000))
+    rows = cli("--format", "json", "top", "--interval", "0").json()
+    assert rows and all(r["per_min"] == "" for r in rows)
+    assert cli("top", "--watch", "--interval", "0").code == 2

@@ -70,7 +70,7 @@ def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: 
 
 
 def _register() -> None:
-    from . import durable, live, policy_cmds, settle
+    from . import durable, live, policy_cmds, settle, top
     from . import serve as serve_cmd
 
     main.add_command(live.demo)
@@ -79,7 +79,7 @@ def _register() -> None:
     main.add_command(settle.release)
     main.add_command(live.record)
     main.add_command(live.status)
-    main.add_command(live.top)
+    main.add_command(top.top)
     main.add_command(live.adjust)
     main.add_command(policy_cmds.policy)
     main.add_command(durable.reconcile)

@@ -1,11 +1,9 @@
-"""Commands on live Redis counters: demo, check, record, status, top, adjust."""
+"""Commands on live Redis counters: demo, check, record, status, adjust."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -15,7 +13,7 @@ from ..errors import InvalidAmount
 from ..subject import Scope, Subject
 from ..usage import Metric, Usage, micros_to_usd, usd_to_micros
 from .context import EXIT_DENIED, EXIT_INPUT, EXIT_UNAVAILABLE, Context, redacted
-from .output import bar, limit_row, render
+from .output import limit_row, render
 from .policy_cmds import subject_options
 
 
@@ -181,56 +179,6 @@ def status(obj: Context, scope: str, tree: bool) -> None:
         click.echo(f"{target}: no limits apply to this scope")
         return
     click.echo(render(rows, obj.fmt))
-
-
-def top_rows(limiter: Any, previous: dict[tuple[str, str, str], tuple[int, float]],
-             limit: int) -> list[dict[str, Any]]:
-    now = time.monotonic()
-    rows = []
-    for sc in live_scopes(limiter, None):
-        for s in limiter.scope_status(sc):
-            key = (str(s.scope), s.metric.value, s.period)
-            spent = s.taken
-            rate = 0.0
-            if key in previous:
-                before, then = previous[key]
-                rate = (spent - before) / max(1e-6, now - then) * 60
-            previous[key] = (spent, now)
-            per_min = (str(Decimal(round(rate)).scaleb(-6)) if s.metric is Metric.COST
-                       else f"{rate:.0f}")
-            d = s.to_dict()
-            rows.append({"scope": d["scope"], "metric": d["metric"], "period": d["period"],
-                         "used": d["used"], "limit": d["limit"], "percent": d["percent"],
-                         "per_min": per_min, "bar": bar(min(1.0, s.percent / 100), 16),
-                         "state": d["state"], "_rate": rate})
-    rows.sort(key=lambda r: (r["percent"], r["_rate"]), reverse=True)
-    for r in rows:
-        del r["_rate"]
-    return rows[:limit]
-
-
-@click.command()
-@click.option("--limit", "-n", type=int, default=15, show_default=True)
-@click.option("--watch", is_flag=True, help="Refresh until interrupted.")
-@click.option("--interval", type=float, default=2.0, show_default=True)
-@click.option("--iterations", type=int, default=0, help="With --watch: stop after N refreshes.")
-@click.pass_obj
-def top(obj: Context, limit: int, watch: bool, interval: float, iterations: int) -> None:
-    """The scopes closest to their limits (and spending fastest, with --watch)."""
-    limiter = obj.limiter()
-    previous: dict[tuple[str, str, str], tuple[int, float]] = {}
-    count = 0
-    while True:
-        rows = top_rows(limiter, previous, limit)
-        if watch and obj.fmt == "table":
-            click.clear()
-            stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
-            click.echo(f"budgetlimiter top — {stamp}Z — every {interval:g}s (Ctrl-C to quit)")
-        click.echo(render(rows, obj.fmt))
-        count += 1
-        if not watch or (iterations and count >= iterations):
-            return
-        time.sleep(interval)
 
 
 @click.command()
