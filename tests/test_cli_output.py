@@ -1,9 +1,11 @@
 """What the real console script (a subprocess) prints against a real redis-server: warnings for
-orgs and teams the policy does not declare (errors with --strict), and `top --org` with a
-measured rate."""
+orgs and teams the policy does not declare (errors with --strict), --format on every data
+command, and `top --org` with a measured rate."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import threading
 import time
@@ -13,7 +15,7 @@ import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage, load_policy
 
-from .cli_proc import ALICE, POLICY, Cli, one_error_line
+from .cli_proc import ALICE, DAN, POLICY, Cli, one_error_line
 
 pytestmark = pytest.mark.redis
 
@@ -65,6 +67,44 @@ def test_declared_scopes_and_undeclared_users_need_no_warning(cli: Cli) -> None:
                  ("--strict", "status", "org:acme/team:research/user:nobody-listed")):
         done = cli(*args)
         assert done.code == 0 and done.err == "", (args, done.err)
+
+
+# -- --format on every data command ---------------------------------------------------------
+def parse(fmt: str, out: str) -> list[dict[str, str]]:
+    if fmt == "json":
+        data = json.loads(out)
+        return data if isinstance(data, list) else [data]
+    return list(csv.DictReader(io.StringIO(out)))
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_commands_that_ignored_format_honour_it(cli: Cli, limiter: BudgetLimiter,
+                                                tmp_path: Path, fmt: str) -> None:
+    limiter.record(Subject("acme", "claude-sonnet", team="research", user="dan"),
+                   Usage(input_tokens=100_000), request_id="seed")
+    rows = parse(fmt, cli("--format", fmt, "reconcile", "--once").out)
+    assert rows[0]["flushes"] in (1, "1") and set(rows[0]) >= {"orgs", "rows", "delivered"}
+    valid = parse(fmt, cli("--format", fmt, "policy", "validate", POLICY).out)
+    assert valid[0]["valid"] in (True, "true") and valid[0]["orgs"] in (1, "1")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("orgs:\n  acme:\n    limits:\n      - {metric: cost, amount: '-5', "
+                   "period: day}\n")
+    broken = cli("--format", fmt, "policy", "validate", str(bad))
+    assert broken.code == 2 and "bad.yaml:4" in broken.err
+    row = parse(fmt, broken.out)[0]
+    assert row["valid"] in (False, "false") and row["line"] in (4, "4")
+    assert row["path"] == "orgs.acme.limits[0].amount"
+    record = parse(fmt, cli("--format", fmt, "record", *DAN, "--input-tokens", "1000",
+                            "--request-id", "r1").out)
+    assert record[0]["status"] == "recorded" and record[0]["cost"] == "0.003000"
+    rid = parse(fmt, cli("--format", fmt, "check", *ALICE, "--reserve").out)[0][
+        "reservation_id"]
+    released = parse(fmt, cli("--format", fmt, "release", rid, "--org", "acme").out)
+    assert released[0]["status"] == "released"
+    top = cli("--format", fmt, "top", "-n", "3", "--interval", "0")
+    assert "█" not in top.out and "bar" not in parse(fmt, top.out)[0]
+    assert parse(fmt, cli("--format", fmt, "restore").out)[0]["orgs"] in (1, "1")
+    assert parse(fmt, cli("--format", fmt, "alerts", "requeue").out)[0]["requeued"] in (0, "0")
 
 
 # -- top ------------------------------------------------------------------------------------

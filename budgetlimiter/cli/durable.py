@@ -53,9 +53,10 @@ def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ..
     if once:
         stats = rec.run_once()
         delivered = deliverer.run_once()
-        click.echo(f"orgs {stats.orgs}, flushes {stats.flushes}, rows {stats.rows}, "
-                   f"restored {len(stats.restored)}, events {stats.events}, "
-                   f"delivered {delivered.delivered}")
+        row = {"orgs": stats.orgs, "flushes": stats.flushes, "rows": stats.rows,
+               "restored": len(stats.restored), "events": stats.events,
+               "delivered": delivered.delivered}
+        click.echo(render([row], obj.fmt, ", ".join(f"{k} {v}" for k, v in row.items())))
         return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -180,7 +181,7 @@ def report_trend(obj: Context, scope: str, metric: str, granularity: str,
              f"  {sparkline([v for _, v in series])}", ""]
     width = max((len(show(v)) for _, v in series), default=1)
     for p, v in series:
-        lines.append(f"  {p:<10} {show(v):>{width}}  {bar(v / top, 30).rstrip()}")
+        lines.append(f"  {p:<10} {show(v):>{width}}  {bar(v / top, 30)}".rstrip())
     click.echo("\n".join(lines))
 
 
@@ -210,7 +211,7 @@ def alerts_requeue(obj: Context, event_id: str | None) -> None:
     import time
 
     n = obj.store().requeue_dead(event_id, int(time.time() * 1000))
-    click.echo(f"requeued {n} deliveries")
+    click.echo(render([{"requeued": n}], obj.fmt, f"requeued {n} deliveries"))
 
 
 @click.command()
@@ -231,4 +232,5 @@ def restore(obj: Context, orgs: tuple[str, ...]) -> None:
     with progress as orgs_iter:
         for org in orgs_iter:
             raised += rec.restore_org(org)
-    click.echo(f"restored {len(targets)} orgs, {raised} counters raised")
+    click.echo(render([{"orgs": len(targets), "counters_raised": raised}], obj.fmt,
+                      f"restored {len(targets)} orgs, {raised} counters raised"))
