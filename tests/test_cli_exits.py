@@ -56,6 +56,13 @@ def test_the_child_imports_this_checkout(tmp_path: Path) -> None:
     assert done.stdout.strip().startswith(str(ROOT / "budgetlimiter"))
 
 
+def test_readme_exit_code_table_lists_every_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| exit code | meaning |"):]
+    codes = re.findall(r"^\| (\d) \|", table[:2000], flags=re.M)
+    assert codes == ["0", "1", "2", "3", "4", "5"]
+
+
 # -- Redis or the database unreachable: 3, one line -----------------------------------------
 @pytest.mark.parametrize("reserve", [False, True], ids=["check", "check-reserve"])
 def test_check_with_redis_down_exits_3_not_denied(down: Cli, reserve: bool) -> None:
