@@ -69,6 +69,15 @@ def test_declared_scopes_and_undeclared_users_need_no_warning(cli: Cli) -> None:
         assert done.code == 0 and done.err == "", (args, done.err)
 
 
+def test_a_policy_without_orgs_warns_about_none(cli: Cli, tmp_path: Path) -> None:
+    policy = tmp_path / "defaults.yaml"
+    policy.write_text("defaults: {user: {limits: [{metric: cost, amount: '5', period: day}]}}\n")
+    defaults_only = Cli(cwd=tmp_path, redis=cli.redis, policy=str(policy))
+    done = defaults_only("--strict", "check", "--org", "anyone", "--user", "u", "--agent",
+                         "gpt-4o")
+    assert (done.code, done.err) == (0, "")
+
+
 # -- --format on every data command ---------------------------------------------------------
 def parse(fmt: str, out: str) -> list[dict[str, str]]:
     if fmt == "json":

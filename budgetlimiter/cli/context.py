@@ -152,6 +152,8 @@ class Context:
         declared in the policy, so that only defaults apply (a typo, most likely); with
         ``--strict`` that is an error (exit 2) before anything is read or written."""
         policy = self.policy()
+        if not policy.orgs:  # a policy of defaults only: no org name can be a typo
+            return
         spec = policy.orgs.get(org)
         if spec is None:
             what = (f"org {org!r} is not declared in {self.policy_path}: only the policy's "
