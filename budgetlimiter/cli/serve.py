@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .context import Context
+from .context import Context, check_redis_url, open_store
 
 
 def _fast(module: str, fast: str, fallback: str) -> str:
@@ -64,6 +64,11 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
         raise click.UsageError("no policy: pass --policy FILE or set BUDGETLIMITER_POLICY")
     if grpc_port is not None and (workers > 1 or not 0 <= grpc_port <= 65535):
         raise click.UsageError("--grpc-port needs --workers 1 and a port in 0..65535")
+    # bad URLs: one line and exit 2 now, not a traceback in the log at startup (neither
+    # connects: the sidecar starts while Redis or the database is down)
+    check_redis_url(obj.redis_url)
+    if obj.db_url:
+        open_store(obj.db_url).close()
     from pathlib import Path
 
     load_policy(Path(config.policy_path))  # fail fast (exit 2) on a broken policy
