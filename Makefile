@@ -1,10 +1,12 @@
 # Fresh machine: `make demo` runs the demo, `make test` runs lint, types and the test suite.
-# Each target creates the virtual environment it needs (.venv) on first use.
+# Each target creates the virtual environment it needs (.venv) on first use; `make pytest`
+# (so `make test`) first installs the system packages the tests need (.ci/system-deps:
+# apt-get as root, else it names what is missing and stops).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test lint typecheck pytest bench clean
+.PHONY: venv demo test lint typecheck pytest system-deps bench clean
 
 $(BIN)/budgetlimiter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +25,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+system-deps:
+	.ci/system-deps
+
+pytest: venv system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

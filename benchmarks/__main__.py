@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import envoy, realistic, report, scenarios
 from . import references as refs
-from . import report, scenarios
 from .common import Result, set_mark_hook
 from .server import RedisServer
 
@@ -103,12 +103,23 @@ ENTRIES: list[Entry] = [
     Entry("batch", True, lambda c: [scenarios.bench_batch(c.url, c.seconds)], _one("batch")),
     Entry("sidecar", False, lambda c: [scenarios.bench_sidecar(c.url, c.seconds, 64)],
           _one("sidecar-64")),
+    # Envoy's rate limit service: ShouldRateLimit from a grpc.aio client with 64 tasks on one
+    # channel, against a bare grpc.aio servicer answering OK and against budgetlimiter's
+    # (request-time check of 4 budgets, reserve under a fresh request id); each server in
+    # its own process, measured back to back in the same run (benchmarks/envoy.py)
+    Entry("envoy", False, lambda c: envoy.run(c.url, c.seconds, 64),
+          lambda quick: ["envoy-bare-64", "envoy-64"]),
     _rb("check"),
     _rb("minimal"),
     Entry("raw-sync", True, lambda c: [refs.bench_raw_sync(c.url, c.seconds)], _one("raw-sync")),
     Entry("raw-async-64", True, lambda c: [refs.bench_raw_async(c.url, c.seconds, 64)],
           _one("raw-async-64")),
     Entry("limits", True, lambda c: [refs.bench_limits(c.url, c.seconds)], _one("limits")),
+    Entry("limits-async-64", True,
+          lambda c: [realistic.bench_limits_async(c.url, c.seconds, 64)],
+          _one("limits-async-64")),
+    Entry("async-64-mixed", True, lambda c: [realistic.bench_async_mixed(c.url, c.seconds, 64)],
+          _one("async-64-mixed")),
     Entry("scan", True, _scan,
           lambda quick: [f"depth-{d}" for d in _scan_depths(quick)] + ["many-policies"]),
 ]

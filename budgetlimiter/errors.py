@@ -43,6 +43,12 @@ class ReservationNotFound(BudgetLimiterError, LookupError):
     """A commit or release named a reservation Redis does not know (never made, or forgotten)."""
 
 
+class ReservationExists(InvalidInput):
+    """A check under a caller's reservation id that is already in use (nothing reserved): a
+    second reservation under one id would overwrite the first, whose estimate would then never
+    be refunded. A check retried after a lost reply lands here: commit or release that id."""
+
+
 class ReservationSettled(BudgetLimiterError):
     """A commit of a released reservation, or a release of a committed one: nothing changed.
 

@@ -10,7 +10,8 @@
 -- KEYS[3..] counter keys, previous-period counter keys, rate keys (referenced by index below)
 -- ARGV[1]  now (ms)              ARGV[2] reservation expiry (ms, absolute)
 -- ARGV[3]  reservation key TTL (ms; expiry + settle-marker retention)
--- ARGV[4]  dry run (1/0)         ARGV[5] reservation key prefix P:{org}:r:
+-- ARGV[4]  1 dry run, 0 check, 2 check under a caller's reservation id (refused when that
+--          id is in use)     ARGV[5] reservation key prefix P:{org}:r:
 -- ARGV[6]  plan head and body (without the state letter), stored as 'R' .. ARGV[6]
 -- ARGV[7]  nc: number of budget entries    ARGV[8] ng: number of rate entries
 -- ARGV[9]  clock tolerance (ms; -1 trusts ARGV[1]): see script_now in lib.lua. Expiry and
@@ -26,6 +27,7 @@
 -- An admitted check reads only "held": its used is -1 and its reserved is used + reserved
 -- (this reservation included). Refusals and status reads report both.
 -- {-2, Redis time (ms)} when the caller's clock is off by more than ARGV[9]: nothing changed.
+-- {-5} when ARGV[4] is 2 and the reservation id is in use: nothing changed.
 
 local now, redis_ms = script_now(tonumber(ARGV[1]), tonumber(ARGV[9]))
 if not now then
@@ -39,6 +41,11 @@ local dry = ARGV[4] == '1'
 local nc = tonumber(ARGV[7])
 local ng = tonumber(ARGV[8])
 local rkey = KEYS[2]
+-- a caller's id that is already a reservation (live, expired or settled) is refused: reserving
+-- again under it would overwrite the first reservation, whose estimate would never come back
+if ARGV[4] == '2' and redis.call('EXISTS', rkey) == 1 then
+  return {-5}
+end
 local ro = 9 + 8 * nc  -- where the rate entries start
 
 -- The expiry sweep costs about a fifth of this script, so it runs on about one check in eight

@@ -5,17 +5,25 @@
 -- before the usage it refunds was flushed must not be lost to an early clamp): exact after a
 -- loss, never lower than what Redis already counts, and conservative on a stale replica.
 --
--- KEYS[1] P:{org}:epoch    KEYS[2..] counter and ledger keys (referenced by index)
+-- Thresholds that the restored total reaches and that have not fired yet fire now (into the
+-- org's event stream, as settle.lua does): usage admitted between the loss and the rebuild
+-- counted from zero, so its commits could not see the crossing. Receivers dedupe on the
+-- event id, so a crossing that did fire before the loss is not delivered twice.
+--
+-- KEYS[1] P:{org}:epoch    KEYS[2..] counter, ledger and event-stream keys (by index)
 -- ARGV[1] the org's flush sequence in SQL (becomes the epoch)   ARGV[2] now (ms)
--- ARGV[3] number of entries, then per entry 8 values and a list:
+-- ARGV[3] number of entries   ARGV[4] index of the org's event stream key
+-- then per entry 10 values and a list:
 --   counter key index, metric code, recorded amount, adjustments (signed sum), thresholds
 --   fired (count), expire-at (ms), drop carry (1/0: recompute rollover from the restored
---   previous period), number of ledger keys, then that many ledger key indexes
+--   previous period), limit (0: no alerts from here), thresholds csv, number of ledger keys,
+--   then that many ledger key indexes
 -- Returns the number of counters raised.
 
 local now = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local pos = 4
+local events = KEYS[tonumber(ARGV[4])]
+local pos = 5
 local raised = 0
 for _ = 1, n do
   local key = KEYS[tonumber(ARGV[pos])]
@@ -24,8 +32,10 @@ for _ = 1, n do
   local fired = tonumber(ARGV[pos + 4])
   local exp = ARGV[pos + 5]
   local drop = ARGV[pos + 6] == '1'
-  local nl = tonumber(ARGV[pos + 7])
-  pos = pos + 8
+  local limit = tonumber(ARGV[pos + 7])
+  local ths = ARGV[pos + 8]
+  local nl = tonumber(ARGV[pos + 9])
+  pos = pos + 10
   for j = 1, nl do
     total = total + (tonumber(redis.call('HGET', KEYS[tonumber(ARGV[pos + j - 1])], m)) or 0)
   end
@@ -40,8 +50,32 @@ for _ = 1, n do
     redis.call('HINCRBY', key, 'h:' .. m, I(total - cur))
     raised = raised + 1
   end
-  if fired > 0 and fired > (tonumber(redis.call('HGET', key, 'a:' .. m)) or 0) then
+  local already = tonumber(redis.call('HGET', key, 'a:' .. m)) or 0
+  if fired > already then
     redis.call('HSET', key, 'a:' .. m, I(fired))
+    already = fired
+  end
+  if limit > 0 and ths ~= '' then
+    local u = tonumber(redis.call('HGET', key, 'u:' .. m)) or 0
+    local reached = 0
+    local k = 0
+    for th in string.gmatch(ths, '%d+') do
+      k = k + 1
+      if u * 100 >= tonumber(th) * limit then
+        reached = k
+      end
+    end
+    if reached > already then
+      redis.call('HSET', key, 'a:' .. m, I(reached))
+      k = 0
+      for th in string.gmatch(ths, '%d+') do
+        k = k + 1
+        if k > already and k <= reached then
+          redis.call('XADD', events, 'MAXLEN', '~', '100000', '*',
+            'k', key, 'm', m, 'th', th, 'u', I(u), 'l', I(limit), 't', I(now))
+        end
+      end
+    end
   end
   if drop then
     redis.call('HDEL', key, 'c:' .. m)

@@ -15,6 +15,7 @@ from decimal import Decimal
 import pytest
 
 from budgetlimiter import AsyncBudgetLimiter, BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.engine.keys import KeySpace
 
 # user limit larger than the team's: the team is what binds; org is $1.00
 POLICY = """
@@ -130,3 +131,74 @@ def test_async_tasks_never_overshoot_and_never_refuse_what_fits(backend_url):
         await bl.aclose()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------
+# an independent judge: admissions counted by the clients themselves
+# ---------------------------------------------------------------------------------------
+UNITS = """
+timezone: UTC
+pricing: {agent: {per_invocation: "0"}}
+orgs:
+  acme:
+    teams:
+      eng:
+        limits: [{metric: invocations, amount: 500, period: day}]
+"""
+UNIT_LIMIT = 500  # unit estimates fill it exactly: admissions must equal it, not approach it
+
+
+def _unit_worker(url: str, kind: str, attempts: int, queue: mp.Queue) -> None:
+    subject = Subject("acme", "agent", team="eng", user=f"{kind}-{mp.current_process().pid}")
+    if kind == "sync":
+        bl = BudgetLimiter(parse_policy(UNITS), url, timeout=5)
+        admitted = 0
+        for _ in range(attempts):
+            d = bl.check(subject, Usage())
+            if d.allowed:
+                bl.commit(d.reservation, Usage())
+                admitted += 1
+        bl.close()
+        queue.put(admitted)
+        return
+
+    async def main() -> int:
+        abl = AsyncBudgetLimiter(parse_policy(UNITS), url, timeout=5)
+        count = 0
+
+        async def task(n: int) -> None:
+            nonlocal count
+            for _ in range(n):
+                d = await abl.check(subject, Usage())
+                if d.allowed:
+                    await abl.commit(d.reservation, Usage())
+                    count += 1
+
+        await asyncio.gather(*(task(attempts // 16) for _ in range(16)))
+        await abl.aclose()
+        return count
+
+    queue.put(asyncio.run(main()))
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_clients_count_exactly_the_limit_in_admissions_and_each_threshold_fires_once(
+        fresh_redis):
+    """Four processes, two sync and two asyncio (16 tasks each), 1,280 unit checks on a limit
+    of 500: the clients' own count of admissions is exactly 500 (one more is an overshoot,
+    one fewer an under-grant), and Redis's event stream holds each threshold once."""
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_unit_worker, args=(fresh_redis.url, kind, 320, queue))
+             for kind in ("sync", "asyncio", "sync", "asyncio")]
+    for p in procs:
+        p.start()
+    admitted = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert sum(admitted) == UNIT_LIMIT, admitted
+    raw = fresh_redis.client()
+    fired = [int(fields[b"th"]) for _, fields in raw.xrange(KeySpace().events("acme"))]
+    assert sorted(fired) == [50, 75, 90, 100]  # the team's thresholds, each exactly once
+    raw.close()

@@ -10,6 +10,7 @@ import pytest
 from budgetlimiter import (
     BudgetLimiter,
     LeaseConfig,
+    ReservationExists,
     ReservationNotFound,
     ReservationSettled,
     Subject,
@@ -119,3 +120,21 @@ def test_commit_by_id_of_a_live_reservation_is_a_plain_commit(make_limiter):
     assert r.status == "committed"
     status = bl.scope_status("org:acme/team:eng")[0]
     assert (status.used, status.reserved) == (70, 0)
+
+
+def test_a_second_check_under_a_reservation_id_in_use_is_refused_and_changes_nothing(
+        make_limiter):
+    """Reserving twice under one id used to overwrite the first reservation: its estimate was
+    held for good (the second one's was refunded or committed in its place)."""
+    bl = make_limiter(BASIC)
+    d = bl.check(GPT_ALICE, Usage(input_tokens=100), reservation_id="req-7")
+    assert d.allowed
+    with pytest.raises(ReservationExists, match="req-7"):
+        bl.check(GPT_ALICE, Usage(input_tokens=200), reservation_id="req-7")
+    team = bl.scope_status("org:acme/team:eng")[0]
+    assert team.reserved == 100
+    bl.release(d.reservation)
+    with pytest.raises(ReservationExists):  # settled ids stay in use (idempotency window)
+        bl.check(GPT_ALICE, Usage(input_tokens=100), reservation_id="req-7")
+    team = bl.scope_status("org:acme/team:eng")[0]
+    assert (team.used, team.reserved) == (0, 0)

@@ -175,6 +175,30 @@ def test_restore_keeps_rollover_carry(make_store, redis_server, clock):
     assert (lim.limit, lim.carry) == (45, 5)
 
 
+def test_a_crossing_reached_between_a_loss_and_the_restore_fires_once(make_store,
+                                                                      redis_server, clock):
+    """40 % is recorded and flushed; Redis loses everything; 30 % more is recorded on the
+    empty counters (they see 30 %: no crossing); the restore puts back 70 %: the 50 %
+    threshold fires then, once, and a second pass fires nothing."""
+    redis_server.restart()
+    store = make_store()
+    bl = BudgetLimiter(parse_policy(POLICY), redis_server.url, clock=clock, timeout=2)
+    rec = Reconciler(bl, store)
+    bl.record(BOB, Usage(input_tokens=4000))  # $0.004 of the org's $0.01 month: 40 %
+    rec.run_once()
+    redis_server.kill()
+    redis_server.start()
+    bl.redis.connection_pool.disconnect()
+    bl.record(BOB, Usage(input_tokens=3000))  # 30 % on empty counters: below 50 %
+    rec.run_once()
+    rec.run_once()
+    fired = sorted((e.scope, e.metric, e.period, e.threshold) for e in store.events("acme")
+                   if e.metric == "cost")
+    assert fired == [("org:acme", "cost", "month", 50)]
+    assert status_of(bl, BOB, "org:acme").used == 7000
+    bl.close()
+
+
 def test_threshold_events_reach_the_outbox_once(limiter, make_store):
     store = make_store()
     rec = Reconciler(limiter, store, sinks=["log", "billing"])

@@ -14,7 +14,7 @@ import click
 
 from ..subject import Scope
 from ..usage import Metric, micros_to_usd
-from .context import EXIT_INPUT, Context
+from .context import EXIT_INPUT, LOG_HANDLER, Context, redacted
 from .output import bar, render, sparkline
 
 
@@ -33,6 +33,8 @@ def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ..
     from ..durable.alerts import Deliverer, LogSink, WebhookSink
     from ..durable.reconciler import Reconciler
 
+    # the loop logs what it does (INFO, through the root logger), errors included
+    logging.getLogger("budgetlimiter").removeHandler(LOG_HANDLER)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     sinks: dict[str, Any] = {"log": LogSink("log")}
     if webhooks:
@@ -45,21 +47,23 @@ def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ..
             name = "webhook" if i == 0 else f"webhook{i + 1}"
             sinks[name] = WebhookSink(name, url, secret)
     store = obj.store()
+    store_url = obj.db_url or ""
     rec = Reconciler(obj.limiter(), store, sinks=list(sinks), policy_file=obj.policy_path)
     deliverer = Deliverer(store, sinks)
     if once:
         stats = rec.run_once()
         delivered = deliverer.run_once()
-        click.echo(f"orgs {stats.orgs}, flushes {stats.flushes}, rows {stats.rows}, "
-                   f"restored {len(stats.restored)}, events {stats.events}, "
-                   f"delivered {delivered.delivered}")
+        row = {"orgs": stats.orgs, "flushes": stats.flushes, "rows": stats.rows,
+               "restored": len(stats.restored), "events": stats.events,
+               "delivered": delivered.delivered}
+        click.echo(render([row], obj.fmt, ", ".join(f"{k} {v}" for k, v in row.items())))
         return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     worker = threading.Thread(target=deliverer.run_forever, args=(stop, 1.0), daemon=True)
     worker.start()
-    click.echo(f"reconciling every {interval:g}s into {obj.db_url.split('@')[-1]} "
+    click.echo(f"reconciling every {interval:g}s into {redacted(store_url)} "
                f"(sinks: {', '.join(sinks)}); Ctrl-C flushes and stops", err=True)
     rec.run_forever(stop, interval)
     worker.join(10)
@@ -177,7 +181,7 @@ def report_trend(obj: Context, scope: str, metric: str, granularity: str,
              f"  {sparkline([v for _, v in series])}", ""]
     width = max((len(show(v)) for _, v in series), default=1)
     for p, v in series:
-        lines.append(f"  {p:<10} {show(v):>{width}}  {bar(v / top, 30).rstrip()}")
+        lines.append(f"  {p:<10} {show(v):>{width}}  {bar(v / top, 30)}".rstrip())
     click.echo("\n".join(lines))
 
 
@@ -207,7 +211,7 @@ def alerts_requeue(obj: Context, event_id: str | None) -> None:
     import time
 
     n = obj.store().requeue_dead(event_id, int(time.time() * 1000))
-    click.echo(f"requeued {n} deliveries")
+    click.echo(render([{"requeued": n}], obj.fmt, f"requeued {n} deliveries"))
 
 
 @click.command()
@@ -228,4 +232,5 @@ def restore(obj: Context, orgs: tuple[str, ...]) -> None:
     with progress as orgs_iter:
         for org in orgs_iter:
             raised += rec.restore_org(org)
-    click.echo(f"restored {len(targets)} orgs, {raised} counters raised")
+    click.echo(render([{"orgs": len(targets), "counters_raised": raised}], obj.fmt,
+                      f"restored {len(targets)} orgs, {raised} counters raised"))

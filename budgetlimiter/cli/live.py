@@ -1,11 +1,9 @@
-"""Commands on live Redis counters: demo, check, record, status, top, adjust."""
+"""Commands on live Redis counters: demo, check, record, status, adjust."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -14,8 +12,8 @@ import click
 from ..errors import InvalidAmount
 from ..subject import Scope, Subject
 from ..usage import Metric, Usage, micros_to_usd, usd_to_micros
-from .context import EXIT_DENIED, EXIT_INPUT, EXIT_UNAVAILABLE, Context
-from .output import bar, limit_row, render
+from .context import EXIT_DENIED, EXIT_INPUT, EXIT_UNAVAILABLE, Context, redacted
+from .output import limit_row, render
 from .policy_cmds import subject_options
 
 
@@ -55,24 +53,41 @@ def demo(invocations: int, seed: int) -> None:
 @click.command()
 @subject_options
 @usage_options
-@click.option("--ttl", type=float, default=None, help="Reservation TTL in seconds.")
+@click.option("--reserve", is_flag=True,
+              help="Hold the estimate: reserve it and print the reservation id, to settle "
+              "with `commit ID` or `release ID` (default: answer only, nothing reserved).")
+@click.option("--ttl", type=float, default=None,
+              help="With --reserve: the reservation's TTL in seconds.")
 @click.pass_obj
 def check(obj: Context, org: str, team: str | None, user: str | None, agent: str,
           input_tokens: int, output_tokens: int, invocations: int, cost: str | None,
-          ttl: float | None) -> None:
-    """Check and reserve an estimate (exit 1 when denied)."""
+          reserve: bool, ttl: float | None) -> None:
+    """Would this estimate fit? Exit 1 when denied. Nothing is reserved unless --reserve."""
+    if ttl is not None and not reserve:
+        raise click.UsageError("--ttl needs --reserve (without it nothing is reserved)")
     subject = Subject(org, agent, team=team, user=user)
     est = make_usage(input_tokens, output_tokens, invocations, cost)
-    decision = obj.limiter().check(subject, est, ttl=ttl)
+    obj.declared(org, team)
+    decision = obj.limiter().check(subject, est, ttl=ttl, dry_run=not reserve)
+    if decision.degraded:
+        # the policy's outage setting answered, not Redis: no decision to report, nothing held
+        click.echo(f"error: Redis unreachable: nothing was checked or reserved "
+                   f"({redacted(obj.redis_url)})", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    res = decision.reservation
     if obj.fmt == "json":
         click.echo(json.dumps(decision.to_dict(), indent=2, default=str))
     elif obj.fmt == "csv":
-        click.echo(render([limit_row(s, False) for s in decision.limits], "csv"))
+        head = {"allowed": decision.allowed, "reservation_id": res.id if res else "",
+                "expires_at": res.expires_at.isoformat() if res else ""}
+        rows = [{**head, **limit_row(s, False)} for s in decision.limits]
+        click.echo(render(rows or [head], "csv"))
     else:
         click.echo(str(decision))
-        if decision.reservation:
-            click.echo(f"reservation {decision.reservation.id} "
-                       f"(expires {decision.reservation.expires_at:%Y-%m-%d %H:%M:%S}Z)")
+        if res is not None:
+            click.echo(f"reservation {res.id} (expires {res.expires_at:%Y-%m-%d %H:%M:%S}Z)")
+        elif decision.allowed:
+            click.echo("nothing reserved (--reserve holds the estimate)")
         click.echo(render([limit_row(s) for s in decision.limits], "table"))
     if not decision.allowed:
         sys.exit(EXIT_DENIED)
@@ -88,13 +103,39 @@ def record(obj: Context, org: str, team: str | None, user: str | None, agent: st
            request_id: str | None) -> None:
     """Record usage that had no reservation (idempotent by --request-id)."""
     subject = Subject(org, agent, team=team, user=user)
-    result = obj.limiter().record(
-        subject, make_usage(input_tokens, output_tokens, invocations, cost),
-        request_id=request_id)
+    usage = make_usage(input_tokens, output_tokens, invocations, cost)
+    obj.declared(org, team)
+    limiter = obj.limiter()
+    result = limiter.record(subject, usage, request_id=request_id)
+    # a duplicate carries no amounts: show the cost of what was asked (the same request id
+    # was recorded before, with whatever usage it had then; nothing is counted again)
+    asked = (usage.cost if usage.cost is not None
+             else micros_to_usd(obj.policy().pricing_for(agent).cost_micros(usage)))
+    settle_output(obj, result, asked, "already recorded: nothing counted again")
+
+
+def settle_output(obj: Context, result: Any, asked: Decimal | None, duplicate: str) -> None:
+    """One settle result (record, commit, release) in the chosen format."""
+    out = result.to_dict()
+    if out["cost"] is None and asked is not None:
+        out["cost"] = str(asked)
+    thresholds = out.pop("thresholds")
     if obj.fmt == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2, default=str))
+        click.echo(json.dumps({**out, "thresholds": thresholds}, indent=2, default=str))
         return
-    click.echo(f"{result.status} {result.id} cost ${result.cost_usd}")
+    if obj.fmt == "csv":
+        click.echo(render([{**out, "thresholds": " ".join(
+            f"{t['scope']}:{t['metric']}:{t['period']}:{t['threshold']}" for t in thresholds)}],
+            "csv"))
+        return
+    line = f"{result.status} {result.id}"
+    if out["cost"] is not None:
+        line += f" cost ${out['cost']}"
+    if result.status == "duplicate":
+        line += f" ({duplicate})"
+    if result.overshoot and result.status in ("committed", "late"):
+        line += " (overshoot: more than the estimate)"
+    click.echo(line)
     for t in result.thresholds:
         click.echo(f"threshold {t.threshold}% crossed: {t.metric.value} per {t.period} "
                    f"of {t.scope}")
@@ -127,6 +168,7 @@ def status(obj: Context, scope: str, tree: bool) -> None:
     """Live counters of SCOPE (e.g. org:acme/team:eng): used / reserved / limit / remaining
     / percent / resets-at per metric and period."""
     target = Scope.parse(scope)
+    obj.declared(target.org, target.team)
     limiter = obj.limiter()
     scopes = live_scopes(limiter, target) if tree else [target]
     if target not in scopes:
@@ -137,56 +179,6 @@ def status(obj: Context, scope: str, tree: bool) -> None:
         click.echo(f"{target}: no limits apply to this scope")
         return
     click.echo(render(rows, obj.fmt))
-
-
-def top_rows(limiter: Any, previous: dict[tuple[str, str, str], tuple[int, float]],
-             limit: int) -> list[dict[str, Any]]:
-    now = time.monotonic()
-    rows = []
-    for sc in live_scopes(limiter, None):
-        for s in limiter.scope_status(sc):
-            key = (str(s.scope), s.metric.value, s.period)
-            spent = s.taken
-            rate = 0.0
-            if key in previous:
-                before, then = previous[key]
-                rate = (spent - before) / max(1e-6, now - then) * 60
-            previous[key] = (spent, now)
-            per_min = (str(Decimal(round(rate)).scaleb(-6)) if s.metric is Metric.COST
-                       else f"{rate:.0f}")
-            d = s.to_dict()
-            rows.append({"scope": d["scope"], "metric": d["metric"], "period": d["period"],
-                         "used": d["used"], "limit": d["limit"], "percent": d["percent"],
-                         "per_min": per_min, "bar": bar(min(1.0, s.percent / 100), 16),
-                         "state": d["state"], "_rate": rate})
-    rows.sort(key=lambda r: (r["percent"], r["_rate"]), reverse=True)
-    for r in rows:
-        del r["_rate"]
-    return rows[:limit]
-
-
-@click.command()
-@click.option("--limit", "-n", type=int, default=15, show_default=True)
-@click.option("--watch", is_flag=True, help="Refresh until interrupted.")
-@click.option("--interval", type=float, default=2.0, show_default=True)
-@click.option("--iterations", type=int, default=0, help="With --watch: stop after N refreshes.")
-@click.pass_obj
-def top(obj: Context, limit: int, watch: bool, interval: float, iterations: int) -> None:
-    """The scopes closest to their limits (and spending fastest, with --watch)."""
-    limiter = obj.limiter()
-    previous: dict[tuple[str, str, str], tuple[int, float]] = {}
-    count = 0
-    while True:
-        rows = top_rows(limiter, previous, limit)
-        if watch and obj.fmt == "table":
-            click.clear()
-            stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
-            click.echo(f"budgetlimiter top — {stamp}Z — every {interval:g}s (Ctrl-C to quit)")
-        click.echo(render(rows, obj.fmt))
-        count += 1
-        if not watch or (iterations and count >= iterations):
-            return
-        time.sleep(interval)
 
 
 @click.command()
@@ -224,6 +216,7 @@ def adjust(obj: Context, scope: str, metric: str, amount: str, why: str,
     if not why.strip():
         click.echo("error: --why must not be empty", err=True)
         sys.exit(EXIT_INPUT)
+    obj.declared(target.org, target.team)
     try:
         outcome = apply_adjustment(obj.limiter(), obj.store(), target, met, sign * units,
                                    who or getpass.getuser(), why,

@@ -48,13 +48,15 @@ def table(rows: Sequence[dict[str, Any]], colour_column: str | None = "state") -
     cols = list(rows[0])
     cells = [["" if r.get(c) is None else str(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    widths[-1] = 0  # the last column is not padded: no trailing spaces
     lines = ["  ".join(click.style(c.ljust(w), bold=True) for c, w in zip(cols, widths,
                                                                             strict=True))]
     for row in cells:
         parts = []
         for col, value, width in zip(cols, row, widths, strict=True):
-            padded = value.ljust(width)
-            parts.append(colour_state(value, padded) if col == colour_column else padded)
+            # padding after the colour codes: the line's trailing spaces can be stripped
+            pad = " " * (width - len(value))
+            parts.append((colour_state(value) if col == colour_column else value) + pad)
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -68,7 +70,9 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, text: str | None = None) ->
         if rows:
             writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
-            writer.writerows(rows)
+            # booleans as in JSON (true/false), not Python's True/False
+            writer.writerows({k: str(v).lower() if isinstance(v, bool) else v
+                              for k, v in row.items()} for row in rows)
         return buf.getvalue().rstrip("\n")
     return text if text is not None else table(rows)
 

@@ -34,19 +34,31 @@ def policy() -> None:
 
 @policy.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
-def validate(file: str) -> None:
-    """Check a policy file; errors name file, line, path and field (exit code 2)."""
+@click.pass_obj
+def validate(obj: Context, file: str) -> None:
+    """Check a policy file; errors name file, line, path and field (exit code 2).
+
+    With --format json|csv the verdict is also data on stdout (valid, error, line, path,
+    field), and the error line still goes to stderr."""
     from ..policy import load_policy
 
+    row: dict[str, Any] = {"file": file, "valid": True, "orgs": None, "priced_agents": None,
+                           "error": None, "line": None, "path": None, "field": None}
     try:
         pol = load_policy(Path(file))
     except PolicyError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_INPUT)
+        row.update(valid=False, error=str(exc), line=exc.line, path=exc.path, field=exc.field)
     except OSError as exc:
-        click.echo(f"{file}: {exc.strerror or exc}", err=True)
+        row.update(valid=False, error=f"{file}: {exc.strerror or exc}")
+    else:
+        row.update(orgs=len(pol.orgs), priced_agents=len(pol.pricing))
+    if obj.fmt != "table":
+        click.echo(render([row], obj.fmt))
+    if not row["valid"]:
+        click.echo(row["error"], err=True)
         sys.exit(EXIT_INPUT)
-    click.echo(f"{file}: valid ({len(pol.orgs)} orgs, {len(pol.pricing)} priced agents)")
+    if obj.fmt == "table":
+        click.echo(f"{file}: valid ({row['orgs']} orgs, {row['priced_agents']} priced agents)")
 
 
 @policy.command("show")
@@ -58,7 +70,9 @@ def show(obj: Context, file: str | None, org: str, team: str | None, user: str |
     """The effective (inherited) limits of one subject, and where each was declared."""
     if file:
         obj.policy_path = file
-    eff = obj.policy().resolve(Subject(org, agent, team=team, user=user))
+    subject = Subject(org, agent, team=team, user=user)
+    obj.declared(org, team)
+    eff = obj.policy().resolve(subject)
     data = eff.to_dict()
     if obj.fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))

@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .context import Context
+from .context import Context, check_redis_url, open_store
 
 
 def _fast(module: str, fast: str, fallback: str) -> str:
@@ -29,11 +29,15 @@ def _fast(module: str, fast: str, fallback: str) -> str:
               help="Socket timeout of every Redis call, seconds.")
 @click.option("--watch-policy", type=float, default=0.0, show_default=True,
               help="Also reload the policy when its file changes (poll every N s; 0 = off).")
+@click.option("--grpc-port", envvar="BUDGETLIMITER_GRPC_PORT", type=int, default=None,
+              help="Also serve Envoy's rate limit service (gRPC) on this port, same host, "
+              "limiter and policy (needs the envoy extra and --workers 1).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, ...],
-          max_body: int, redis_timeout: float, watch_policy: float, log_level: str) -> None:
+          max_body: int, redis_timeout: float, watch_policy: float, grpc_port: int | None,
+          log_level: str) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
@@ -58,6 +62,13 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
         raise click.UsageError(str(exc)) from None
     if not config.policy_path:
         raise click.UsageError("no policy: pass --policy FILE or set BUDGETLIMITER_POLICY")
+    if grpc_port is not None and (workers > 1 or not 0 <= grpc_port <= 65535):
+        raise click.UsageError("--grpc-port needs --workers 1 and a port in 0..65535")
+    # bad URLs: one line and exit 2 now, not a traceback in the log at startup (neither
+    # connects: the sidecar starts while Redis or the database is down)
+    check_redis_url(obj.redis_url)
+    if obj.db_url:
+        open_store(obj.db_url).close()
     from pathlib import Path
 
     load_policy(Path(config.policy_path))  # fail fast (exit 2) on a broken policy
@@ -77,7 +88,12 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
         uvicorn.run("budgetlimiter.server.app:from_environment", factory=True,
                     workers=workers, **options)  # type: ignore[arg-type]
     else:
-        uvicorn.run(create_app(config), **options)  # type: ignore[arg-type]
+        app = create_app(config)
+        if grpc_port is not None:
+            from ..envoy import sidecar_hook
+
+            app.state.server.lifespan_hooks.append(sidecar_hook(host, grpc_port, config.tokens))
+        uvicorn.run(app, **options)  # type: ignore[arg-type]
 
 
 __all__ = ["serve"]

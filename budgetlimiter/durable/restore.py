@@ -62,6 +62,8 @@ class _Entry:
     thresholds: tuple[int, ...]
     scope: Scope
     window: Window
+    limit: int = 0
+    current: bool = False
     recorded: int = 0
     adjusted: int = 0
     ledgers: set[str] = field(default_factory=set)
@@ -106,7 +108,7 @@ def plan_rebuild(policy: Policy, keys: KeySpace, org: str, seq: int, now_ms: int
                 entry = entries[(key, spec.metric)] = _Entry(
                     key, spec.metric, w.end_ms + retention,
                     w is current and spec.rollover is Rollover.ACCUMULATE,
-                    spec.thresholds, sl.scope, w)
+                    spec.thresholds, sl.scope, w, spec.units, w is current)
             out.append(entry)
         return out
 
@@ -154,13 +156,19 @@ def plan_rebuild(policy: Policy, keys: KeySpace, org: str, seq: int, now_ms: int
             index[k] = len(key_list)
         return index[k]
 
-    args: list[str | int] = [seq, now_ms, len(entries)]
+    args: list[str | int] = [seq, now_ms, len(entries), idx(keys.events(org))]
     for entry in entries.values():
         top = fired_max.get((str(entry.scope), entry.metric.value, entry.window.kind.value,
                              entry.window.id), 0)
         fired_count = sum(1 for t in entry.thresholds if t <= top)
+        # crossings are checked for the current period of reset budgets (the limit of an
+        # accumulate budget includes a carry that the next check recomputes; a past period
+        # has no alerts left to give)
+        alerts = entry.limit > 0 and not entry.drop_carry and entry.current
         args += [idx(entry.key), entry.metric.code, entry.recorded, entry.adjusted,
                  fired_count, entry.expire_ms, 1 if entry.drop_carry else 0,
+                 entry.limit if alerts else 0,
+                 ",".join(str(t) for t in entry.thresholds) if alerts else "",
                  len(entry.ledgers)]
         args += [idx(lk) for lk in sorted(entry.ledgers)]
     return ScriptCall("rebuild", key_list, args, lambda reply: int(reply), org)

@@ -27,6 +27,8 @@ class ScriptCall:
     org: str = ""
     #: (counter key, metric code) of each budget, in reply order (the deny cache uses them)
     budget_keys: tuple[tuple[str, str], ...] = ()
+    #: the reservation a check would make ("" for other calls)
+    reservation_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,11 +35,11 @@ from .leases import LeaseConfig, LeaseTable
 from .outage import UNAVAILABLE, Deferred, OutageQueue
 from .planner import Core
 from .settle_plan import SettlePlanner, dirty_follow_up
+from .transport import Clock as Clock  # re-exported: the clients and the server name it
 from .transport import Transport, same_call, skewed
 
 log = logging.getLogger("budgetlimiter")
 
-Clock = Callable[[], int]
 #: how far a client's clock may be from Redis's before it is corrected (seconds)
 DEFAULT_CLOCK_TOLERANCE = 1.0
 
@@ -199,8 +199,7 @@ class Engine:
         reservation = None
         if not dry_run:
             now = self.now()
-            rid = call.keys[1].rsplit(":r:", 1)[1]
-            reservation = Reservation(id=rid, subject=subject,
+            reservation = Reservation(id=call.reservation_id, subject=subject,
                                       estimate=self.planners.core.amounts(subject, estimate),
                                       created_ms=now, expires_ms=now, local=True)
         return Decision(allowed=True, subject=subject, reservation=reservation, limits=(),

@@ -329,7 +329,7 @@ class Core:
             now_ms,
             0 if dry_run else expires,
             ttl_ms + self.idempotency_ms,
-            1 if dry_run else 0,
+            1 if dry_run else (2 if reservation_id is not None else 0),
             self.keys.reservation_prefix(org),
             plan,
             len(t.budgets),
@@ -346,7 +346,7 @@ class Core:
         def parse(reply: Any) -> Decision:
             return decision(subject, reservation, reader, now_ms, reply, dry_run, vec)
 
-        return ScriptCall("check", keys, args, parse, org, t.budget_keys)
+        return ScriptCall("check", keys, args, parse, org, t.budget_keys, rid)
 
     # status ------------------------------------------------------------------------
     def plan_status(self, subject: Subject, now_ms: int) -> ScriptCall:

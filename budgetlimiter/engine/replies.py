@@ -19,6 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ReservationExists
 from ..policy import Mode
 from ..results import Decision, LimitState, LimitStatus, Reservation, ms_to_datetime
 from ..subject import Subject
@@ -99,6 +100,11 @@ def decision(subject: Subject, reservation: Reservation | None, reader: ReplyRea
              amounts: Sequence[int] = NOTHING) -> Decision:
     """The decision of a check (or status read) reply; see ``lua/check.lua``."""
     vals = [int(v) for v in reply]
+    if vals[0] == -5:
+        assert reservation is not None
+        raise ReservationExists(
+            f"reservation id {reservation.id!r} is already in use (a check with it was made; "
+            "commit or release that reservation, or check under a new id)")
     allowed = vals[0] == 1
     blocker = vals[1]
     statuses = reader.statuses(vals, blocker, status_read, amounts)

@@ -11,6 +11,7 @@ The implementation is split across :mod:`.policy_model` (limits, rates, pricing,
 
 from __future__ import annotations
 
+from .envoy import EnvoyMapping
 from .loader import load_policy, parse_policy, policy_from_dict
 from .model import (
     AgentSpec,
@@ -40,6 +41,7 @@ __all__ = [
     "AgentSpec",
     "Defaults",
     "EffectivePolicy",
+    "EnvoyMapping",
     "LimitSpec",
     "Mode",
     "OrgDefaultSpec",

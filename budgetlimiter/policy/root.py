@@ -11,6 +11,7 @@ from typing_extensions import Self
 
 from ..errors import UnknownAgent
 from ..subject import Scope, Subject
+from .envoy import EnvoyMapping
 from .model import (
     AgentId,
     OrgId,
@@ -67,6 +68,8 @@ class Policy(_Model):
     default_pricing: Pricing | None = None
     defaults: TopDefaults = Field(default_factory=TopDefaults)
     orgs: dict[OrgId, OrgSpec] = Field(default_factory=dict)
+    #: how Envoy's rate limit requests map onto subjects (``budgetlimiter.envoy``)
+    envoy: EnvoyMapping | None = None
 
     _memo: _Cache = PrivateAttr(default_factory=_Cache)
 

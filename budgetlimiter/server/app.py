@@ -15,7 +15,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ class Server:
         self._watch: asyncio.Task[None] | None = None
         self._mtime = 0.0
         self._sighup = False
+        #: entered after start, exited before stop (``serve --grpc-port`` adds the gRPC
+        #: service here: same process, event loop, limiter and policy)
+        self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -295,7 +299,10 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.start()
         try:
-            yield
+            async with contextlib.AsyncExitStack() as hooks:
+                for hook in server.lifespan_hooks:
+                    await hooks.enter_async_context(hook(server))
+                yield
         finally:
             await server.stop()
 

@@ -22,6 +22,7 @@ from ..errors import (
     InvalidId,
     InvalidInput,
     PolicyError,
+    ReservationExists,
     ReservationNotFound,
     ReservationSettled,
     UnknownAgent,
@@ -41,6 +42,7 @@ CODES: dict[str, tuple[int, str]] = {
     "not_found": (404, "Not found"),
     "reservation_not_found": (404, "Reservation not found"),
     "reservation_released": (409, "Reservation already released"),
+    "reservation_exists": (409, "Reservation id already in use"),
     "reservation_committed": (409, "Reservation already committed"),
     "org_mismatch": (409, "The request names two different orgs"),
     "method_not_allowed": (405, "Method not allowed"),
@@ -101,6 +103,8 @@ def from_library_error(exc: BaseException) -> Problem:
     """Map a library exception to its problem (unknown ones are internal errors)."""
     if isinstance(exc, ReservationNotFound):
         return Problem("reservation_not_found", str(exc))
+    if isinstance(exc, ReservationExists):
+        return Problem("reservation_exists", str(exc))
     if isinstance(exc, ReservationSettled):
         return Problem(f"reservation_{exc.settled_as}", str(exc))
     if isinstance(exc, UnknownAgent):

@@ -1,0 +1,182 @@
+"""Envoy rate limit service benchmark: ``ShouldRateLimit`` at fixed concurrency over gRPC.
+
+Two servers, one load generator, same run: ``envoy-bare-64`` is a bare grpc.aio servicer that
+answers OK without doing anything (the ceiling grpc.aio itself sets on this machine);
+``envoy-64`` is budgetlimiter's service (``budgetlimiter.envoy.serve_grpc`` on an
+AsyncBudgetLimiter): each call is a request-time check of the 4-budget benchmark subject
+(org, org agent, team, user) that reserves the estimate under a fresh request id. Each server
+runs in its own process (uvloop when installed) so that the load generator does not share its
+interpreter; the load is a grpc.aio client in this process with ``concurrency`` tasks on one
+channel. Runnable on its own::
+
+    python -m benchmarks.envoy redis://127.0.0.1:6379/0 --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from .common import AGENT, ORG, TEAM, USER, Result, loop_name, policy_dict, run_loop, time_async
+
+_SERVE = """
+import asyncio, sys
+mode, url, policy_path, port = sys.argv[1:5]
+
+async def main():
+    import grpc
+    from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+    if mode == "bare":
+        class Bare:
+            async def ShouldRateLimit(self, request, context):
+                return rls_pb2.RateLimitResponse(
+                    overall_code=rls_pb2.RateLimitResponse.OK,
+                    statuses=[rls_pb2.RateLimitResponse.DescriptorStatus(
+                        code=rls_pb2.RateLimitResponse.OK)])
+        server = grpc.aio.server()
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(Bare(), server)
+        server.add_insecure_port("127.0.0.1:" + port)
+        await server.start()
+    else:
+        from budgetlimiter import AsyncBudgetLimiter, load_policy
+        from budgetlimiter.envoy import serve_grpc
+        limiter = AsyncBudgetLimiter(load_policy(policy_path), url)
+        service = await serve_grpc(limiter, port=int(port))  # kept: a collected server stops
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+try:
+    import uvloop
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(mode: str, url: str, policy_path: str) -> tuple[subprocess.Popen[str], int]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, mode, url, policy_path, str(port)],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the server is up (or died)
+    if line.strip() != "ready":
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"the {mode} gRPC server did not start (exit {proc.returncode})")
+    return proc, port
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _load(pid: int, port: int, seconds: float, concurrency: int, result: Result) -> Result:
+    import grpc
+    from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+    from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+    entry = ratelimit_pb2.RateLimitDescriptor.Entry
+    fixed = [entry(key="org", value=ORG), entry(key="team", value=TEAM),
+             entry(key="user", value=USER), entry(key="model", value=AGENT)]
+    ids = itertools.count()
+    errors = 0
+    cpu_before = _cpu_seconds(pid)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+
+        async def call() -> bool:
+            nonlocal errors
+            rid = entry(key="request_id", value=f"bench-{next(ids)}")
+            request = rls_pb2.RateLimitRequest(domain="budgetlimiter", descriptors=[
+                ratelimit_pb2.RateLimitDescriptor(entries=[*fixed, rid])])
+            try:
+                reply = await stub.ShouldRateLimit(request, timeout=10)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                return False
+            return bool(reply.overall_code == rls_pb2.RateLimitResponse.OK)
+
+        await time_async(result, call, concurrency, seconds)
+    cpu_after = _cpu_seconds(pid)
+    calls = next(ids)  # warm-up included
+    if cpu_before is not None and cpu_after is not None and calls:
+        result.extra["server_cpu_us_per_call"] = round((cpu_after - cpu_before) / calls * 1e6, 1)
+    result.extra["errors"] = errors
+    return result
+
+
+def run(url: str, seconds: float, concurrency: int = 64) -> list[Result]:
+    """``envoy-bare-<n>`` and ``envoy-<n>``: the same load against both servers."""
+    names = (f"envoy-bare-{concurrency}", f"envoy-{concurrency}")
+    if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("envoy") is None:
+        return [Result(n, "envoy", skipped="needs the envoy extra (grpcio, xds-protos)")
+                for n in names]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bl-bench-envoy-") as tmp:
+        path = Path(tmp) / "policy.yaml"
+        path.write_text(yaml.safe_dump(policy_dict(), sort_keys=False), encoding="utf-8")
+        for mode, name in zip(("bare", "budget"), names, strict=True):
+            note = (f"ShouldRateLimit, {concurrency} tasks on one grpc.aio channel, server in "
+                    f"its own process, {loop_name()}; ")
+            note += ("bare servicer answering OK" if mode == "bare" else
+                     "request-time check of 4 budgets, reserve under a fresh request id")
+            proc, port = _start(mode, url, str(path))
+            try:
+                result = Result(name, "envoy", note=note)
+                results.append(run_loop(_load(proc.pid, port, seconds, concurrency, result)))
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    return results
+
+
+def ratio_line(results: list[Result]) -> str:
+    """``envoy-64 / envoy-bare-64 = 0.71x (goal >= 0.6x)``."""
+    by = {r.name: r for r in results}
+    bare = next((r for n, r in by.items() if n.startswith("envoy-bare-")), None)
+    ours = next((r for n, r in by.items() if not n.startswith("envoy-bare-")), None)
+    if bare is None or ours is None or not bare.rate or not ours.rate:
+        return "envoy ratio: not measured"
+    return (f"{ours.name} / {bare.name} = {ours.rate / bare.rate:.2f}x (goal >= 0.6x): "
+            f"{ours.rate:,.0f} vs {bare.rate:,.0f} calls/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.envoy")
+    parser.add_argument("redis_url")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    results = run(args.redis_url, args.seconds, args.concurrency)
+    for r in results:
+        print(json.dumps(r.as_dict()))
+    print(ratio_line(results), f"({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""``budgetlimiter serve --grpc-port``: the rate limit service inside the HTTP sidecar's
+process and event loop, on the same limiter and policy (reloads included)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+import httpx
+import pytest
+from click.testing import CliRunner
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from budgetlimiter.cli.context import Context
+from budgetlimiter.cli.serve import serve
+from budgetlimiter.envoy import sidecar_hook
+from budgetlimiter.server import ServerConfig, create_app
+from budgetlimiter.server.testing import LiveServer, free_port
+
+from .conftest import FakeClock
+from .envoy_harness import OK, descriptor
+from .servers import RedisServer
+from .test_envoy_service import POLICY
+
+pytestmark = pytest.mark.redis
+
+
+def test_grpc_and_http_share_one_limiter_and_policy(fresh_redis: RedisServer,
+                                                    clock: FakeClock, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    app = create_app(ServerConfig(redis_url=fresh_redis.url, policy_path=str(policy),
+                                  redis_timeout=1.0), clock=clock)
+    port = free_port()
+    app.state.server.lifespan_hooks.append(sidecar_hook("127.0.0.1", port))
+    live = LiveServer(app, http="httptools").start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+
+        def call(domain: str) -> Any:
+            d = descriptor(org="acme", team="eng", user="alice", model="gpt",
+                           request_id="side-1")
+            return stub.ShouldRateLimit(
+                rls_pb2.RateLimitRequest(domain=domain, descriptors=[d]), timeout=10)
+
+        assert call("budget").overall_code == OK
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            team = http.get("/v1/status/" + quote("org:acme/team:eng", safe="")).json()
+        assert [(x["used"], x["reserved"]) for x in team["limits"]] == [(0, 1000)]
+        policy.write_text(POLICY.replace("domains: [budget]", "domains: [gateway]"))
+        assert app.state.server.reload_policy()  # what SIGHUP does
+        with pytest.raises(grpc.RpcError) as old:
+            call("budget")
+        assert old.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        channel.close()
+        live.stop()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as probe, \
+            pytest.raises(grpc.RpcError) as stopped:  # it stopped with the sidecar
+        rls_pb2_grpc.RateLimitServiceStub(probe).ShouldRateLimit(
+            rls_pb2.RateLimitRequest(domain="gateway"), timeout=2)
+    assert stopped.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_serve_grpc_port_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client
+    import uvicorn
+
+    from budgetlimiter.server import logs
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    obj = Context("memory://", "sqlite://", str(policy), "table")
+    many = CliRunner().invoke(serve, ["--grpc-port", "9090", "--workers", "2"], obj=obj)
+    assert many.exit_code == 2 and "--grpc-port needs --workers 1" in many.output
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(logs, "setup_logging", lambda level: None)
+    monkeypatch.setattr(prometheus_client, "disable_created_metrics", lambda: None)
+    result = CliRunner().invoke(serve, [], obj=obj, env={"BUDGETLIMITER_GRPC_PORT": "9090"})
+    assert result.exit_code == 0, result.output
+    assert len(seen["app"].state.server.lifespan_hooks) == 1
+    seen.clear()
+    assert CliRunner().invoke(serve, [], obj=obj).exit_code == 0
+    assert seen["app"].state.server.lifespan_hooks == []
