@@ -33,13 +33,11 @@ class Backend:
         return self.kind == "cluster"
 
 
-def _shown(url: str) -> str:
-    """``url`` for an error message: without the password of its user-info part."""
-    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url, count=1)
-
-
 def _bad_url(url: str, problem: str) -> InvalidInput:
-    return InvalidInput(f"bad backend URL {_shown(url)[:200]}: {problem}")
+    """The error of a backend URL that cannot be read: it names the problem and the scheme,
+    never the URL itself (which may hold a password; the caller knows which URL it passed)."""
+    scheme = urlsplit(url).scheme
+    return InvalidInput(problem.replace("{URL}", f"the {scheme}:// URL"))
 
 
 def parse_backend(url: str) -> Backend:
@@ -72,18 +70,21 @@ def _seeds(url: str, default_port: int) -> list[tuple[str, int]]:
     netloc = urlsplit(url).netloc
     hosts = netloc.rsplit("@", 1)[-1]
     if not hosts:
-        raise _bad_url(url, "no host: write host:port (several separated by commas)")
+        what = "sentinel" if default_port == 26379 else "seed node"
+        raise _bad_url(url, f"{{URL}} needs host:port of each {what} (several separated by "
+                       "commas)")
     seeds = []
     for part in hosts.split(","):
         m = _SEED.fullmatch(part)
         if m is None:
-            raise _bad_url(url, f"{part[:60]!r} is not host:port")
+            raise _bad_url(url, f"{part[:60]!r} in {{URL}} is not host:port")
         host = m.group("v6") or m.group("host")
         port = m.group("port")
         if port is None or port == "":
             number = default_port
         elif not port.isdigit() or not 0 < int(port) < 65536:
-            raise _bad_url(url, f"the port of {part[:60]!r} is not a number from 1 to 65535")
+            raise _bad_url(url, f"the port of {part[:60]!r} in {{URL}} is not a number from 1 "
+                           "to 65535")
         else:
             number = int(port)
         seeds.append((host, number))
@@ -134,7 +135,7 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any
     query = parse_qs(parsed.query)
     if "db" in query:
         if not query["db"][0].isdigit():
-            raise _bad_url(url, f"db must be a number, got {query['db'][0][:20]!r}")
+            raise _bad_url(url, f"db in {{URL}} must be a number, got {query['db'][0][:20]!r}")
         kwargs["db"] = int(query["db"][0])
     if parsed.scheme.startswith("rediss"):
         kwargs["ssl"] = True
@@ -194,7 +195,7 @@ def _connect(url: str, timeout: float, connect_timeout: float, *, asyncio: bool)
             return hiredis_packing(redis.asyncio.Redis.from_url(url, **opts))
         return redis.Redis.from_url(url, **opts)
     except ValueError as exc:  # e.g. a port that is not a number
-        raise _bad_url(url, str(exc)[:200]) from None
+        raise _bad_url(url, f"{{URL}}: {str(exc)[:200]}") from None
 
 
 def _cluster(url: str, opts: dict[str, Any], *, asyncio: bool) -> Any:
@@ -220,7 +221,7 @@ def _cluster(url: str, opts: dict[str, Any], *, asyncio: bool) -> Any:
     try:
         return factory.from_url(one, startup_nodes=nodes or None, **opts)
     except ValueError as exc:
-        raise _bad_url(url, str(exc)[:200]) from None
+        raise _bad_url(url, f"{{URL}}: {str(exc)[:200]}") from None
 
 
 _FAST_CLASSES: dict[type, type] = {}

@@ -44,13 +44,14 @@ def test_cluster_and_sentinel_urls_take_several_seeds():
 
 
 @pytest.mark.parametrize("url,problem", [
-    ("redis+cluster://h1:7000,h2:70x0", "the port of 'h2:70x0' is not a number"),
-    ("redis+cluster://h1:7000,,h3:7000", "'' is not host:port"),
-    ("redis+cluster://h1:99999", "the port of 'h1:99999' is not a number from 1 to 65535"),
-    ("redis+cluster:///0", "no host"),
+    ("redis+cluster://h1:7000,h2:70x0",
+     "the port of 'h2:70x0' in the redis+cluster:// URL is not a number from 1 to 65535"),
+    ("redis+cluster://h1:7000,,h3:7000", "'' in the redis+cluster:// URL is not host:port"),
+    ("redis+cluster://h1:99999", "the port of 'h1:99999' in the redis+cluster:// URL"),
+    ("redis+cluster:///0", "the redis+cluster:// URL needs host:port of each seed node"),
     ("redis+sentinel://user:s3cret@s1:2637x/mymaster", "the port of 's1:2637x'"),
-    ("redis+sentinel://s1:26379/mymaster?db=x", "db must be a number"),
-    ("redis://127.0.0.1:abc/0", "bad backend URL redis://127.0.0.1:abc/0"),
+    ("redis+sentinel://s1:26379/mymaster?db=x", "db in the redis+sentinel:// URL must be"),
+    ("redis://user:s3cret@127.0.0.1:abc/0", "the redis:// URL: Port could not be cast"),
 ])
 def test_an_unreadable_url_is_one_clear_error(url, problem):
     """Refused before any connection: InvalidInput (a ValueError) naming what is wrong, and

@@ -284,5 +284,5 @@ def test_sentinel_url_options():
     assert skw["socket_connect_timeout"] == 0.25 and skw["socket_timeout"] == 0.25
     assert skw["password"] == "sp" and skw["ssl_ca_certs"] == "/ca.pem"
     assert "sentinel_password" not in kw  # the master is not given the sentinels' password
-    with pytest.raises(ValueError, match="the port of 'h:notaport' is not a number"):
+    with pytest.raises(ValueError, match="the port of 'h:notaport' in the redis"):
         _sentinel_parts("redis+sentinel://h:notaport/mymaster")
