@@ -64,7 +64,8 @@ def binding(limits: Sequence[LimitStatus]) -> LimitStatus | None:
     best: LimitStatus | None = None
     best_key = (True, 2.0)
     for s in limits:
-        key = (s.mode != "hard", s.remaining / s.limit if s.limit > 0 else 0.0)
+        cap = s.capacity  # a rate limit's remaining is out of its burst
+        key = (s.mode != "hard", s.remaining / cap if cap > 0 else 0.0)
         if key < best_key:
             best, best_key = s, key
     return best
@@ -73,7 +74,7 @@ def binding(limits: Sequence[LimitStatus]) -> LimitStatus | None:
 def until_reset(status: LimitStatus, decision: Decision, now_ms: int) -> int:
     """Whole seconds until ``status`` frees up: its period end for a budget; for a rate limit
     the refusal's retry time, else the time the used part of the burst takes to drain at the
-    burst's pace (exact when burst equals the rate)."""
+    rate (``limit`` per period)."""
     if status.kind == "rate":
         if decision.blocked_by is status and decision.retry_after is not None:
             return math.ceil(decision.retry_after)
