@@ -314,6 +314,12 @@ class AsyncBudgetLimiter(ClientSurface):
             if self.queued:
                 log.error("closing while Redis is unavailable: %d queued operations are lost",
                           self.queued)
+            # calls still on the wire (a pipeline of a cancelled caller, a script load) hold a
+            # connection the pool cannot close under them: let them end first
+            in_flight = [*self._tasks, *self._loading.values(),
+                         *(self.coalescer.in_flight() if self.coalescer is not None else ())]
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
             await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncBudgetLimiter:

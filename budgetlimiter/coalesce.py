@@ -93,5 +93,9 @@ class Coalescer:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._drain)
 
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        """The pipelines on the wire now."""
+        return list(self._tasks)
+
     async def run(self, call: ScriptCall) -> Any:
         return await self.submit(call)
