@@ -12,17 +12,7 @@ from typing import Any, TypeVar
 
 from .backends import connect_async
 from .coalesce import Coalescer, send_pipeline
-from .engine.calls import (
-    Command,
-    Detached,
-    Drain,
-    Exclusive,
-    Flow,
-    LoadScript,
-    Pipeline,
-    Request,
-    ScriptCall,
-)
+from .engine import calls as rq
 from .engine.engine import Clock, live_scopes
 from .engine.leases import LeaseConfig
 from .guard import AsyncGuard, Extractor, OnCommit
@@ -45,7 +35,7 @@ DEFAULT_ASYNC_TIMEOUT = 0.25
 class _Pending:
     """A flow's first step asked for I/O (see :meth:`AsyncBudgetLimiter._start`)."""
 
-    request: Request
+    request: rq.Request
 
 
 class AsyncBudgetLimiter(ClientSurface):
@@ -72,18 +62,18 @@ class AsyncBudgetLimiter(ClientSurface):
         self._exclusive: dict[Hashable, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loading: dict[str, asyncio.Future[Any]] = {}
-        #: detached flows by group, while they run (see Drain)
+        #: detached flows by group, while they run (see rq.Drain)
         self._groups: dict[str, set[asyncio.Task[Any]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
 
     # the driver ------------------------------------------------------------------------
-    async def run(self, flow: Flow[T]) -> T:
+    async def run(self, flow: rq.Flow[T]) -> T:
         """Drive one engine flow to its end (see :meth:`BudgetLimiter.run`)."""
         first = self._start(flow)
         return await self._resume(flow, first.request) if isinstance(first, _Pending) else first
 
-    def _start(self, flow: Flow[T]) -> T | _Pending:
+    def _start(self, flow: rq.Flow[T]) -> T | _Pending:
         """The flow's first step, without a coroutine: its first request, or its result when
         it needs no I/O at all (a leased check or commit, a cached refusal)."""
         try:
@@ -93,7 +83,7 @@ class AsyncBudgetLimiter(ClientSurface):
             result: T = stop.value
             return result
 
-    async def _resume(self, flow: Flow[T], request: Request) -> T:
+    async def _resume(self, flow: rq.Flow[T], request: rq.Request) -> T:
         """Execute ``request`` and go on with the flow until it ends."""
         while True:
             reply: Any = None
@@ -113,17 +103,17 @@ class AsyncBudgetLimiter(ClientSurface):
         if self._timer is None and not self._closing and self.engine.timer_period is not None:
             self._schedule_timer()
 
-    async def _execute(self, request: Request) -> Any:
-        if isinstance(request, ScriptCall):
+    async def _execute(self, request: rq.Request) -> Any:
+        if isinstance(request, rq.ScriptCall):
             if self.coalescer is not None:
                 return await self.coalescer.run(request)
             return await self.redis.evalsha(self._scripts[request.script].sha,
                                             len(request.keys), *request.keys, *request.args)
-        if isinstance(request, Pipeline):
+        if isinstance(request, rq.Pipeline):
             return await send_pipeline(self.redis, self._scripts, request.calls)
-        if isinstance(request, Command):
+        if isinstance(request, rq.Command):
             return await self.redis.execute_command(*request.args)
-        if isinstance(request, LoadScript):
+        if isinstance(request, rq.LoadScript):
             # after a SCRIPT FLUSH every waiting call gets NOSCRIPT at once: load once
             loading = self._loading.get(request.name)
             if loading is None:
@@ -132,19 +122,19 @@ class AsyncBudgetLimiter(ClientSurface):
                 self._loading[request.name] = loading
                 loading.add_done_callback(lambda _f: self._loading.pop(request.name, None))
             return await asyncio.shield(loading)
-        if isinstance(request, Detached):
+        if isinstance(request, rq.Detached):
             task = self._spawn(self.run(request.flow))
             if request.group:  # registered now, before anyone can ask to drain the group
                 group = self._groups.setdefault(request.group, set())
                 group.add(task)
                 task.add_done_callback(group.discard)
             return await asyncio.shield(task) if request.wait else None
-        if isinstance(request, Drain):
+        if isinstance(request, rq.Drain):
             running = self._groups.get(request.group)
             if running:
                 await asyncio.wait(set(running))
             return None
-        if isinstance(request, Exclusive):
+        if isinstance(request, rq.Exclusive):
             return await self._exclusively(request)
         raise TypeError(f"unknown request {request!r}")  # pragma: no cover
 
@@ -161,7 +151,7 @@ class AsyncBudgetLimiter(ClientSurface):
         if not task.cancelled() and task.exception() is not None:
             log.error("background work failed: %r", task.exception())
 
-    async def _exclusively(self, request: Exclusive) -> Any:
+    async def _exclusively(self, request: rq.Exclusive) -> Any:
         # each waiter parks on a future of its own, woken when the holder ends (cheaper than
         # asyncio.wait when every task of a busy subject queues up behind a lease opening)
         while (waiters := self._exclusive.get(request.key)) is not None:
@@ -275,7 +265,7 @@ class AsyncBudgetLimiter(ClientSurface):
                 break
         return live_scopes(self.keys, self.policy, org, found)
 
-    async def execute(self, call: ScriptCall) -> Any:
+    async def execute(self, call: rq.ScriptCall) -> Any:
         """See :meth:`BudgetLimiter.execute`."""
         return await self.run(self.engine.script(call))
 

@@ -10,17 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .backends import DEFAULT_TIMEOUT, connect_sync
-from .engine.calls import (
-    Command,
-    Detached,
-    Drain,
-    Exclusive,
-    Flow,
-    LoadScript,
-    Pipeline,
-    Request,
-    ScriptCall,
-)
+from .engine import calls as rq
 from .engine.engine import Clock, live_scopes
 from .engine.leases import LeaseConfig
 from .guard import Extractor, Guard, OnCommit
@@ -62,7 +52,7 @@ class BudgetLimiter(ClientSurface):
         self._timer: threading.Thread | None = None
 
     # the driver ----------------------------------------------------------------------
-    def run(self, flow: Flow[T]) -> T:
+    def run(self, flow: rq.Flow[T]) -> T:
         """Drive one engine flow to its end: send what it yields, feed back each reply or
         throw in the error."""
         reply: Any = None
@@ -81,21 +71,21 @@ class BudgetLimiter(ClientSurface):
             except BaseException as exc:
                 error = exc
 
-    def _execute(self, request: Request) -> Any:
-        if isinstance(request, ScriptCall):
+    def _execute(self, request: rq.Request) -> Any:
+        if isinstance(request, rq.ScriptCall):
             return self.redis.evalsha(self._scripts[request.script].sha, len(request.keys),
                                       *request.keys, *request.args)
-        if isinstance(request, Pipeline):
+        if isinstance(request, rq.Pipeline):
             pipe = self.redis.pipeline(transaction=False)
             for call in request.calls:
                 pipe.execute_command("EVALSHA", self._scripts[call.script].sha,
                                      len(call.keys), *call.keys, *call.args)
             return pipe.execute(raise_on_error=False)
-        if isinstance(request, Command):
+        if isinstance(request, rq.Command):
             return self.redis.execute_command(*request.args)
-        if isinstance(request, LoadScript):
+        if isinstance(request, rq.LoadScript):
             return self.redis.script_load(self._scripts[request.name].source)
-        if isinstance(request, Detached):
+        if isinstance(request, rq.Detached):
             try:
                 return self.run(request.flow)
             except Exception:
@@ -103,9 +93,9 @@ class BudgetLimiter(ClientSurface):
                     raise
                 log.exception("background work failed")
                 return None
-        if isinstance(request, Drain):  # detached flows ran to their end right away
+        if isinstance(request, rq.Drain):  # detached flows ran to their end right away
             return None
-        if isinstance(request, Exclusive):
+        if isinstance(request, rq.Exclusive):
             with self._exclusive:
                 return self.run(request.flow)
         raise TypeError(f"unknown request {request!r}")  # pragma: no cover
@@ -177,7 +167,7 @@ class BudgetLimiter(ClientSurface):
         scan = self.redis.scan_iter(match=self.keys.counter_pattern(org), count=1000)
         return live_scopes(self.keys, self.policy, org, itertools.islice(scan, limit))
 
-    def execute(self, call: ScriptCall) -> Any:
+    def execute(self, call: rq.ScriptCall) -> Any:
         """Run one planned script call (the durable side's: flush, ack, rebuild, adjust) with
         the client's connection, breaker and NOSCRIPT handling; returns its parsed reply."""
         return self.run(self.engine.script(call))
