@@ -1,0 +1,1 @@
+"""Mutation testing of the rules (``lua/``) and of the argument planning: ``make mutants``."""

@@ -1,0 +1,283 @@
+"""Mutation testing of the rules: ``python -m tests.mutation`` (``make mutants``).
+
+Generates mutants of ``lua/*.lua`` and of the argument planning (see
+:mod:`tests.mutation.mutants` for the operators and :mod:`tests.mutation.targets` for which
+tests judge which file), applies them one at a time to a temporary copy of the tree (the real
+files are never edited), runs the file's tests on the copy (``-x``: the first failure kills
+the mutant) and reports killed / survived / timeout. Mutants listed in
+``tests/mutation/equivalent.txt`` (with the reason they cannot change behaviour) are not run.
+
+Exit status 0 when every mutant run was killed (or timed out) and every equivalence entry
+still names a mutant; 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .mutants import Mutant, lua_mutants, py_mutants
+from .targets import TARGETS, Target
+
+ROOT = Path(__file__).resolve().parents[2]
+EQUIVALENT = Path(__file__).with_name("equivalent.txt")
+_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache",
+                                 ".pytest_cache", ".hypothesis", "test-artifacts", "results",
+                                 "*.sqlite3", "*.db", "node_modules")
+
+
+def generate(target: Target, root: Path = ROOT) -> list[Mutant]:
+    source = (root / target.path).read_text(encoding="utf-8")
+    if target.is_lua:
+        return lua_mutants(target.path, source)
+    return py_mutants(target.path, source, set(target.functions) if target.functions else None)
+
+
+def read_equivalents(path: Path = EQUIVALENT) -> dict[tuple[str, str], str]:
+    """``(file:line:col, mutation) -> why`` from the equivalence list."""
+    out: dict[tuple[str, str], str] = {}
+    if not path.exists():
+        return out
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split(" | ", 2)]
+        if len(parts) != 3 or not parts[2]:
+            raise SystemExit(f"{path}:{n}: expected 'file:line:col | mutation | why'")
+        out[(parts[0], parts[1])] = parts[2]
+    return out
+
+
+@dataclass
+class Result:
+    mutant: Mutant
+    status: str  # killed | survived | timeout
+    seconds: float
+    killed_by: str = ""
+
+
+class Zygote:
+    """The fork server (:mod:`tests.mutation.zygote`) running in the copy."""
+
+    def __init__(self, copy: Path, modules: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.mutation.zygote", *modules], cwd=copy, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.ready = float(self._read(120)["ready"])
+
+    def _read(self, timeout: float | None) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        if timeout is not None:
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                raise TimeoutError
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the fork server exited (see its stderr above)")
+        obj: dict[str, object] = json.loads(line)
+        return obj
+
+    def run(self, args: list[str], log: Path, timeout: float) -> int | None:
+        """The child's exit code, or None when it ran out of time (it is killed)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"args": args, "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        pid = int(str(self._read(30)["pid"]))
+        try:
+            return int(str(self._read(timeout)["rc"]))
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # the child and the redis-servers it started
+            self._read(30)
+            return None
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def _killed_by(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line.split(" - ")[0][:160]
+    return lines[-1][:160] if lines else ""
+
+
+def _module_of(test: str) -> str:
+    return test.split("::")[0].removesuffix(".py").replace("/", ".")
+
+
+def run_target(target: Target, mutants: list[Mutant], copy: Path, seed: int,
+               done: int, total: int, report: list[Result]) -> None:
+    tests = [t for t in target.tests if (copy / t.split("::")[0]).exists()]
+    missing = sorted(set(target.tests) - set(tests))
+    args = ["-x", "-q", "-p", "no:cacheprovider", "--assert=plain", f"--hypothesis-seed={seed}",
+            "-k", target.rows, *tests]
+    print(f"\n{target.path}: {len(mutants)} mutants; pytest {' '.join(args)}", flush=True)
+    if missing:
+        print(f"  (not in this tree, left out: {' '.join(missing)})")
+    modules = list(target.preimport)
+    if target.is_lua:  # the package is not mutated: its tests can be imported once too
+        modules += ["tests.conftest", *dict.fromkeys(_module_of(t) for t in tests)]
+    zygote = Zygote(copy, modules)
+    logs = Path(tempfile.mkdtemp(prefix="bl-mutant-logs-"))
+    try:
+        t0 = time.monotonic()
+        rc = zygote.run(args, logs / "baseline.log", 900)
+        base = time.monotonic() - t0
+        if rc != 0:
+            text = (logs / "baseline.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"baseline run of {target.path}'s tests failed (rc {rc}):\n{text}")
+        timeout = max(30.0, 4 * base)
+        print(f"  imports {zygote.ready:.1f} s once; unmutated run {base:.1f} s; "
+              f"timeout per mutant {timeout:.0f} s", flush=True)
+        path = copy / target.path
+        original = path.read_text(encoding="utf-8")
+        for i, m in enumerate(mutants, done + 1):
+            path.write_text(m.apply(original), encoding="utf-8")
+            t0 = time.monotonic()
+            try:
+                rc = zygote.run(args, logs / "mutant.log", timeout)
+            finally:
+                path.write_text(original, encoding="utf-8")
+            took = time.monotonic() - t0
+            if rc is None:
+                res = Result(m, "timeout", took)
+            elif rc == 0:
+                res = Result(m, "survived", took)
+            elif rc in (4, 5):  # usage error, nothing collected: the selection is broken
+                raise SystemExit(f"pytest exit {rc} on {m.id}: see {logs / 'mutant.log'}")
+            else:
+                res = Result(m, "killed", took, _killed_by(logs / "mutant.log"))
+            report.append(res)
+            mark = {"killed": "killed  ", "survived": "SURVIVED", "timeout": "timeout "}
+            print(f"  [{i:4}/{total}] {mark[res.status]} {m.id} {m.mutation} ({took:.1f}s)",
+                  flush=True)
+    finally:
+        zygote.close()
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", metavar="FILE",
+                    help=f"mutate only this file (repeatable); files: {', '.join(TARGETS)}")
+    ap.add_argument("--at", action="append", metavar="FILE:LINE[:COL]",
+                    help="only the mutants at this place (repeatable)")
+    ap.add_argument("--limit", type=int, metavar="N", help="a random sample of N mutants")
+    ap.add_argument("--seed", type=int, help="sampling and hypothesis seed (default: 0, or "
+                    "a random one with --limit; printed either way)")
+    ap.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    ap.add_argument("--run-equivalents", action="store_true",
+                    help="also run the mutants listed as equivalent (to check the list)")
+    ap.add_argument("--report", metavar="PATH", help="write the results as JSON lines")
+    ap.add_argument("--retry", metavar="PATH",
+                    help="run only the mutants that survived or timed out in that report")
+    opts = ap.parse_args(argv)
+
+    unknown = sorted(set(opts.only or ()) - set(TARGETS))
+    if unknown:
+        ap.error(f"not a mutated file: {', '.join(unknown)}")
+    targets = [TARGETS[p] for p in (opts.only or TARGETS)]
+    seed = opts.seed if opts.seed is not None else (
+        random.SystemRandom().randrange(2**31) if opts.limit else 0)
+    equivalents = read_equivalents()
+    by_target = {t.path: generate(t) for t in targets}
+    generated = [m for ms in by_target.values() for m in ms]
+    keys = {(m.id, m.mutation) for m in generated}
+    stale = sorted(k for k in equivalents if k not in keys
+                   and k[0].rsplit(":", 2)[0] in by_target)
+
+    chosen = generated
+    if opts.at:
+        chosen = [m for m in chosen if any(m.id == a or m.id.startswith(a + ":")
+                                           for a in opts.at)]
+    if opts.retry:
+        again = set()
+        for line in Path(opts.retry).read_text().splitlines():
+            r = json.loads(line)
+            if r["status"] != "killed":
+                again.add((r["id"], r["mutation"]))
+        chosen = [m for m in chosen if (m.id, m.mutation) in again]
+    skipped = [] if opts.run_equivalents else [
+        m for m in chosen if (m.id, m.mutation) in equivalents]
+    chosen = [m for m in chosen if m not in skipped]
+    if opts.limit is not None and opts.limit < len(chosen):
+        picked = set(random.Random(seed).sample(range(len(chosen)), opts.limit))
+        chosen = [m for i, m in enumerate(chosen) if i in picked]
+
+    counts = Counter(m.path for m in generated)
+    print(f"mutation run: seed {seed}; {len(generated)} mutants generated "
+          f"({', '.join(f'{p} {n}' for p, n in counts.items())}); "
+          f"{len(skipped)} listed as equivalent (not run); running {len(chosen)}")
+    print("reproduce: python -m tests.mutation --seed", seed,
+          *(f"--only {p}" for p in opts.only or ()), *(f"--at {a}" for a in opts.at or ()),
+          *((f"--limit {opts.limit}",) if opts.limit else ()), flush=True)
+    if opts.list:
+        for m in chosen:
+            print(f"{m.id} | {m.mutation} | {m.operator}")
+        return 0
+
+    report: list[Result] = []
+    copy = Path(tempfile.mkdtemp(prefix="bl-mutants-"))
+    started = time.monotonic()
+    try:
+        shutil.copytree(ROOT, copy, ignore=_IGNORE, dirs_exist_ok=True)
+        done = 0
+        for t in targets:
+            ms = [m for m in chosen if m.path == t.path]
+            if ms:
+                run_target(t, ms, copy, seed, done, len(chosen), report)
+                done += len(ms)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+        if opts.report:
+            with open(opts.report, "w", encoding="utf-8") as f:
+                for r in report:
+                    m = r.mutant
+                    f.write(json.dumps({"id": m.id, "mutation": m.mutation,
+                                        "operator": m.operator, "status": r.status,
+                                        "seconds": round(r.seconds, 2),
+                                        "killed_by": r.killed_by}) + "\n")
+
+    status = Counter(r.status for r in report)
+    minutes = (time.monotonic() - started) / 60
+    print(f"\n{len(report)} mutants run in {minutes:.1f} min: {status['killed']} killed, "
+          f"{status['timeout']} timeout, {status['survived']} survived; "
+          f"{len(skipped)} equivalent (listed, not run)")
+    survivors = [r.mutant for r in report if r.status == "survived"]
+    if survivors:
+        print("\nsurvivors (add a test that kills each, or list it as equivalent with why):")
+        for m in survivors:
+            line = (ROOT / m.path).read_text(encoding="utf-8").splitlines()[m.line - 1]
+            print(f"  {m.id} | {m.mutation} | {m.operator}\n      {line.strip()}")
+    if stale:
+        print(f"\n{EQUIVALENT.name}: entries that name no mutant (the code moved? update them):")
+        for loc, mutation in stale:
+            print(f"  {loc} | {mutation}")
+    return 1 if survivors or stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Fork server for the mutation runner: imports the slow modules once, then runs each pytest
+selection in a forked child (about 2.5 s of interpreter and import start-up saved per mutant).
+
+Started by the runner inside the temporary copy of the tree (``python -m
+tests.mutation.zygote MODULE...``). Protocol, one JSON object per line: the server says
+``{"ready": seconds}``; the runner sends ``{"args": [...], "log": path}``; the server answers
+``{"pid": n}`` (the child leads its own process group, so the runner can kill it and the
+redis-servers it started) and then ``{"rc": code}`` (negative: killed by that signal).
+
+Children write no bytecode (a mutated module must never be read back from a stale ``.pyc``),
+run with ``--assert=plain`` (the test modules may be imported before pytest could rewrite
+them) and a hypothesis profile without example database (a mutant never replays examples
+another mutant found).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+
+
+def main(modules: list[str]) -> int:
+    sys.dont_write_bytecode = True
+    t0 = time.monotonic()
+    for name in modules:
+        importlib.import_module(name)
+    from hypothesis import settings
+
+    settings.register_profile("mutants", database=None)
+    settings.load_profile("mutants")
+    _send({"ready": round(time.monotonic() - t0, 2)})
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            _child(req["args"], req["log"])
+        _send({"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        _send({"rc": os.waitstatus_to_exitcode(status)})
+    return 0
+
+
+def _child(args: list[str], log: str) -> None:
+    code = 3
+    try:
+        os.setsid()
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        import pytest
+
+        code = int(pytest.main(args))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _send(obj: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
