@@ -37,5 +37,8 @@ bench: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
+mutants: venv  # mutation testing of the rules (hours for all; see README "Development")
+	$(BIN)/python -m tests.mutation $(MUTANTS_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
