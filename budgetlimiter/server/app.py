@@ -26,21 +26,29 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from ..aio import AsyncBudgetLimiter
 from ..engine.engine import Clock
 from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
+from ..results import SettleResult
+from ..subject import Subject
+from ..usage import Usage
 from .config import ServerConfig
-from .handlers import Api, endpoint, request_id
+from .fastpath import HotPath
+from .handlers import Api, endpoint, hot_route, request_id
 from .metrics import Metrics
 from .middleware import Gate
+from .models import SubjectIn
 from .openapi import build_openapi
 from .problems import Problem
 from .ui import mount_ui
 
 log = logging.getLogger("budgetlimiter.server")
 MAX_GAUGE_ORGS = 200
+MAX_SUBJECTS = 10_000  #: validated subjects kept for reuse (the cache starts over when full)
 
 
 class _AnyText(Convertor[str]):
@@ -75,6 +83,7 @@ class Server:
         self._watch: asyncio.Task[None] | None = None
         self._mtime = 0.0
         self._sighup = False
+        self._subjects: dict[tuple[str, str, str | None, str | None], Subject] = {}
         #: entered after start, exited before stop (``serve --grpc-port`` adds the gRPC
         #: service here: same process, event loop, limiter and policy)
         self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
@@ -124,6 +133,29 @@ class Server:
         if self.limiter is None:
             raise Problem("backend_unavailable", "the sidecar is starting")
         return self.limiter
+
+    # per-request work done once per subject ---------------------------------------------
+    def subject(self, given: SubjectIn) -> Subject:
+        """The :class:`Subject` of a validated request subject; the same object for the same
+        ids, so the limiter's per-subject templates are found by identity and the ids are
+        checked once."""
+        key = (given.org, given.agent, given.team, given.user)
+        found = self._subjects.get(key)
+        if found is None:
+            if len(self._subjects) >= MAX_SUBJECTS:
+                self._subjects.clear()
+            found = self._subjects[key] = given.to_subject()
+        return found
+
+    async def commit_by_id(self, limiter: AsyncBudgetLimiter, org: str, reservation_id: str,
+                           actual: Usage, subject: Subject | None) -> SettleResult:
+        """Commit a reservation by id."""
+        return await limiter.commit_by_id(org, reservation_id, actual, subject=subject)
+
+    async def release_by_id(self, limiter: AsyncBudgetLimiter, org: str,
+                            reservation_id: str) -> SettleResult:
+        """Release a reservation by id."""
+        return await limiter.release(reservation_id, org=org)
 
     # policy reload -----------------------------------------------------------------------
     def reload_policy(self) -> bool:
@@ -267,6 +299,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return problem.response(request_id(request))
 
 
+class SidecarApp(Starlette):
+    """Starlette with the :class:`Gate` as the outermost layer of every HTTP request: the
+    gate serves the hot POST endpoints itself and hands the rest to the Starlette stack."""
+
+    gate: Gate
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self
+            await self.gate(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def _stack(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(config: ServerConfig | None = None, *, policy: Policy | None = None,
                limiter: AsyncBudgetLimiter | None = None, clock: Clock | None = None,
                store: Any = None) -> Starlette:
@@ -280,12 +329,9 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     def r(path: str, fn: Any, method: str) -> Route:
         return Route(path, endpoint(server, fn), methods=[method])
 
-    routes = [
-        r("/v1/check", api.check, "POST"),
-        r("/v1/check:batch", api.check_batch, "POST"),
-        r("/v1/commit", api.commit, "POST"),
-        r("/v1/release", api.release, "POST"),
-        r("/v1/record", api.record, "POST"),
+    hot = api.hot_routes()
+    routes = [Route(path, hot_route(server, fn), methods=["POST"]) for path, fn in hot.items()]
+    routes += [
         r("/v1/status/{scope:bl_any}", api.status, "GET"),
         r("/v1/usage", api.usage, "GET"),
         r("/v1/policy/effective", api.effective_policy, "GET"),
@@ -306,10 +352,11 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
         finally:
             await server.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error})
-    app.add_middleware(Gate, tokens=cfg.tokens, metrics=server.metrics)
-    mount_ui(app, server)  # the /ui dashboard shell (outermost) and GET /v1/ui/tree
+    app = SidecarApp(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error})
+    app.gate = Gate(app._stack, tokens=cfg.tokens, metrics=server.metrics,
+                    hot=HotPath(server, hot))
+    mount_ui(app, server)  # the /ui dashboard shell and GET /v1/ui/tree
     app.state.server = server
     return app
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from ..errors import BudgetLimiterError
 from ..results import Decision
 from ..subject import Scope, Subject
 from . import models as m
+from .fastpath import Answer, HotHandler, Incoming, encode, parse_json
 from .params import CHECK_PARAMS, EFFECTIVE_PARAMS, read_query, scope_error
 from .problems import Problem, dumps, from_library_error
 
@@ -30,6 +30,8 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
 _WINDOW = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000,
            "per second": 1, "per minute": 60, "per hour": 3600}
+#: RFC 7240: say which preference shaped the answer
+_APPLIED = {"Preference-Applied": "return=minimal"}
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -42,6 +44,22 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
+def problem_for(server: Server, exc: BaseException, rid: str) -> Problem:
+    """The problem answering a failure of a handler (Redis errors are counted and logged,
+    unexpected ones logged with their traceback)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, UNAVAILABLE):
+        server.metrics.redis_errors.inc()
+        log.warning("redis unavailable: %s", exc, extra={"request_id": rid})
+        return Problem("backend_unavailable", "Redis did not answer in time",
+                       headers={"Retry-After": "1"})
+    if isinstance(exc, BudgetLimiterError):
+        return from_library_error(exc)
+    log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+    return Problem("internal_error", "unexpected error; see the server log")
+
+
 def endpoint(server: Server, fn: Handler) -> Handler:
     """Turn every failure of ``fn`` into a problem response (and count Redis errors)."""
 
@@ -49,25 +67,25 @@ def endpoint(server: Server, fn: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await fn(request)
-        except Problem as problem:
-            return problem.response(request_id(request))
-        except UNAVAILABLE as exc:
-            server.metrics.redis_errors.inc()
-            log.warning("redis unavailable: %s", exc, extra={"request_id": request_id(request)})
-            return Problem("backend_unavailable", "Redis did not answer in time",
-                           headers={"Retry-After": "1"}).response(request_id(request))
-        except BudgetLimiterError as exc:
-            return from_library_error(exc).response(request_id(request))
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": request_id(request)})
-            return Problem("internal_error", "unexpected error; see the server log"
-                           ).response(request_id(request))
+        except Exception as exc:
+            rid = request_id(request)
+            return problem_for(server, exc, rid).response(rid)
 
     return wrapped
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def hot_route(server: Server, fn: HotHandler) -> Handler:
+    """A hot handler as a Starlette endpoint (the gate serves these paths itself; the route
+    is what answers other methods with 405)."""
+
+    async def as_route(request: Request) -> Response:
+        body = await read_body(request, server.config.max_body)
+        answer = await fn(Incoming(body, request.scope["headers"],
+                                   request.scope.get("query_string", b"")))
+        return Response(answer.body, status_code=answer.status, headers=answer.headers,
+                        media_type="application/json")
+
+    return endpoint(server, as_route)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -86,13 +104,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_model(request: Request, model: type[M], limit: int) -> M:
+def read_model(incoming: Incoming, model: type[M]) -> M:
     """Parse and validate a JSON body (NaN and Infinity are not JSON and are refused)."""
-    body = await read_body(request, limit)
-    try:
-        data = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise Problem("invalid_json", f"the body is not valid JSON: {str(exc)[:200]}") from None
+    data = parse_json(incoming.body)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -104,13 +118,25 @@ async def read_model(request: Request, model: type[M], limit: int) -> M:
         raise Problem(code, f"{where}: {first['msg']}", errors=errors) from None
 
 
-def wants_http_status(request: Request) -> bool:
+def wants_http_status(incoming: Incoming, prefers: frozenset[str]) -> bool:
     """``?http_status=true`` or ``Prefer: budget-status=http`` (any other ``http_status``
     than ``true`` or ``false`` is a 422 problem, as the OpenAPI document says)."""
-    if read_query(CHECK_PARAMS, request.query_params).get("http_status") == "true":
+    if incoming.query and read_query(CHECK_PARAMS, incoming.query_params()).get(
+            "http_status") == "true":
         return True
-    prefer = request.headers.get("prefer", "")
-    return any(p.strip().lower() == "budget-status=http" for p in prefer.split(","))
+    return "budget-status=http" in prefers
+
+
+def minimal_decision(decision: Decision) -> dict[str, Any]:
+    """The compact answer of ``Prefer: return=minimal``."""
+    return {"allowed": decision.allowed,
+            "reservation_id": decision.reservation.id if decision.reservation else None,
+            "retry_after": decision.retry_after,
+            "blocked_by": decision.blocked_by.to_dict() if decision.blocked_by else None}
+
+
+def _answer(doc: Any, minimal: bool) -> Answer:
+    return Answer(encode(doc), headers=_APPLIED if minimal else None)
 
 
 def _sf_string(text: str) -> str:
@@ -147,18 +173,21 @@ class Api:
     def limit(self) -> int:
         return self.s.config.max_body
 
-    async def check(self, request: Request) -> Response:
-        http_status = wants_http_status(request)  # a bad parameter: refused before any I/O
-        req = await read_model(request, m.CheckRequest, self.limit)
+    async def check(self, incoming: Incoming) -> Answer:
+        prefers = incoming.prefers()
+        # a bad parameter: refused before any I/O
+        http_status = wants_http_status(incoming, prefers)
+        minimal = "return=minimal" in prefers
+        req = read_model(incoming, m.CheckRequest)
         limiter = self.s.require_limiter()
-        decision = await limiter.check(req.subject.to_subject(), req.estimate.to_usage(),
+        decision = await limiter.check(self.s.subject(req.subject), req.estimate.to_usage(),
                                        reservation_id=req.reservation_id, ttl=req.ttl)
         self.s.metrics.decision(decision)
         if decision.degraded:
             self.s.metrics.redis_errors.inc()
-        doc = decision.to_dict()
+        doc = minimal_decision(decision) if minimal else decision.to_dict()
         if decision.allowed or not http_status:
-            return json_response(doc)
+            return _answer(doc, minimal)
         if decision.degraded:
             raise Problem("backend_unavailable", "Redis unavailable; the policy fails closed",
                           headers={"Retry-After": "1"}, decision=doc)
@@ -166,40 +195,49 @@ class Api:
             else "budget_exceeded"
         raise Problem(code, str(decision), headers=ratelimit_headers(decision), decision=doc)
 
-    async def commit(self, request: Request) -> Response:
-        req = await read_model(request, m.CommitRequest, self.limit)
+    async def commit(self, incoming: Incoming) -> Answer:
+        req = read_model(incoming, m.CommitRequest)
         if req.subject is not None and req.subject.org != req.org:
             raise Problem("org_mismatch", "subject.org must equal org (the reservation's)",
                           errors=[{"loc": ["subject", "org"], "msg": "must equal org",
                                    "type": "org_mismatch"}])
         limiter = self.s.require_limiter()
-        subject = req.subject.to_subject() if req.subject is not None else None
-        result = await limiter.commit_by_id(req.org, req.reservation_id, req.actual.to_usage(),
-                                            subject=subject)
-        self.s.metrics.settles.labels("commit", result.status).inc()
-        return json_response(result.to_dict())
+        subject = self.s.subject(req.subject) if req.subject is not None else None
+        result = await self.s.commit_by_id(limiter, req.org, req.reservation_id,
+                                           req.actual.to_usage(), subject)
+        self.s.metrics.settled("commit", result.status)
+        return Answer(encode(result.to_dict()))
 
-    async def release(self, request: Request) -> Response:
-        req = await read_model(request, m.ReleaseRequest, self.limit)
-        result = await self.s.require_limiter().release(req.reservation_id, org=req.org)
-        self.s.metrics.settles.labels("release", result.status).inc()
-        return json_response(result.to_dict())
+    async def release(self, incoming: Incoming) -> Answer:
+        req = read_model(incoming, m.ReleaseRequest)
+        limiter = self.s.require_limiter()
+        result = await self.s.release_by_id(limiter, req.org, req.reservation_id)
+        self.s.metrics.settled("release", result.status)
+        return Answer(encode(result.to_dict()))
 
-    async def record(self, request: Request) -> Response:
-        req = await read_model(request, m.RecordRequest, self.limit)
+    async def record(self, incoming: Incoming) -> Answer:
+        req = read_model(incoming, m.RecordRequest)
         result = await self.s.require_limiter().record(
-            req.subject.to_subject(), req.actual.to_usage(), request_id=req.request_id)
-        self.s.metrics.settles.labels("record", result.status).inc()
-        return json_response(result.to_dict())
+            self.s.subject(req.subject), req.actual.to_usage(), request_id=req.request_id)
+        self.s.metrics.settled("record", result.status)
+        return Answer(encode(result.to_dict()))
 
-    async def check_batch(self, request: Request) -> Response:
-        req = await read_model(request, m.BatchRequest, self.limit)
-        items = [(i.subject.to_subject(), i.estimate.to_usage()) for i in req.items]
+    async def check_batch(self, incoming: Incoming) -> Answer:
+        minimal = "return=minimal" in incoming.prefers()
+        req = read_model(incoming, m.BatchRequest)
+        items = [(self.s.subject(i.subject), i.estimate.to_usage()) for i in req.items]
         limiter = self.s.require_limiter()
         decisions = await limiter.check_batch(items, ttl=req.ttl)
         for d in decisions:
             self.s.metrics.decision(d)
-        return json_response({"decisions": [d.to_dict() for d in decisions]})
+        docs = [minimal_decision(d) if minimal else d.to_dict() for d in decisions]
+        return _answer({"decisions": docs}, minimal)
+
+    def hot_routes(self) -> dict[str, HotHandler]:
+        """The POST endpoints the gate serves without the router."""
+        return {"/v1/check": self.check, "/v1/check:batch": self.check_batch,
+                "/v1/commit": self.commit, "/v1/release": self.release,
+                "/v1/record": self.record}
 
     async def status(self, request: Request) -> Response:
         raw: bytes = request.scope.get("raw_path") or request.url.path.encode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -52,6 +54,17 @@ class Metrics:
         self.ready = Gauge("budgetlimiter_ready", "1 when the last readiness probe passed.",
                            registry=r)
 
+        # labelled children by label values: ``labels()`` takes a lock and builds a tuple on
+        # every call, which showed in the hot path's profile
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def decision(self, d: Decision) -> None:
         """Count one decision."""
         if d.degraded:
@@ -61,7 +74,16 @@ class Metrics:
         b = d.blocked_by
         level = b.scope.level if b is not None else "none"
         kind = b.kind if b is not None else "none"
-        self.decisions.labels(outcome, level, kind).inc()
+        self._child(self.decisions, outcome, level, kind).inc()
+
+    def settled(self, op: str, status: str) -> None:
+        """Count one commit, release or record result."""
+        self._child(self.settles, op, status).inc()
+
+    def http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its latency."""
+        self._child(self.latency, route, method).observe(seconds)
+        self._child(self.requests, route, method, str(status)).inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

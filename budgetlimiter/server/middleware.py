@@ -1,4 +1,5 @@
-"""The outermost ASGI layer: request ids, bearer-token auth, access logs and HTTP metrics."""
+"""The outermost ASGI layer: request ids, bearer-token auth, access logs, HTTP metrics, and
+the hot endpoints (served here, without the router)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import time
 import uuid
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import PUBLIC_PATHS, allowed, find_token
 from .config import Token
+from .fastpath import HotPath
 from .metrics import Metrics
 from .problems import Problem
 
@@ -32,26 +34,40 @@ def route_label(path: str) -> str:
     return "other"
 
 
+def _is_ui(path: str) -> bool:
+    return path == "/ui" or path.startswith("/ui/")
+
+
 class Gate:
-    """Assigns the request id (``X-Request-Id`` in and out), enforces tokens, logs and counts.
+    """The one middleware: assigns the request id (``X-Request-Id`` in and out), enforces
+    tokens, logs and counts; serves the hot POST endpoints itself (``hot``), everything else
+    through the Starlette app. The dashboard shell (``/ui``) passes untouched: it holds no
+    data and needs no token.
 
     The ``Authorization`` header is read here and never stored, logged or forwarded in a
     response.
     """
 
-    def __init__(self, app: ASGIApp, tokens: tuple[Token, ...], metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, tokens: tuple[Token, ...], metrics: Metrics,
+                 hot: HotPath | None = None) -> None:
         self.app = app
         self.tokens = tokens
         self.metrics = metrics
+        self.hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _is_ui(scope["path"]):
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        headers = Headers(scope=scope)
-        given = headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        given = authorization = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id" and given is None:
+                given = value
+            elif key == b"authorization" and authorization is None:
+                authorization = value
+        text = given.decode("latin-1") if given is not None else ""
+        rid = text if text and _REQUEST_ID.match(text) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         status = [500]
 
@@ -66,7 +82,8 @@ class Gate:
         token_name = ""
         try:
             if self.tokens and path not in PUBLIC_PATHS:
-                token = find_token(self.tokens, headers.get("authorization"))
+                token = find_token(self.tokens, None if authorization is None
+                                   else authorization.decode("latin-1"))
                 problem: Problem | None = None
                 if token is None:
                     problem = Problem("unauthorized", "send Authorization: Bearer <token>",
@@ -78,12 +95,16 @@ class Gate:
                     return
                 assert token is not None
                 token_name = token.name
-            await self.app(scope, receive, send_with_id)
+            handler = self.hot.routes.get(path) if self.hot is not None and \
+                method == "POST" else None
+            if handler is not None:
+                assert self.hot is not None
+                status[0] = await self.hot.serve(handler, scope, receive, send, rid)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
-            label = route_label(path)
-            self.metrics.latency.labels(label, method).observe(elapsed)
-            self.metrics.requests.labels(label, method, str(status[0])).inc()
+            self.metrics.http(route_label(path), method, status[0], elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 extra: dict[str, Any] = {
                     "request_id": rid, "method": method, "path": path[:512],

@@ -156,6 +156,6 @@ async def tree(request: Request) -> Response:
 
 def mount_ui(app: Starlette, server: Server) -> None:
     """Add ``GET /v1/ui/tree`` (behind the auth gate) and the ``/ui`` shell (outside it).
-    Call after the gate middleware is added so the shell is the outermost layer."""
+    The gate passes ``/ui`` through untouched, so the shell is served without a token."""
     app.router.routes.append(Route("/v1/ui/tree", endpoint(server, tree), methods=["GET"]))
     app.add_middleware(UiShell)
