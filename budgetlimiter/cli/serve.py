@@ -32,12 +32,15 @@ def _fast(module: str, fast: str, fallback: str) -> str:
 @click.option("--grpc-port", envvar="BUDGETLIMITER_GRPC_PORT", type=int, default=None,
               help="Also serve Envoy's rate limit service (gRPC) on this port, same host, "
               "limiter and policy (needs the envoy extra and --workers 1).")
+@click.option("--leases", envvar="BUDGETLIMITER_LEASES", default=None, metavar="CALLS[,SECONDS]",
+              help="Admit checks from in-process slices of CALLS estimates, kept SECONDS "
+              "(default 1); SIGTERM hands them back. Off by default (see README, Leases).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, ...],
           max_body: int, redis_timeout: float, watch_policy: float, grpc_port: int | None,
-          log_level: str) -> None:
+          log_level: str, leases: str | None) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
@@ -47,16 +50,17 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
 
     from ..policy import load_policy
     from ..server import ConfigError, ServerConfig, create_app, parse_tokens
-    from ..server.config import ENV_CONFIG, dump_env_config
+    from ..server.config import ENV_CONFIG, dump_env_config, parse_leases
     from ..server.logs import setup_logging
 
     try:
+        lease_calls, lease_seconds = parse_leases(leases) if leases else (0, 1.0)
         config = ServerConfig(
             redis_url=obj.redis_url, db_url=obj.db_url, policy_path=obj.policy_path,
             host=host, port=port, workers=workers,
             tokens=parse_tokens(tokens, os.environ.get("BUDGETLIMITER_TOKENS")),
             max_body=max_body, redis_timeout=redis_timeout, watch_policy=watch_policy,
-            log_level=log_level,
+            log_level=log_level, lease_calls=lease_calls, lease_seconds=lease_seconds,
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -378,6 +378,11 @@ class Engine:
         if not isinstance(actual, Usage):
             raise InvalidInput(f"usage must be a budgetlimiter.Usage, got "
                                f"{type(actual).__name__}")
+        leased = self.leases.find(org, reservation_id) if self.leases is not None else None
+        if leased == "settled":
+            return SettleResult(status="duplicate", id=reservation_id)
+        if isinstance(leased, Reservation):
+            return (yield from self.commit(leased, actual))
         if subject is not None:
             amounts = p.core.amounts(subject, actual)
         elif actual.cost is not None:
@@ -408,6 +413,11 @@ class Engine:
         elif org is None:
             raise TypeError("release by id needs org=")
         else:
+            leased = self.leases.find(org, reservation) if self.leases is not None else None
+            if leased == "settled":
+                return SettleResult(status="duplicate", id=reservation)
+            if isinstance(leased, Reservation):
+                return (yield from self.release(leased))
             rid = reservation
         settle = self.planners.settle
         call = settle.plan_release(org, rid, self.now())

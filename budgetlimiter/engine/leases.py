@@ -127,6 +127,7 @@ class Shrink:
 class _Returned:
     open_ids: set[str]
     until_ms: int
+    subject: Subject | None = None  #: to record a call in flight that is committed by id
 
 
 class LeaseTable:
@@ -280,6 +281,33 @@ class LeaseTable:
             return "unknown"  # in flight when its lease went back: the caller records it
         return "duplicate"
 
+    def find(self, org: str, reservation_id: str) -> Reservation | Literal["settled"] | None:
+        """A reservation admitted from a lease of this table, known only by its id (commit
+        and release by id, as the HTTP sidecar does them): the reservation to settle
+        in-process, ``"settled"`` when its lease went back with the call already settled (a
+        retry: a duplicate, never counted again), or None when the id is not one of this
+        table's (or names another org)."""
+        lease_id, dot, seq = reservation_id.rpartition(".")
+        lseq = lease_id[len(self._prefix):]
+        if not (dot and seq.isdigit() and lease_id.startswith(self._prefix) and lseq.isdigit()):
+            return None
+        with self._lock:
+            if not 0 < int(lseq) <= self._seq:
+                return None
+            lease = self._unsettled.get(lease_id)
+            if lease is not None:
+                subject: Subject | None = lease.subject
+                est = lease.outstanding.get(reservation_id, _ZERO)
+            else:
+                gone = self._returned.get(lease_id)
+                if gone is None or reservation_id not in gone.open_ids:
+                    return "settled"
+                subject, est = gone.subject, _ZERO
+        if subject is None or subject.org != org:
+            return None
+        return Reservation(id=reservation_id, subject=subject, estimate=Amounts(*est),
+                           created_ms=0, expires_ms=0, lease=lease_id)
+
     # handing leases back ------------------------------------------------------------
     def due(self, now_ms: int, *, force: bool = False,
             scan: bool = False) -> tuple[list[Lease], list[Shrink]]:
@@ -302,7 +330,8 @@ class LeaseTable:
                     out.append(lease)
                     if lease.outstanding:
                         self._returned[lease.id] = _Returned(set(lease.outstanding),
-                                                             now_ms + self.remember_ms)
+                                                             now_ms + self.remember_ms,
+                                                             lease.subject)
             shrinks, self._shrinks = self._shrinks, []
             if force:
                 shrinks = [s for s in shrinks if s.lease.id in self._unsettled]

@@ -33,9 +33,7 @@ from ..aio import AsyncBudgetLimiter
 from ..engine.engine import Clock
 from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
-from ..results import SettleResult
 from ..subject import Subject
-from ..usage import Usage
 from .config import ServerConfig
 from .fastpath import HotPath
 from .handlers import Api, endpoint, hot_route, request_id
@@ -99,7 +97,7 @@ class Server:
                 policy = load_policy(Path(self.config.policy_path))
             self.limiter = AsyncBudgetLimiter(policy, self.config.redis_url,
                                               timeout=self.config.redis_timeout,
-                                              clock=self._clock)
+                                              clock=self._clock, leases=self.config.lease_config)
         self._mtime = self._policy_mtime()
         loop = asyncio.get_running_loop()
         if self.config.policy_path and hasattr(signal, "SIGHUP"):
@@ -146,16 +144,6 @@ class Server:
                 self._subjects.clear()
             found = self._subjects[key] = given.to_subject()
         return found
-
-    async def commit_by_id(self, limiter: AsyncBudgetLimiter, org: str, reservation_id: str,
-                           actual: Usage, subject: Subject | None) -> SettleResult:
-        """Commit a reservation by id."""
-        return await limiter.commit_by_id(org, reservation_id, actual, subject=subject)
-
-    async def release_by_id(self, limiter: AsyncBudgetLimiter, org: str,
-                            reservation_id: str) -> SettleResult:
-        """Release a reservation by id."""
-        return await limiter.release(reservation_id, org=org)
 
     # policy reload -----------------------------------------------------------------------
     def reload_policy(self) -> bool:

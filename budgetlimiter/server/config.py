@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..engine.leases import LeaseConfig
+
 TokenScope = Literal["read", "write"]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -83,6 +85,16 @@ class ServerConfig:
     ready_timeout: float = 1.0
     watch_policy: float = 0.0  # seconds between policy file mtime checks; 0 = off
     log_level: str = "info"
+    #: ``serve --leases CALLS[,SECONDS]``: checks admitted from in-process slices (0 = off)
+    lease_calls: int = 0
+    lease_seconds: float = 1.0
+
+    @property
+    def lease_config(self) -> LeaseConfig | None:
+        """The limiter's lease settings (None: leases off)."""
+        if not self.lease_calls:
+            return None
+        return LeaseConfig(calls=self.lease_calls, seconds=self.lease_seconds)
 
     @property
     def auth_enabled(self) -> bool:
@@ -98,6 +110,11 @@ class ServerConfig:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.lease_calls:
+            try:
+                self.lease_config  # noqa: B018 - validates calls and seconds
+            except ValueError as exc:
+                raise ConfigError(f"--leases: {exc}") from None
         if self.max_body < 1024:
             raise ConfigError(f"max body must be at least 1024 bytes, got {self.max_body}")
         return self
@@ -111,6 +128,18 @@ def dump_env_config(config: ServerConfig) -> str:
     data = {k: v for k, v in vars(config).items() if k != "tokens"}
     data["tokens"] = [f"{t.name}:{t.secret}:{t.scope}" for t in config.tokens]
     return json.dumps(data)
+
+
+def parse_leases(text: str) -> tuple[int, float]:
+    """``CALLS[,SECONDS]`` of ``serve --leases`` (``64`` or ``64,0.5``; seconds default 1)."""
+    calls_text, _, seconds_text = text.partition(",")
+    try:
+        calls = int(calls_text.strip())
+        seconds = float(seconds_text.strip()) if seconds_text.strip() else 1.0
+    except ValueError:
+        raise ConfigError(f"--leases: expected CALLS[,SECONDS] such as 64,1, got {text!r}"
+                          ) from None
+    return calls, seconds
 
 
 def load_env_config() -> ServerConfig:

@@ -203,15 +203,14 @@ class Api:
                                    "type": "org_mismatch"}])
         limiter = self.s.require_limiter()
         subject = self.s.subject(req.subject) if req.subject is not None else None
-        result = await self.s.commit_by_id(limiter, req.org, req.reservation_id,
-                                           req.actual.to_usage(), subject)
+        result = await limiter.commit_by_id(req.org, req.reservation_id, req.actual.to_usage(),
+                                            subject=subject)
         self.s.metrics.settled("commit", result.status)
         return Answer(encode(result.to_dict()))
 
     async def release(self, incoming: Incoming) -> Answer:
         req = read_model(incoming, m.ReleaseRequest)
-        limiter = self.s.require_limiter()
-        result = await self.s.release_by_id(limiter, req.org, req.reservation_id)
+        result = await self.s.require_limiter().release(req.reservation_id, org=req.org)
         self.s.metrics.settled("release", result.status)
         return Answer(encode(result.to_dict()))
 

@@ -3,10 +3,11 @@ the hot endpoints (served here, without the router)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -20,6 +21,10 @@ from .problems import Problem
 
 access_log = logging.getLogger("budgetlimiter.server.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+#: generated request ids: 32 hex digits, a random per-process half and a counter (uuid4() was
+#: a twentieth of the hot path's CPU)
+_RID_PREFIX = os.urandom(8).hex()
+_RID_SEQ = itertools.count(1)
 _ROUTES = frozenset({"/v1/check", "/v1/commit", "/v1/release", "/v1/record", "/v1/check:batch",
                      "/v1/usage", "/v1/policy/effective", "/v1/ui/tree", "/healthz", "/readyz",
                      "/metrics", "/openapi.json"})
@@ -67,7 +72,7 @@ class Gate:
             elif key == b"authorization" and authorization is None:
                 authorization = value
         text = given.decode("latin-1") if given is not None else ""
-        rid = text if text and _REQUEST_ID.match(text) else uuid.uuid4().hex
+        rid = text if text and _REQUEST_ID.match(text) else f"{_RID_PREFIX}{next(_RID_SEQ):016x}"
         scope.setdefault("state", {})["request_id"] = rid
         status = [500]
 
