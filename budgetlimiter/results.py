@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
 from .subject import Scope, Subject
-from .usage import Amounts, Metric, micros_to_usd
+from .usage import Amounts, Metric
 
 LimitState = Literal["ok", "soft_exceeded", "blocked"]
 SettleStatus = Literal["committed", "recorded", "released", "duplicate", "late", "local"]
@@ -18,8 +19,22 @@ def ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+def _usd_text(micros: int) -> str:
+    """``str(micros_to_usd(micros))`` without Decimal (the same text: six decimals, never an
+    exponent); a full answer of the sidecar formats several amounts per limit."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(-micros if micros < 0 else micros, 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"
+
+
 def _money(metric: Metric, units: int) -> str | int:
-    return str(micros_to_usd(units)) if metric is Metric.COST else units
+    return _usd_text(units) if metric is Metric.COST else units
+
+
+@functools.lru_cache(maxsize=65536)
+def _text(value: Scope | Subject) -> str:
+    """The text of a scope or subject, computed once per value (answers repeat them)."""
+    return str(value)
 
 
 # not frozen: a frozen dataclass costs ~3x more to build, and a decision builds one per limit
@@ -84,7 +99,7 @@ class LimitStatus:
     def to_dict(self) -> dict[str, Any]:
         m = self.metric
         return {
-            "scope": str(self.scope),
+            "scope": _text(self.scope),
             "kind": self.kind,
             "metric": m.value,
             "period": self.period,
@@ -185,7 +200,7 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return {
             "allowed": self.allowed,
-            "subject": str(self.subject),
+            "subject": _text(self.subject),
             "reservation_id": self.reservation.id if self.reservation else None,
             "expires_at": self.reservation.expires_at.isoformat() if self.reservation else None,
             "blocked_by": self.blocked_by.to_dict() if self.blocked_by else None,
