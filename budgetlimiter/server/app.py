@@ -34,19 +34,21 @@ from ..engine.engine import Clock
 from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
 from ..subject import Subject
+from ..usage import Usage
 from .config import ServerConfig
 from .fastpath import HotPath
 from .handlers import Api, endpoint, hot_route, request_id
 from .metrics import Metrics
 from .middleware import Gate
-from .models import SubjectIn
+from .models import SubjectIn, UsageIn
 from .openapi import build_openapi
 from .problems import Problem
 from .ui import mount_ui
 
 log = logging.getLogger("budgetlimiter.server")
 MAX_GAUGE_ORGS = 200
-MAX_SUBJECTS = 10_000  #: validated subjects kept for reuse (the cache starts over when full)
+#: validated subjects (and usages) kept for reuse; a cache starts over when full
+MAX_SUBJECTS = 10_000
 
 
 class _AnyText(Convertor[str]):
@@ -82,6 +84,7 @@ class Server:
         self._mtime = 0.0
         self._sighup = False
         self._subjects: dict[tuple[str, str, str | None, str | None], Subject] = {}
+        self._usages: dict[tuple[int, int, int, str | None], Usage] = {}
         #: entered after start, exited before stop (``serve --grpc-port`` adds the gRPC
         #: service here: same process, event loop, limiter and policy)
         self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
@@ -143,6 +146,17 @@ class Server:
             if len(self._subjects) >= MAX_SUBJECTS:
                 self._subjects.clear()
             found = self._subjects[key] = given.to_subject()
+        return found
+
+    def usage(self, given: UsageIn) -> Usage:
+        """The :class:`Usage` of a validated estimate or actual, built once per distinct
+        value (agents repeat their estimates; building one validates every field)."""
+        key = (given.input_tokens, given.output_tokens, given.invocations, given.cost)
+        found = self._usages.get(key)
+        if found is None:
+            if len(self._usages) >= MAX_SUBJECTS:
+                self._usages.clear()
+            found = self._usages[key] = given.to_usage()
         return found
 
     # policy reload -----------------------------------------------------------------------

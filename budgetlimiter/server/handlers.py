@@ -180,7 +180,7 @@ class Api:
         minimal = "return=minimal" in prefers
         req = read_model(incoming, m.CheckRequest)
         limiter = self.s.require_limiter()
-        decision = await limiter.check(self.s.subject(req.subject), req.estimate.to_usage(),
+        decision = await limiter.check(self.s.subject(req.subject), self.s.usage(req.estimate),
                                        reservation_id=req.reservation_id, ttl=req.ttl)
         self.s.metrics.decision(decision)
         if decision.degraded:
@@ -203,7 +203,7 @@ class Api:
                                    "type": "org_mismatch"}])
         limiter = self.s.require_limiter()
         subject = self.s.subject(req.subject) if req.subject is not None else None
-        result = await limiter.commit_by_id(req.org, req.reservation_id, req.actual.to_usage(),
+        result = await limiter.commit_by_id(req.org, req.reservation_id, self.s.usage(req.actual),
                                             subject=subject)
         self.s.metrics.settled("commit", result.status)
         return Answer(encode(result.to_dict()))
@@ -224,7 +224,7 @@ class Api:
     async def check_batch(self, incoming: Incoming) -> Answer:
         minimal = "return=minimal" in incoming.prefers()
         req = read_model(incoming, m.BatchRequest)
-        items = [(self.s.subject(i.subject), i.estimate.to_usage()) for i in req.items]
+        items = [(self.s.subject(i.subject), self.s.usage(i.estimate)) for i in req.items]
         limiter = self.s.require_limiter()
         decisions = await limiter.check_batch(items, ttl=req.ttl)
         for d in decisions:
