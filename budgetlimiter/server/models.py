@@ -227,6 +227,22 @@ class DecisionOut(BaseModel):
     limits: list[LimitOut]
 
 
+class DecisionMinimalOut(BaseModel):
+    """The compact answer to a check sent with ``Prefer: return=minimal`` (the answer then
+    carries ``Preference-Applied: return=minimal``)."""
+
+    allowed: bool
+    reservation_id: str | None
+    retry_after: float | None
+    blocked_by: LimitOut | None
+
+
+class BatchMinimalOut(BaseModel):
+    """``check:batch`` with ``Prefer: return=minimal``."""
+
+    decisions: list[DecisionMinimalOut]
+
+
 class ThresholdOut(BaseModel):
     scope: str
     metric: str

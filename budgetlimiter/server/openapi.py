@@ -21,7 +21,8 @@ from .problems import PROBLEM_MEDIA_TYPE
 
 _REQUESTS: list[type[BaseModel]] = [m.CheckRequest, m.CommitRequest, m.ReleaseRequest,
                                     m.RecordRequest, m.BatchRequest]
-_RESPONSES: list[type[BaseModel]] = [m.DecisionOut, m.SettleOut, m.BatchOut, m.ScopeStatusOut,
+_RESPONSES: list[type[BaseModel]] = [m.DecisionOut, m.DecisionMinimalOut, m.SettleOut,
+                                     m.BatchOut, m.BatchMinimalOut, m.ScopeStatusOut,
                                      m.UsageOut, m.EffectivePolicyOut, m.UiTreeOut, m.HealthOut,
                                      m.ReadyOut, m.ProblemOut]
 _REF = "#/components/schemas/{model}"
@@ -72,16 +73,29 @@ def _get(op_id: str, summary: str, out: type[BaseModel], params: list[dict[str, 
     return {"get": op}
 
 
+def _either(full: type[BaseModel], minimal: type[BaseModel], description: str
+            ) -> dict[str, Any]:
+    """A 200 answer that is the full document, or the compact one when the request said
+    ``Prefer: return=minimal`` (then with ``Preference-Applied``)."""
+    return {"description": description + " With `Prefer: return=minimal`: the compact form "
+            "and `Preference-Applied: return=minimal`.",
+            "headers": {"Preference-Applied": {
+                "description": "`return=minimal` when the compact form was sent.",
+                "schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {
+                "anyOf": [_ref(full), _ref(minimal)]}}}}
+
+
+_PREFER = {"name": "Prefer", "in": "header", "required": False,
+           "description": "RFC 7240 preferences: `return=minimal` asks for the compact "
+           "answer (allowed, reservation_id, retry_after, blocked_by); `budget-status=http` "
+           "is the same as `?http_status=true` (on /v1/check); other preferences are "
+           "ignored.",
+           "schema": {"type": "string"}}
 _CHECK_EXTRA = {
-    "parameters": [
-        *_params(CHECK_PARAMS),
-        {"name": "Prefer", "in": "header", "required": False,
-         "description": "RFC 7240 preferences; `budget-status=http` is the same as "
-         "`?http_status=true` (other preferences are ignored).",
-         "schema": {"type": "string"}},
-    ],
+    "parameters": [*_params(CHECK_PARAMS), _PREFER],
     "responses": {
-        "200": _json(m.DecisionOut, "The decision (allowed or not)."),
+        "200": _either(m.DecisionOut, m.DecisionMinimalOut, "The decision (allowed or not)."),
         "429": {"description": "Blocked, with HTTP-status semantics requested.",
                 "headers": {
                     "Retry-After": {"schema": {"type": "integer"}},
@@ -110,7 +124,11 @@ def build_openapi(version: str) -> dict[str, Any]:
         "/v1/record": _post("record", "Record usage without a reservation.", m.RecordRequest,
                             m.SettleOut),
         "/v1/check:batch": _post("checkBatch", "Many independent checks, one round trip.",
-                                 m.BatchRequest, m.BatchOut),
+                                 m.BatchRequest, m.BatchOut, {
+                                     "parameters": [_PREFER],
+                                     "responses": {"200": _either(m.BatchOut, m.BatchMinimalOut,
+                                                                  "The decisions, in order."),
+                                                   "default": _PROBLEM}}),
         "/v1/status/{scope}": _get("scopeStatus", "Live counters of one scope.",
                                    m.ScopeStatusOut, [{
                                        "name": "scope", "in": "path", "required": True,
