@@ -4,6 +4,7 @@ metrics, 405, bad input). Real redis-server, real uvicorn, real HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -35,7 +36,7 @@ WRITE_H = {"Authorization": "Bearer w" + "y" * 20}
 
 
 @pytest.fixture
-def client(fresh_redis: RedisServer, tmp_path: Path) -> httpx.Client:
+def client(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[httpx.Client]:
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY)
     app = create_app(ServerConfig(redis_url=fresh_redis.url, policy_path=str(path),
