@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import envoy, realistic, report, scenarios
+from . import envoy, http_wrk, realistic, report, scenarios
 from . import references as refs
 from .common import Result, set_mark_hook
 from .server import RedisServer
@@ -109,6 +109,12 @@ ENTRIES: list[Entry] = [
     # its own process, measured back to back in the same run (benchmarks/envoy.py)
     Entry("envoy", False, lambda c: envoy.run(c.url, c.seconds, 64),
           lambda quick: ["envoy-bare-64", "envoy-64"]),
+    # the sidecar under wrk (64 connections, Lua POST bodies): the real `budgetlimiter serve`
+    # against a bare Starlette endpoint on the same uvicorn settings, in the same run; check
+    # (full and Prefer: return=minimal), check:batch, commit, release, and serve --leases
+    # (benchmarks/http_wrk.py; needs the Debian package wrk)
+    Entry("http", False, lambda c: http_wrk.run(c.url, c.seconds),
+          lambda quick: list(http_wrk.NAMES)),
     _rb("check"),
     _rb("minimal"),
     Entry("raw-sync", True, lambda c: [refs.bench_raw_sync(c.url, c.seconds)], _one("raw-sync")),

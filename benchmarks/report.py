@@ -82,6 +82,13 @@ def goals(results: dict[str, Result]) -> list[Goal]:
                         f"{a.p99_us:,.0f} - {b.p99_us:,.0f} = {added:,.0f} us"))
     out.append(_ratio_goal(results, "envoy-64 vs bare grpc.aio servicer", "envoy-64",
                            "envoy-bare-64", 0.6))
+    # the HTTP sidecar under wrk against a bare Starlette endpoint of the same run
+    out.append(_ratio_goal(results, "sidecar check vs bare Starlette (wrk, 64 conns)",
+                           "http-check-64", "http-bare-64", 0.6))
+    out.append(_ratio_goal(results, "sidecar check, return=minimal, vs bare Starlette",
+                           "http-check-min-64", "http-bare-64", 0.6))
+    out.append(_ratio_goal(results, "[leases] sidecar check vs bare Starlette",
+                           "http-check-lease-64", "http-bare-64", 0.8))
     return out
 
 

@@ -47,6 +47,9 @@ def test_quick_benchmark_reports_every_scenario(tmp_path: Path) -> None:
         "async-64 vs limits (64 tasks each)", "sync vs limits (one loop each)",
         "added p99 @64", "full vs minimal script"}
     # goals of scenarios --quick leaves out (the gRPC service, like the sidecar) say N/A
-    not_quick = {"envoy-64 vs bare grpc.aio servicer"}
+    not_quick = {"envoy-64 vs bare grpc.aio servicer",
+                 "sidecar check vs bare Starlette (wrk, 64 conns)",
+                 "sidecar check, return=minimal, vs bare Starlette",
+                 "[leases] sidecar check vs bare Starlette"}
     assert all(g["status"] in ("PASS", "MISS") for g in data["goals"]
                if g["name"] not in not_quick)
