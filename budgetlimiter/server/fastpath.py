@@ -75,6 +75,10 @@ def encode(data: Any) -> bytes:
     return dumps(data)
 
 
+_NONE: frozenset[str] = frozenset()
+_PREFERS: dict[str, frozenset[str]] = {}
+
+
 @dataclass(slots=True)
 class Incoming:
     """What a hot handler needs of a request: its body, headers and query string."""
@@ -95,8 +99,14 @@ class Incoming:
         """The RFC 7240 preferences of ``Prefer`` (lower-case, without parameters)."""
         raw = self.header(b"prefer")
         if not raw:
-            return frozenset()
-        return frozenset(p.split(";", 1)[0].strip().lower() for p in raw.split(","))
+            return _NONE
+        found = _PREFERS.get(raw)
+        if found is None:  # clients send the same one or two values over and over
+            if len(_PREFERS) >= 1024:
+                _PREFERS.clear()
+            found = _PREFERS[raw] = frozenset(
+                p.split(";", 1)[0].strip().lower() for p in raw.split(","))
+        return found
 
 
 @dataclass(slots=True)
@@ -115,13 +125,16 @@ class Disconnected(Exception):
     """The client went away before its body arrived (nothing to answer)."""
 
 
+def _too_large(limit: int) -> Problem:
+    return Problem("payload_too_large", f"the request body limit is {limit} bytes")
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
-    too_large = Problem("payload_too_large", f"the request body limit is {limit} bytes")
     for key, value in scope["headers"]:
         if key == b"content-length":
             if value.isdigit() and int(value) > limit:
-                raise too_large
+                raise _too_large(limit)
             break
     chunks: list[bytes] = []
     size = 0
@@ -132,7 +145,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
