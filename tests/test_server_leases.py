@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
-from budgetlimiter import BudgetLimiter, Metric, Subject, load_policy
+from budgetlimiter import BudgetLimiter, LeaseConfig, Metric, Subject, load_policy
+from budgetlimiter.cli.context import Context
+from budgetlimiter.cli.serve import serve
 from budgetlimiter.server import ServerConfig, create_app
 from budgetlimiter.server.testing import LiveServer, free_port
 
@@ -186,3 +189,32 @@ def test_sigterm_hands_every_lease_back_when_serve_has_leases_under_load(
     assert not out.get("failures"), out
     assert out["committed"] >= 64, out
     assert used_micros(fresh_redis.url, policy_file) == out["committed"] * COST_MICROS
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("abc", "expected CALLS[,SECONDS]"), ("1", "lease calls must be an integer >= 2"),
+    ("64,0", "lease seconds must be in"), ("64,x", "expected CALLS[,SECONDS]"),
+])
+def test_serve_refuses_bad_leases_with_exit_2_when_given(policy_file: Path, value: str,
+                                                          why: str) -> None:
+    obj = Context("memory://", None, str(policy_file), "table")
+    result = CliRunner().invoke(serve, ["--leases", value], obj=obj)
+    assert result.exit_code == 2 and why in result.output, result.output
+
+
+def test_serve_passes_leases_to_the_limiter_when_given(
+        policy_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client
+    import uvicorn
+
+    from budgetlimiter.server import logs
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(logs, "setup_logging", lambda level: None)
+    monkeypatch.setattr(prometheus_client, "disable_created_metrics", lambda: None)
+    obj = Context("memory://", None, str(policy_file), "table")
+    result = CliRunner().invoke(serve, [], obj=obj, env={"BUDGETLIMITER_LEASES": "32,0.5"})
+    assert result.exit_code == 0, result.output
+    config = seen["app"].state.server.config
+    assert config.lease_config == LeaseConfig(calls=32, seconds=0.5)
