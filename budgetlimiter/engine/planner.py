@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,6 +101,10 @@ class Core:
         self._week_start = policy.week_start_index()
         self._templates: dict[Subject, _Template] = {}
         self._amounts: dict[tuple[str, Usage], Amounts] = {}
+        #: whether a check runs check.lua's sampled expiry sweep; None: about one check in
+        #: eight, picked from the reservation id and the clock. A test hook (see
+        #: :attr:`Engine.sweep_sampler <budgetlimiter.engine.engine.Engine.sweep_sampler>`).
+        self.sweep_sampler: Callable[[], bool] | None = None
 
     # amounts -------------------------------------------------------------------
     def amounts(self, subject: Subject, usage: Usage) -> Amounts:
@@ -325,11 +329,20 @@ class Core:
         tail = t.arg_tail.copy()
         for pos, m in t.amount_slots:
             tail[pos] = vec[m]
+        # ARGV[4]: 0, or 2 under a caller's id, plus 4 to run the sampled expiry sweep on about
+        # one check in eight: the random id's last character and the clock vary the sample (a
+        # caller's ids may all end alike); a test forces it either way (sweep_sampler)
+        if dry_run:
+            mode = 1
+        else:
+            sampler = self.sweep_sampler
+            sweep = (ord(rid[-1]) + now_ms) & 7 == 0 if sampler is None else sampler()
+            mode = (0 if reservation_id is None else 2) + (4 if sweep else 0)
         args: list[str | int] = [
             now_ms,
             0 if dry_run else expires,
             ttl_ms + self.idempotency_ms,
-            1 if dry_run else (2 if reservation_id is not None else 0),
+            mode,
             self.keys.reservation_prefix(org),
             plan,
             len(t.budgets),
