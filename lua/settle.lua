@@ -80,7 +80,10 @@ if op == 'shrink' then
         keep = old
       end
       if keep < old then
-        redis.call('HINCRBY', key, 'h:' .. m, I(keep - old))
+        local h = redis.call('HINCRBY', key, 'h:' .. m, I(keep - old))
+        if h == keep - old then  -- the counter expired since: recreated, expire it again
+          expire_at(key, string.match(rest, '(%d+)%s*$'), now)
+        end
       end
       line = 'c\t' .. key .. '\t' .. m .. '\t' .. I(keep) .. rest
     end
@@ -95,7 +98,7 @@ if live then
 end
 if op == 'release' then
   if live then
-    refund(body)
+    refund(body, now)
   end
   redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
   return {1, 0, 0}
@@ -114,7 +117,12 @@ for key, m, est, limit, carry, ths, exp in string.gmatch(body,
   -- held (used + reserved) moves by actual minus what this reservation still held
   local held = live and a - tonumber(est) or a
   if held ~= 0 then
-    redis.call('HINCRBY', key, 'h:' .. m, I(held))
+    -- held comes out at exactly the change when the counter expired since the check (the
+    -- reservation outlived its period's key): it is recreated, and without usage to add
+    -- (which sets the expiry below) it must get the period's expiry here
+    if redis.call('HINCRBY', key, 'h:' .. m, I(held)) == held and a == 0 then
+      expire_at(key, exp, now)
+    end
   end
   if a > 0 then
     local u = redis.call('HINCRBY', key, 'u:' .. m, I(a))
