@@ -5,6 +5,8 @@
 -- Reservation plan format (a string value under P:{org}:r:<id>):
 --   <state>|<expiry ms>|<ledger key>\n  then one line per entry:
 --   c\t<counter key>\t<metric code>\t<estimate>\t<limit>\t<carry>\t<thresholds csv>\t<expire-at ms>\n
+--   (<carry>: 0 for rollover reset; for accumulate -1|<cap, -1 none>|<previous period's
+--   counter key>, or a bare -1 in plans written before the carry could be computed on settle)
 --   g\t<rate key>\t<metric code>\t<estimate>\t<interval us>\n
 -- state: R live reservation, X expired (already refunded), D settled: 'Dc' committed (or
 -- recorded), 'Dr' released; a bare 'D' (written before the op letter existed) is either.

@@ -105,8 +105,27 @@ if op == 'release' then
 end
 
 local out = {status, 0, 0}
+-- The carry of a counter whose period has none stored yet, from the plan's <carry> field
+-- (lib.lua), when this settle judges thresholds before any check of the period computed it
+-- (thresholds are judged against limit + carry). As a check does: expired reservations of the
+-- org are refunded first, so none shrinks the carry, and the carry is stored for the period.
+local swept = false
+local function first_carry(key, m, limit, field)
+  local cap, prev = string.match(field, '^%-1|(%-?%d+)|(.+)$')
+  if not cap then
+    return 0  -- a plan written before the field named the previous period: as before
+  end
+  if not swept then
+    sweep(KEYS[2], string.match(KEYS[1], '^(.*}:)[rd]:') .. 'r:', now, true)
+    swept = true
+  end
+  local c = carry_from(prev, m, limit, tonumber(cap))
+  redis.call('HSET', key, 'c:' .. m, I(c))
+  return c
+end
+
 for key, m, est, limit, carry, ths, exp in string.gmatch(body,
-    'c\t([^\t]+)\t(%a)\t(%d+)\t(%d+)\t(%-?%d+)\t([^\t]*)\t(%d+)\n') do
+    'c\t([^\t]+)\t(%a)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(%d+)\n') do
   local a = tonumber(actual[m])
   if a > tonumber(est) and op == 'commit' then
     out[3] = 1
@@ -131,8 +150,9 @@ for key, m, est, limit, carry, ths, exp in string.gmatch(body,
     end
     if ths ~= '' then
       local c = tonumber(carry)
-      if c < 0 then
-        c = tonumber(redis.call('HGET', key, 'c:' .. m)) or 0
+      if c == nil or c < 0 then
+        c = tonumber(redis.call('HGET', key, 'c:' .. m))
+          or first_carry(key, m, tonumber(limit), carry)
       end
       local eff = tonumber(limit) + c
       -- highest threshold reached by committed usage

@@ -173,7 +173,7 @@ class Core:
         lines = []
         for b in budgets:
             spec = b.spec
-            carry = "-1" if spec.rollover is Rollover.ACCUMULATE else "0"
+            carry = self._carry_field(b)
             ths = ",".join(str(t) for t in spec.thresholds)
             key = self.keys.counter(b.scopelimits.scope, b.window)
             lines.append(
@@ -181,6 +181,18 @@ class Core:
                 f"\t{carry}\t{ths}\t{b.window.end_ms + retention}\n"
             )
         return "".join(lines)
+
+    def _carry_field(self, b: _Budget) -> str:
+        """<carry> of a plan line (lua/lib.lua): ``0`` for reset; for accumulate
+        ``-1|<cap>|<previous period's counter key>``, so that a settle judging thresholds
+        before any check of the period can compute the carry as the check would."""
+        spec = b.spec
+        if spec.rollover is not Rollover.ACCUMULATE:
+            return "0"
+        scope = b.scopelimits.scope
+        prev = previous_window(b.window, self.policy.timezone_for(scope.org), self._week_start)
+        cap = -1 if spec.cap_units is None else spec.cap_units
+        return f"-1|{cap}|{self.keys.counter(scope, prev)}"
 
     def ledger(self, subject: Subject, now_ms: int) -> tuple[str, int]:
         """The subject's ledger key for the day of ``now_ms`` and when it may expire."""
@@ -260,7 +272,7 @@ class Core:
         plan_parts = []
         for b in budgets:
             spec = b.spec
-            carry = "-1" if spec.rollover is Rollover.ACCUMULATE else "0"
+            carry = self._carry_field(b)
             ths = ",".join(str(x) for x in spec.thresholds)
             key = ks.counter(b.scopelimits.scope, b.window)
             plan_parts.append((f"c\t{key}\t{spec.metric.code}\t", _METRIC_INDEX[spec.metric.value],
