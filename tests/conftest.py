@@ -22,7 +22,7 @@ from budgetlimiter.backends import connect_sync
 from .clients import CLIENT_KINDS, make_client
 from .faults import FaultyProxy
 from .keyttl import keys_without_ttl
-from .servers import RedisServer, redis_required
+from .servers import RedisServer, dead_port, redis_required
 from .sqlstores import make_store, store_url  # noqa: F401
 
 
@@ -115,6 +115,14 @@ def backend_url(request: pytest.FixtureRequest) -> Iterator[str]:
     server: RedisServer = request.getfixturevalue("fresh_redis")
     yield server.url
     check_key_ttls(server, request)
+
+
+@pytest.fixture
+def dead_port_number() -> Iterator[int]:
+    """A loopback port nothing can listen on during the test (bound, never listening: a
+    connection is refused at once, and no other process's server can appear there)."""
+    with dead_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -81,18 +81,16 @@ def test_reconciler_flushes_and_restores_on_a_cluster(limiter, cluster, make_sto
 
 
 @pytest.mark.parametrize("dead_at", [0, 1, 3])
-def test_several_seeds_start_while_one_is_down(cluster, clock, dead_at):
+def test_several_seeds_start_while_one_is_down(cluster, clock, dead_at, dead_port_number):
     """``redis+cluster://h1:p1,h2:p2,...``: the client discovers the cluster from the first
     seed that answers, sync and asyncio, wherever the dead seed stands in the list."""
     import asyncio
 
     from budgetlimiter import AsyncBudgetLimiter
 
-    from .servers import free_port
-
     cluster.flushall()
     seeds = [f"127.0.0.1:{n.port}" for n in cluster.nodes[:3]]
-    seeds.insert(dead_at, f"127.0.0.1:{free_port()}")  # nothing listens there
+    seeds.insert(dead_at, f"127.0.0.1:{dead_port_number}")  # nothing can listen there
     url = "redis+cluster://" + ",".join(seeds) + "/0"
     s = Subject("acme", "gpt", team="eng", user="alice")
     bl = BudgetLimiter(parse_policy(DEFAULTS_ONLY), url, clock=clock, timeout=2)
