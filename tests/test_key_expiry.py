@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetlimiter import Subject, Usage
+from budgetlimiter import LeaseConfig, Subject, Usage
 
 from .keyttl import STRUCTURAL_GLOBAL_KEYS, STRUCTURAL_ORG_KEYS, is_structural, keys_without_ttl
 
@@ -98,3 +98,24 @@ def test_the_structural_keys_are_exactly_those_the_layout_documents():
                 "bl:v2:{acme}:g:o:n:second", "bl:v2:{acme}:j:adj", "bl:v2:{acme}:d:req",
                 "bl:v2:{acme}:dirty-orgs", "other"):
         assert not is_structural(key), key
+
+
+LEASED = SHORT.split("    rates:")[0]  # leases never serve subjects with rate limits
+
+
+def test_a_lease_shrunk_after_its_counter_expired_leaves_no_key_without_ttl(
+        make_limiter, clock, raw_redis):
+    """A lease of 4 with one call in flight stops admitting when its 30 s are up: the 3
+    unused go back (a shrink) onto the minute's counter, which Redis expired meanwhile."""
+    bl = make_limiter(LEASED, leases=LeaseConfig(calls=4, seconds=30))
+    in_flight = bl.check(ALICE)
+    assert in_flight.allowed and in_flight.leased
+    expire_counters(raw_redis)
+    clock.advance(31)  # still the same minute
+    # any call hands due leases back first; this one (an explicit ttl, never leased, and a
+    # zero estimate that creates no counter) waits for the shrink on either client
+    probe = bl.check(Subject("acme", "gpt", user="probe"), Usage(invocations=0), ttl=5)
+    assert probe.allowed
+    assert counters(raw_redis) and keys_without_ttl(raw_redis) == []
+    bl.release(probe.reservation)
+    bl.commit(in_flight.reservation, Usage())
