@@ -344,10 +344,40 @@ class HealthOut(BaseModel):
     status: str
 
 
+class ReconcileOrgOut(BaseModel):
+    """One org's reconciliation as the sidecar's last pass saw it."""
+
+    org: str
+    #: holder id (``host:pid:random``) of the org's lease; "" when nobody holds it
+    lease_holder: str
+    #: whether this process holds the lease
+    held_here: bool
+    #: seconds since the org's last completed reconcile pass (by any process); null: never
+    lag_seconds: float | None
+
+
+class ReconcileOut(BaseModel):
+    """The in-process reconciler (``serve --db``): who reconciles what, how far behind."""
+
+    enabled: bool
+    #: this process's holder id
+    holder: str = ""
+    #: pending webhook/alert deliveries in the outbox (null: not known yet or database down)
+    outbox_backlog: int | None = None
+    #: age of this information in seconds (it is refreshed after every reconcile pass)
+    age_seconds: float | None = None
+    orgs: list[ReconcileOrgOut] = []
+    #: why the last pass failed (Redis or the database down), "" when it went through
+    detail: str = ""
+
+
 class ReadyOut(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
     detail: str = ""
+    #: present with ``--db`` (readiness itself does not depend on it: checks go on while
+    #: the database is down)
+    reconcile: ReconcileOut | None = None
 
 
 class ProblemOut(BaseModel):
