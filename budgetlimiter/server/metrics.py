@@ -57,6 +57,10 @@ class Metrics:
             "budgetlimiter_reconcile_lease_holder",
             "1 per org for the holder of its reconcile lease; held_here=1 if this process.",
             ["org", "holder", "held_here"], registry=r)
+        self.reconcile_ok = Gauge(
+            "budgetlimiter_reconcile_ok",
+            "1 when this sidecar's last reconcile pass reached Redis and the database.",
+            registry=r)
         self.ready = Gauge("budgetlimiter_ready", "1 when the last readiness probe passed.",
                            registry=r)
 

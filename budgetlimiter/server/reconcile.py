@@ -73,6 +73,7 @@ def export(metrics: Metrics, service: ReconcileService, now_ms: int) -> None:
     snap = service.snapshot
     if snap is None:
         return
+    metrics.reconcile_ok.set(0 if snap.error else 1)
     metrics.reconcile_lag.clear()
     metrics.reconcile_lease.clear()
     for o in snap.orgs:
