@@ -19,8 +19,9 @@ import pytest
 from budgetlimiter.durable.alerts import generate_secret
 from budgetlimiter.durable.store.sql import Store
 from budgetlimiter.engine.keys import KeySpace
+from budgetlimiter.server.models import ReadyOut
 
-from .cli_proc import Cli, child_env, command
+from .cli_proc import ROOT, Cli, child_env, command
 from .servers import free_port
 from .sqlstores import SqlUrl, _admin, postgres_url
 from .webhook_receiver import WebhookReceiver
@@ -148,6 +149,7 @@ def test_serve_db_alone_fills_usage_and_delivers_a_webhook(fresh_redis, pg, tmp_
         assert b'"threshold":50' in hook.body.replace(b" ", b"")
         # what /readyz and /metrics say about it
         wait(lambda: side.reconcile()["outbox_backlog"] == 0, 30)
+        ReadyOut.model_validate(side.http.get("/readyz").json())  # the documented shape
         state = side.reconcile()
         assert state["enabled"] and state["holder"].split(":")[1] == str(side.proc.pid)
         (acme,) = [o for o in state["orgs"] if o["org"] == "acme"]
@@ -238,3 +240,20 @@ def test_serve_with_a_webhook_but_no_secret_exits_2(fresh_redis, pg, tmp_path):
         "serve", "--port", str(free_port()), "--webhook", "http://127.0.0.1:9/hook")
     assert done.code == 2 and "BUDGETLIMITER_WEBHOOK_SECRET" in done.err
     assert "Traceback" not in done.err and os.environ.get("BUDGETLIMITER_WEBHOOK_SECRET") is None
+
+
+def test_the_kubernetes_manifest_runs_reconciling_sidecars_with_options_that_exist():
+    import yaml
+
+    from budgetlimiter.cli.serve import serve
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes-sidecar.yaml").read_text()))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (side,) = [c for c in deployment["spec"]["template"]["spec"]["containers"]
+               if c["name"] == "budgetlimiter"]
+    env = {e["name"] for e in side["env"]}
+    assert {"BUDGETLIMITER_DB", "BUDGETLIMITER_WEBHOOK_SECRET"} <= env
+    options = {o for p in serve.params for o in p.opts}
+    flags = [a for a in side["args"] if a.startswith("--")]
+    assert set(flags) <= options and "--no-reconcile" not in flags
+    assert deployment["spec"]["replicas"] >= 2  # the lease is what makes that safe
