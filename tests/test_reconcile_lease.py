@@ -179,3 +179,19 @@ def test_the_service_snapshot_says_who_holds_each_org_and_how_far_behind(bl, mak
 def test_webhooks_without_a_secret_are_refused():
     with pytest.raises(ValueError, match="secret"):
         build_sinks(("http://127.0.0.1:9/x",), None)
+
+
+def test_a_reloaded_policy_is_recorded_on_the_next_pass(bl, make_store, tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    store = make_store()
+    service = ReconcileService(bl, store, build_sinks((), None), policy_file=str(path))
+    service.run_once()
+    first = store.policy_in_force()
+    assert first is not None and first[2] == POLICY
+    newer = POLICY.replace('"100"', '"200"', 1)
+    path.write_text(newer)
+    service.set_policy(parse_policy(newer))
+    service.run_once()
+    now = store.policy_in_force()
+    assert now is not None and now[2] == newer

@@ -97,6 +97,7 @@ class Reconciler:
         #: the orgs of the last pass (what /readyz and /metrics report on)
         self.last_orgs: list[str] = []
         self._passes = 0
+        self._policy_pending = True  # record the policy in force on the next pass
 
     @property
     def keys(self) -> KeySpace:
@@ -223,10 +224,16 @@ class Reconciler:
         text = Path(self.policy_file).read_text(encoding="utf-8")
         return self.store.record_policy(text, self.policy_file, self.limiter.clock())
 
+    def policy_changed(self) -> None:
+        """The policy was reloaded: record its text as the version in force on the next
+        pass (from the reconciler's thread, never the caller's)."""
+        self._policy_pending = True
+
     def run_once(self) -> ReconcileStats:
         """One full pass over every org that may need work."""
-        if self._passes == 0:
+        if self._policy_pending:
             self.record_policy()
+            self._policy_pending = False
         stats = ReconcileStats()
         self.last_orgs = orgs = self.discover()
         for org in orgs:

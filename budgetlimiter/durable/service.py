@@ -85,6 +85,11 @@ class ReconcileService:
         self._last: Snapshot | None = None
         self._threads: list[threading.Thread] = []
 
+    def set_policy(self, policy: Any) -> None:
+        """A reloaded policy: used from the next pass on, and recorded in the store."""
+        self.limiter.set_policy(policy)
+        self.reconciler.policy_changed()
+
     # one-shot ---------------------------------------------------------------------------
     def run_once(self) -> tuple[ReconcileStats, int]:
         """One reconcile pass and one delivery pass: (reconcile stats, deliveries made)."""

@@ -151,7 +151,7 @@ class Server:
             return False
         self.limiter.set_policy(new)
         if self.reconcile is not None:
-            self.reconcile.limiter.set_policy(new)
+            self.reconcile.set_policy(new)
         self._mtime = self._policy_mtime()
         self.metrics.reloads.labels("ok").inc()
         log.info("policy reloaded", extra={"policy": path})
