@@ -22,6 +22,7 @@ from budgetlimiter.engine.keys import KeySpace
 from budgetlimiter.server.models import ReadyOut
 
 from .cli_proc import ROOT, Cli, child_env, command
+from .faults import FaultyProxy
 from .servers import free_port
 from .sqlstores import SqlUrl, _admin, postgres_url
 from .webhook_receiver import WebhookReceiver
@@ -213,6 +214,32 @@ def test_two_sidecars_one_reconciles_each_org_and_the_other_takes_over_after_kil
     time.sleep(1.5)
     assert {org: sql_tokens(pg, org) for org in recorded} == recorded
     print(f"takeover after kill -9 seen in {took:.1f}s; totals {recorded}")
+
+
+def test_a_database_outage_holds_usage_in_redis_and_flushes_it_exactly_when_back(
+        fresh_redis, pg, tmp_path, sidecars):
+    port = int(pg.url.rsplit(":", 1)[1].split("/")[0])
+    proxy = FaultyProxy(port)  # a TCP proxy in front of PostgreSQL that can go down
+    try:
+        via = SqlUrl(pg.url.replace(f":{port}/", f":{proxy.port}/"), pg.schema)
+        side = Sidecar(tmp_path, fresh_redis.url, via, *FAST)
+        sidecars.append(side)
+        for i in range(3):
+            side.record("acme", "alice", 1000, f"before-{i}")
+        wait(lambda: sql_tokens(pg, "acme") == 3000, 30, side.logs())
+        proxy.down()
+        for i in range(3):  # the hot path does not need the database
+            side.record("acme", "alice", 2000, f"during-{i}")
+        wait(lambda: side.reconcile()["detail"].startswith("database"), 30, side.logs())
+        assert side.http.get("/readyz").status_code == 200  # still serving checks
+        assert "budgetlimiter_reconcile_ok 0.0" in side.http.get("/metrics").text
+        assert sql_tokens(pg, "acme") == 3000
+        proxy.up()
+        wait(lambda: sql_tokens(pg, "acme") == 9000, 30, side.logs())
+        wait(lambda: side.reconcile()["detail"] == "", 30, side.logs())
+        assert "budgetlimiter_reconcile_ok 1.0" in side.http.get("/metrics").text
+    finally:
+        proxy.close()
 
 
 def test_no_reconcile_runs_nothing(fresh_redis, pg, tmp_path, sidecars):
