@@ -348,36 +348,34 @@ class ReconcileOrgOut(BaseModel):
     """One org's reconciliation as the sidecar's last pass saw it."""
 
     org: str
-    #: holder id (``host:pid:random``) of the org's lease; "" when nobody holds it
-    lease_holder: str
-    #: whether this process holds the lease
-    held_here: bool
-    #: seconds since the org's last completed reconcile pass (by any process); null: never
-    lag_seconds: float | None
+    lease_holder: str = Field(description="Holder id (host:pid:random) of the org's reconcile "
+                              "lease; empty when nobody holds it.")
+    held_here: bool = Field(description="Whether this process holds the lease.")
+    lag_seconds: float | None = Field(description="Seconds since the org's last completed "
+                                      "reconcile pass, by any process; null: never.")
 
 
 class ReconcileOut(BaseModel):
     """The in-process reconciler (``serve --db``): who reconciles what, how far behind."""
 
     enabled: bool
-    #: this process's holder id
-    holder: str = ""
-    #: pending webhook/alert deliveries in the outbox (null: not known yet or database down)
-    outbox_backlog: int | None = None
-    #: age of this information in seconds (it is refreshed after every reconcile pass)
-    age_seconds: float | None = None
-    orgs: list[ReconcileOrgOut] = []
-    #: why the last pass failed (Redis or the database down), "" when it went through
-    detail: str = ""
+    holder: str = Field("", description="This process's holder id.")
+    outbox_backlog: int | None = Field(None, description="Pending alert deliveries (webhooks) "
+                                       "in the outbox; null: not known (database down).")
+    age_seconds: float | None = Field(None, description="Age of this information (refreshed "
+                                      "after every reconcile pass).")
+    orgs: list[ReconcileOrgOut] = Field(default_factory=list,
+                                        description="At most 200 orgs.")
+    detail: str = Field("", description="Why the last pass failed (Redis or the database "
+                        "down); empty when it went through.")
 
 
 class ReadyOut(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
     detail: str = ""
-    #: present with ``--db`` (readiness itself does not depend on it: checks go on while
-    #: the database is down)
-    reconcile: ReconcileOut | None = None
+    reconcile: ReconcileOut | None = Field(None, description="With --db (informative: "
+                                           "readiness does not depend on the database).")
 
 
 class ProblemOut(BaseModel):
