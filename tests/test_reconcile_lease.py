@@ -195,3 +195,37 @@ def test_a_reloaded_policy_is_recorded_on_the_next_pass(bl, make_store, tmp_path
     service.run_once()
     now = store.policy_in_force()
     assert now is not None and now[2] == newer
+
+
+def test_only_the_delivery_lease_holder_polls_the_outbox(bl, make_store):
+    one = ReconcileService(bl, make_store(), build_sinks((), None), holder="one")
+    two = ReconcileService(bl, make_store(), build_sinks((), None), holder="two")
+    assert one._deliver_lease is not None and two._deliver_lease is not None
+    assert one._deliver_lease.hold("deliver")
+    assert not two._deliver_lease.hold("deliver")
+
+    class NoOutbox:
+        def claim_due(self, *args: Any) -> list[Any]:
+            raise AssertionError("a process without the lease claimed deliveries")
+
+    calls = []
+
+    def gate() -> bool:  # not the holder; ends the loop after a few passes
+        calls.append(1)
+        if len(calls) == 3:
+            two.stop_event.set()
+        return False
+
+    two.deliverer.outbox = NoOutbox()  # type: ignore[assignment]
+    two.deliverer.run_forever(two.stop_event, 0.001, gate)
+    assert len(calls) == 3
+
+
+def test_the_worker_config_keeps_the_reconcile_settings(monkeypatch):
+    from budgetlimiter.server.config import ServerConfig, dump_env_config, load_env_config
+
+    config = ServerConfig(db_url="sqlite://", reconcile=True, reconcile_interval=0.5,
+                          reconcile_lease=3, webhooks=("http://127.0.0.1:9/h",),
+                          webhook_secret_env="MY_SECRET")
+    monkeypatch.setenv("BUDGETLIMITER_SERVE_CONFIG", dump_env_config(config))
+    assert load_env_config() == config
