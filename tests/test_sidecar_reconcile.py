@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from budgetlimiter.server.models import ReadyOut
 from .cli_proc import ROOT, Cli, child_env, command
 from .faults import FaultyProxy
 from .servers import free_port
-from .sqlstores import SqlUrl, _admin, postgres_url
+from .sqlstores import SqlUrl, postgres_schema
 from .webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -42,13 +41,8 @@ FAST = ("--reconcile-interval", "0.5", "--reconcile-lease", "3")
 @pytest.fixture
 def pg() -> Iterator[SqlUrl]:
     """A fresh PostgreSQL schema (the sidecars get it as ``postgresql://...?schema=``)."""
-    url = postgres_url()
-    schema = f"bl_test_{uuid.uuid4().hex[:12]}"
-    _admin(url, f'CREATE SCHEMA "{schema}"')
-    try:
-        yield SqlUrl(url, schema)
-    finally:
-        _admin(url, f'DROP SCHEMA "{schema}" CASCADE')
+    with postgres_schema() as url:
+        yield url
 
 
 class Sidecar:
