@@ -2,8 +2,10 @@
 
 Lifespan: on startup the policy is loaded and an :class:`~budgetlimiter.aio.AsyncBudgetLimiter`
 opened (a broken policy stops the startup); ``SIGHUP`` (and, optionally, a change of the policy
-file's mtime) reloads the policy atomically; on shutdown in-flight requests finish (uvicorn
-waits for them), then the limiter and the store are closed. Reservations still open at that
+file's mtime) reloads the policy atomically; with ``config.reconcile`` the reconciler and
+the alert deliverer run on threads of their own (:mod:`.reconcile`); on shutdown in-flight
+requests finish (uvicorn waits for them), the reconciler makes a last pass and releases its
+leases, then the limiter and the store are closed. Reservations still open at that
 moment are refunded by Redis when their TTL expires.
 """
 
