@@ -1,11 +1,14 @@
-/* budgetlimiter dashboard: read-only, polls JSON endpoints every 2 s. No dependencies. */
+/* budgetlimiter dashboard: read-only, polls JSON endpoints every 2 s. No dependencies.
+   Formatting and ordering helpers: dashboard-format.js (BLF); charts: dashboard-charts.js (BLC). */
 "use strict";
 (function () {
+  var F = window.BLF, C = window.BLC;
   var POLL_MS = 2000;
   var SVG = "http://www.w3.org/2000/svg";
   var TOKEN_KEY = "budgetlimiter.token";
-  var state = { org: "", selected: "", nodes: {}, rows: {}, structure: "", states: {},
-                timer: null, store: null, trendKey: "", trendAt: 0 };
+  var state = { org: "", zone: "UTC", selected: "", nodes: {}, rows: {}, structure: "", order: "",
+                states: {}, timer: null, store: null, trendKey: "", trendAt: 0, trend: null,
+                attention: "", counts: "", forecastSig: "", now: new Date() };
 
   function $(id) { return document.getElementById(id); }
   function el(tag, cls, text) {
@@ -18,6 +21,31 @@
     var e = document.createElementNS(SVG, tag);
     Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, String(attrs[k])); });
     return e;
+  }
+  // a scope name that wraps only at its "/" separators: each part is an inline-block (a
+  // line breaks between them, and inside one only if it alone is wider than the column)
+  function scopeText(parent, scope) {
+    scope.split("/").forEach(function (part, i, all) {
+      parent.appendChild(el("span", "seg", part + (i < all.length - 1 ? "/" : "")));
+      if (i < all.length - 1) parent.appendChild(document.createElement("wbr"));
+    });
+    return parent;
+  }
+  function scopeEl(tag, cls, scope) { var e = scopeText(el(tag, cls), scope); e.title = scope; return e; }
+  // an amount as read (rounded) with the exact value on hover
+  function amountEl(metric, v) {
+    var s = el("span", "amt", F.amount(metric, v));
+    s.title = F.exact(metric, v);
+    return s;
+  }
+  function timeEl(iso, fmt) {
+    var d = new Date(iso), t = el("time", null, (fmt || F.when)(d, state.zone));
+    t.setAttribute("datetime", iso);
+    t.title = F.stamp(d, state.zone) + " " + state.zone;
+    return t;
+  }
+  function anchorId(scope) {
+    return "s-" + scope.replace(/[^A-Za-z0-9_-]/g, function (c) { return "_" + c.charCodeAt(0).toString(16); });
   }
 
   // token: ?token= once, then sessionStorage; never left in the address bar
@@ -56,10 +84,10 @@
   function setStatus(text) { if ($("status").textContent !== text) $("status").textContent = text; }
 
   function label(l) { return l.metric.replace(/_/g, " ") + " / " + l.period + (l.kind === "rate" ? " (rate)" : ""); }
-  function num(v) { var n = parseFloat(v); return isFinite(n) ? n : 0; }
-  function fmt(l, v) { return l.metric === "cost" ? "$" + v : String(v); }
+  function stateText(s) { return s.replace("_", " "); }
 
-  // one limit: an SVG bar (used solid, reserved hatched, limit = full width)
+  // one limit: name, an SVG bar (used solid, reserved grey, full width = the limit), the
+  // numbers, and a line with the mode, the reset time and the forecast
   function limitRow(key) {
     var row = el("div", "limit");
     row.dataset.key = key;
@@ -71,32 +99,49 @@
     var used = svg("rect", { "class": "used", x: 0, y: 0, width: 0, height: 10, rx: 2 });
     var res = svg("rect", { "class": "res", x: 0, y: 0, width: 0, height: 10 });
     bar.appendChild(used); bar.appendChild(res);
-    var nums = el("span", "nums");
-    row.appendChild(name); row.appendChild(bar); row.appendChild(nums);
-    row._parts = { name: name, bar: bar, title: title, used: used, res: res, nums: nums };
+    var nums = el("span", "nums"), meta = el("span", "meta");
+    row.appendChild(name); row.appendChild(bar); row.appendChild(nums); row.appendChild(meta);
+    row._parts = { name: name, bar: bar, title: title, used: used, res: res, nums: nums, meta: meta, sig: "" };
     return row;
   }
   // a rate limit's bar is its bucket: taken of burst (its limit is the rate per period)
   function capacity(l) { return l.burst !== null && l.burst !== undefined ? l.burst : l.limit; }
-  function ofText(l) {
-    return l.kind === "rate" ? fmt(l, l.burst) + " (burst; " + l.limit + " " + l.period + ")"
-                             : fmt(l, l.limit);
+  function forecastText(l) {
+    var f = l.forecast;
+    if (!f || f.projected === null || f.projected === undefined) return "";
+    return "forecast " + F.amount(l.metric, f.projected) + " at reset" +
+      (f.will_exceed ? " (exceeds" + (f.exhausts_at ? " " + F.when(new Date(f.exhausts_at), state.zone) : "") + ")" : "");
   }
   function updateLimit(row, l) {
-    var p = row._parts, lim = num(capacity(l)), u = num(l.used), r = num(l.reserved);
+    var p = row._parts, lim = F.num(capacity(l)), u = F.num(l.used), r = F.num(l.reserved);
     var wu = lim > 0 ? Math.min(100, 100 * u / lim) : (u > 0 ? 100 : 0);
     var wr = lim > 0 ? Math.min(100 - wu, 100 * r / lim) : 0;
-    row.className = "limit state-" + l.state;
+    var fc = F.forecastExceeds(l) && l.state === "ok";
+    row.className = "limit state-" + l.state + (fc ? " forecast-exceeds" : "");
     p.name.textContent = label(l);
     p.used.setAttribute("width", wu.toFixed(2));
     p.res.setAttribute("x", wu.toFixed(2));
     p.res.setAttribute("width", wr.toFixed(2));
-    var text = "used " + fmt(l, l.used) + " + reserved " + fmt(l, l.reserved) + " of " +
-      ofText(l) + " (" + l.percent + "%, " + l.state.replace("_", " ") + ")";
+    var text = "used " + F.amount(l.metric, l.used) + (r > 0 ? " + reserved " + F.amount(l.metric, l.reserved) : "") +
+      " of " + F.amount(l.metric, capacity(l)) + (l.kind === "rate" ? " (burst; " + F.amount(l.metric, l.limit) + " " + l.period + ")" : "") +
+      " (" + F.percent(l.percent) + ", " + stateText(l.state) + ", " + l.mode + ")";
     p.bar.setAttribute("aria-label", label(l) + ": " + text);
     p.title.textContent = text;
-    p.nums.textContent = fmt(l, l.used) + " + " + fmt(l, l.reserved) + " / " + fmt(l, capacity(l)) +
-      " · " + l.percent + "%";
+    var sig = JSON.stringify([l.used, l.reserved, l.limit, l.burst, l.percent, l.mode, l.resets_at, l.forecast || null, state.zone]);
+    if (sig === p.sig) return;
+    p.sig = sig;
+    p.nums.textContent = "";
+    p.nums.appendChild(amountEl(l.metric, l.used));
+    if (r > 0) { p.nums.appendChild(document.createTextNode(" + ")); p.nums.appendChild(amountEl(l.metric, l.reserved)); }
+    p.nums.appendChild(document.createTextNode(" / "));
+    p.nums.appendChild(amountEl(l.metric, capacity(l)));
+    p.nums.appendChild(el("span", "pct", " · " + F.percent(l.percent)));
+    p.meta.textContent = "";
+    p.meta.appendChild(el("span", "mode mode-" + l.mode, l.mode));
+    if (l.kind === "rate") p.meta.appendChild(document.createTextNode(" · refills " + F.amount(l.metric, l.limit) + " " + l.period));
+    if (l.resets_at) { p.meta.appendChild(document.createTextNode(" · resets ")); p.meta.appendChild(timeEl(l.resets_at)); }
+    var ft = forecastText(l);
+    if (ft) p.meta.appendChild(el("span", "fc" + (F.forecastExceeds(l) ? " exceeds" : ""), " · " + ft));
   }
 
   function nodeName(n) {
@@ -105,42 +150,99 @@
     if (n.team) return "team " + n.team;
     return "org " + state.org;
   }
+  function leafName(n) { return n.agent || n.user || n.team || n.scope; }
+
+  // children of a scope come in two groups (agents; teams and users), each an ordered list
+  // of active scopes followed by a fold ("12 idle users") holding the idle ones
+  function group(parentLi, cls, text) {
+    var ul = el("ul", cls);
+    ul.setAttribute("aria-label", text);
+    var fold = el("li", "fold"), details = el("details"), summary = el("summary");
+    var idle = el("ul", cls + " idle");
+    idle.setAttribute("aria-label", "idle: " + text);
+    details.appendChild(summary); details.appendChild(idle); fold.appendChild(details);
+    parentLi.appendChild(ul);
+    return { ul: ul, fold: fold, details: details, summary: summary, idle: idle };
+  }
 
   function buildTree(scopes) {
     var root = $("tree");
     root.textContent = "";
-    state.nodes = {}; state.rows = {};
-    var lists = {};
+    state.nodes = {}; state.rows = {}; state.order = "";
     scopes.forEach(function (n, i) {
       var li = el("li", "node level-" + n.level);
       li.dataset.scope = n.scope;
+      li.id = anchorId(n.scope);
+      li.tabIndex = -1;
       var head = el("div", "head");
       var btn = el("button", "pick", nodeName(n));
       btn.type = "button";
       btn.title = n.scope;
       btn.setAttribute("aria-label", "Show trend of " + n.scope);
-      btn.addEventListener("click", function () { select(n); });
+      btn.addEventListener("click", function () { select(state.nodes[n.scope].data); });
       head.appendChild(btn);
-      head.appendChild(el("span", "badge"));
+      var badge = el("span", "badge");
+      head.appendChild(badge);
+      var below = el("span", "below small");
+      head.appendChild(below);
       li.appendChild(head);
       var limits = el("div", "limits");
       li.appendChild(limits);
-      var agents = el("ul", "agents");
-      agents.setAttribute("aria-label", "agents of " + n.scope);
-      var kids = el("ul", "children");
-      kids.setAttribute("aria-label", "teams and users under " + n.scope);
-      li.appendChild(agents); li.appendChild(kids);
-      lists[n.scope] = { agents: agents, kids: kids };
-      state.nodes[n.scope] = { li: li, limits: limits, badge: head.lastChild };
-      var parent = n.parent && lists[n.parent];
-      if (!parent) root.appendChild(li);
-      else (n.agent ? parent.agents : parent.kids).appendChild(li);
+      state.nodes[n.scope] = { li: li, limits: limits, badge: badge, below: below, btn: btn, data: n,
+                               name: leafName(n), groups: {} };
+      state.nodes[n.scope].groups.agents = group(li, "agents", "agents of " + n.scope);
+      state.nodes[n.scope].groups.kids = group(li, "children", "teams and users under " + n.scope);
       if (i === 0 && !state.selected) state.selected = n.scope;
     });
-    Object.keys(lists).forEach(function (k) {
-      if (!lists[k].agents.children.length) lists[k].agents.remove();
-      if (!lists[k].kids.children.length) lists[k].kids.remove();
+  }
+
+  // urgency of each scope and of its subtree; order siblings most urgent first
+  function arrange(scopes) {
+    var info = {};
+    scopes.forEach(function (n) { info[n.scope] = { n: n, u: F.urgency(n.limits), name: leafName(n), kids: [] }; });
+    scopes.forEach(function (n) { info[n.scope].sub = info[n.scope].u; });
+    for (var i = scopes.length - 1; i >= 0; i--) {  // children come after their parent
+      var me = info[scopes[i].scope], parent = scopes[i].parent && info[scopes[i].parent];
+      if (parent) { parent.sub = F.worse(parent.sub, me.sub); parent.kids.push(me); }
+    }
+    var order = [];
+    scopes.forEach(function (n) {
+      var me = info[n.scope];
+      me.idle = !!n.parent && me.sub.rank === 0 && me.sub.taken === 0;
+      me.kids.sort(function (a, b) { return F.compare({ u: a.sub, name: a.name }, { u: b.sub, name: b.name }); });
+      order.push(n.scope + ">" + me.kids.map(function (k) { return (k.idle ? "~" : "") + k.n.scope; }).join(","));
     });
+    var sig = order.join(";");
+    if (sig === state.order) return info;
+    state.order = sig;
+    var focused = document.activeElement;
+    var root = $("tree");
+    scopes.forEach(function (n) {
+      var me = info[n.scope], node = state.nodes[n.scope];
+      if (!n.parent || !state.nodes[n.parent]) { root.appendChild(node.li); }
+      ["agents", "kids"].forEach(function (g) {
+        var grp = node.groups[g];
+        var kids = me.kids.filter(function (k) { return (g === "agents") === !!k.n.agent; });
+        var active = kids.filter(function (k) { return !k.idle; }), idle = kids.filter(function (k) { return k.idle; });
+        active.forEach(function (k) { grp.ul.appendChild(state.nodes[k.n.scope].li); });
+        idle.forEach(function (k) { grp.idle.appendChild(state.nodes[k.n.scope].li); });
+        if (idle.length) {
+          grp.summary.textContent = idleSummary(idle);
+          grp.ul.appendChild(grp.fold);
+        } else if (grp.fold.parentNode) { grp.fold.remove(); }
+        grp.ul.hidden = !kids.length;
+      });
+    });
+    if (focused && focused !== document.activeElement && document.contains(focused)) focused.focus({ preventScroll: true });
+    return info;
+  }
+  function idleSummary(idle) {
+    var byLevel = {};
+    idle.forEach(function (k) { byLevel[k.n.level] = (byLevel[k.n.level] || 0) + 1; });
+    var words = { team: "team", user: "user", agent: "agent" };
+    return Object.keys(byLevel).map(function (lv) {
+      return byLevel[lv] + " idle " + words[lv] + (byLevel[lv] === 1 ? "" : "s");
+    }).join(", ") + " (no usage)";
   }
 
   function renderScopes(scopes) {
@@ -148,46 +250,93 @@
       return n.scope + "|" + n.limits.map(function (l) { return l.kind + l.metric + l.period; }).join(",");
     }).join(";");
     if (structure !== state.structure) { buildTree(scopes); state.structure = structure; }
-    var changes = [], worst = { ok: 0, soft_exceeded: 0, blocked: 0 };
+    var info = arrange(scopes);
+    var changes = [], counts = { blocked: [], soft_exceeded: [], forecast: [] };
     scopes.forEach(function (n) {
       var node = state.nodes[n.scope]; if (!node) return;
-      var nodeState = "ok";
+      node.data = n;
       n.limits.forEach(function (l) {
         var key = n.scope + "|" + l.kind + "|" + l.metric + "|" + l.period;
         var row = state.rows[key];
         if (!row) { row = limitRow(key); state.rows[key] = row; node.limits.appendChild(row); }
         updateLimit(row, l);
-        worst[l.state] = (worst[l.state] || 0) + 1;
-        if (l.state === "blocked") nodeState = "blocked";
-        else if (l.state === "soft_exceeded" && nodeState === "ok") nodeState = "soft_exceeded";
         if (state.states[key] && state.states[key] !== l.state) {
-          changes.push(n.scope + " " + label(l) + " is now " + l.state.replace("_", " "));
+          changes.push(n.scope + " " + label(l) + " is now " + stateText(l.state));
         }
         state.states[key] = l.state;
       });
+      var me = info[n.scope], own = F.rankName(me.u.rank);
+      if (own !== "ok") counts[own].push({ scope: n.scope, limits: n.limits });
       if (!n.limits.length) node.limits.textContent = "no limits";
-      node.li.className = "node level-" + n.level + " state-" + nodeState +
+      node.li.className = "node level-" + n.level + " state-" + own + (me.idle ? " idle" : "") +
         (n.scope === state.selected ? " selected" : "");
-      node.badge.textContent = n.limits.length ? nodeState.replace("_", " ") : "";
-      node.badge.className = "badge " + (n.limits.length ? nodeState : "");
+      node.badge.textContent = n.limits.length ? (own === "forecast" ? "forecast to exceed" : stateText(own)) : "";
+      node.badge.className = "badge " + (n.limits.length ? own : "");
+      var sub = me.sub.rank > me.u.rank ? F.rankName(me.sub.rank) : "";
+      node.below.textContent = sub ? (sub === "forecast" ? "forecast to exceed" : stateText(sub)) + " below" : "";
+      node.below.className = "below small " + sub;
     });
-    return { changes: changes, counts: worst };
+    renderCounts(counts, scopes.length);
+    return { changes: changes, counts: counts };
+  }
+
+  // header counts link to a list of exactly those scopes, each linking to its tree node
+  var CATS = [["blocked", "blocked"], ["soft_exceeded", "soft exceeded"], ["forecast", "forecast to exceed"]];
+  function renderCounts(counts, total) {
+    var sig = JSON.stringify(CATS.map(function (c) { return counts[c[0]].map(function (x) {
+      return x.scope + x.limits.map(function (l) { return l.state + l.percent; }).join(); }); }));
+    if (sig === state.attention) return;
+    state.attention = sig;
+    var nav = $("counts"), box = $("attention"), any = false;
+    nav.textContent = ""; box.textContent = "";
+    CATS.forEach(function (c) {
+      var list = counts[c[0]];
+      if (!list.length) { nav.appendChild(el("span", "count none", "0 " + c[1])); return; }
+      any = true;
+      var a = el("a", "count " + c[0], list.length + " " + c[1]);
+      a.href = "#attn-" + c[0];
+      nav.appendChild(a);
+      var h = el("h3", "attn-h " + c[0], c[1][0].toUpperCase() + c[1].slice(1) + " (" + list.length + ")");
+      h.id = "attn-" + c[0]; h.tabIndex = -1;
+      box.appendChild(h);
+      var ul = el("ul", "attn-list");
+      list.forEach(function (x) {
+        var li = el("li"), link = scopeEl("a", "scope", x.scope);
+        link.href = "#" + anchorId(x.scope);
+        link.addEventListener("click", function (e) {
+          var node = state.nodes[x.scope]; if (!node) return;
+          e.preventDefault();
+          node.li.scrollIntoView({ block: "center" });
+          node.btn.focus({ preventScroll: true });
+        });
+        li.appendChild(link);
+        var worst = x.limits.filter(function (l) { return F.rankName(F.limitRank(l)) === c[0]; })[0];
+        if (worst) li.appendChild(el("span", "muted small", " " + label(worst) + " · " + F.percent(worst.percent)));
+        ul.appendChild(li);
+      });
+      box.appendChild(ul);
+    });
+    box.hidden = !any;
   }
 
   function renderTop(rows) {
     var body = $("top").tBodies[0];
     body.textContent = "";
     if (!rows.length) {
-      var tr = el("tr"); var td = el("td", "muted", "no usage yet"); td.colSpan = 5;
+      var tr = el("tr"); var td = el("td", "muted", "no usage yet"); td.colSpan = 4;
       tr.appendChild(td); body.appendChild(tr); return;
     }
-    rows.forEach(function (l) {
+    rows.slice().sort(function (a, b) {
+      return F.compare({ u: F.urgency([a]), name: a.scope }, { u: F.urgency([b]), name: b.scope });
+    }).forEach(function (l) {
       var tr = el("tr", "state-" + l.state);
-      tr.appendChild(el("td", "scope", l.scope));
-      tr.appendChild(el("td", null, label(l)));
-      tr.appendChild(el("td", "num", fmt(l, l.used) + " / " + fmt(l, capacity(l))));
-      tr.appendChild(el("td", "num", l.percent));
-      tr.appendChild(el("td", null, l.state.replace("_", " ")));
+      tr.appendChild(scopeEl("td", "scope", l.scope));
+      tr.appendChild(el("td", "lim", label(l)));
+      var used = el("td", "num");
+      used.appendChild(amountEl(l.metric, l.used)); used.appendChild(document.createTextNode(" / "));
+      used.appendChild(amountEl(l.metric, capacity(l)));
+      tr.appendChild(used);
+      tr.appendChild(el("td", "num", F.percent(l.percent) + " " + stateText(l.state)));
       body.appendChild(tr);
     });
   }
@@ -198,91 +347,97 @@
     if (!doc.store) { box.appendChild(el("p", "muted", "no durable store (start the sidecar with --db)")); return; }
     if (doc.alerts_error) { box.appendChild(el("p", "error", "alert log unavailable: " + doc.alerts_error)); return; }
     if (!doc.alerts || !doc.alerts.length) { box.appendChild(el("p", "muted", "no alerts")); return; }
-    var t = el("table", "data");
-    var cap = el("caption", "sr-only", "Threshold alerts and their delivery state"); t.appendChild(cap);
+    var t = el("table", "data alerts");
+    t.appendChild(el("caption", "sr-only", "Threshold alerts and their delivery state"));
     var head = el("tr");
-    ["When", "Scope", "Limit", "Threshold", "Sink", "Delivery", "Attempts"].forEach(function (h) {
+    ["When", "Scope and alert", "Delivery"].forEach(function (h) {
       var th = el("th", null, h); th.scope = "col"; head.appendChild(th);
     });
     var thead = el("thead"); thead.appendChild(head); t.appendChild(thead);
     var body = el("tbody");
-    doc.alerts.forEach(function (a) {
+    doc.alerts.slice().sort(function (a, b) { return b.occurred_ms - a.occurred_ms; }).forEach(function (a) {
       var tr = el("tr", "delivery-" + a.state);
-      tr.appendChild(el("td", null, new Date(a.occurred_ms).toISOString().replace("T", " ").slice(0, 19) + "Z"));
-      tr.appendChild(el("td", "scope", a.scope));
-      tr.appendChild(el("td", null, a.metric + " / " + a.period + " " + a.period_id));
-      tr.appendChild(el("td", "num", a.threshold + "%"));
-      tr.appendChild(el("td", null, a.sink));
-      var st = el("td", "dstate " + a.state, a.state);
+      var when = el("td", "when"); when.appendChild(timeEl(new Date(a.occurred_ms).toISOString(), F.stamp));
+      tr.appendChild(when);
+      var what = el("td", "what");
+      what.appendChild(scopeEl("span", "scope", a.scope));
+      var lim = el("span", "line", a.metric.replace(/_/g, " ") + " / " + a.period + " ≥ " + a.threshold + "%");
+      lim.title = "period " + a.period_id;
+      what.appendChild(lim);
+      tr.appendChild(what);
+      var st = el("td", "dstate " + a.state);
+      st.appendChild(el("span", "line", a.state));
+      st.appendChild(el("span", "line sink", a.sink + " · " + a.attempts + (a.attempts === 1 ? " try" : " tries")));
       if (a.last_error) st.title = a.last_error;
       tr.appendChild(st);
-      tr.appendChild(el("td", "num", a.attempts));
       body.appendChild(tr);
     });
-    t.appendChild(body); box.appendChild(t);
+    t.appendChild(body);
+    // narrow screens show each row as a block (CSS); explicit roles keep it a table for
+    // screen readers, which drop the table semantics of display: block
+    t.setAttribute("role", "table");
+    [].forEach.call(t.querySelectorAll("tr"), function (r) { r.setAttribute("role", "row"); });
+    [].forEach.call(t.querySelectorAll("th"), function (c) { c.setAttribute("role", "columnheader"); });
+    [].forEach.call(t.querySelectorAll("td"), function (c) { c.setAttribute("role", "cell"); });
+    box.appendChild(t);
   }
 
-  // trend chart: inline SVG bars with axis labels
-  function isoDay(d) { return d.toISOString().slice(0, 10); }
+  // trend: the org's calendar days (the durable ledger counts usage per local day)
+  var SPANS = { day: [30, "the last 30 days"], week: [7 * 26, "the last 26 weeks"], month: [365, "the last 12 months"] };
   function loadTrend(force) {
     if (!state.org || !state.selected) return;
     var box = $("trend");
-    $("detail-scope").textContent = "of " + state.selected;
+    $("detail-scope").textContent = "of ";
+    $("detail-scope").className = "scope";
+    scopeText($("detail-scope"), state.selected);
     if (state.store === false) {
       box.textContent = ""; box.appendChild(el("p", "muted", "no durable store: trends need the sidecar's --db"));
-      state.trendKey = ""; return;
+      state.trendKey = ""; state.trend = null; return;
     }
     var metric = $("trend-metric").value, gran = $("trend-gran").value;
     var key = [state.selected, metric, gran].join("|");
     if (!force && key === state.trendKey && Date.now() - state.trendAt < 30000) return;
     state.trendKey = key; state.trendAt = Date.now();
-    var days = { day: 30, week: 7 * 26, month: 365 }[gran];
-    var to = new Date(), from = new Date(to.getTime() - days * 86400000);
+    var today = F.localDay(state.now, state.zone);
+    var from = F.dayString(F.dayNumber(today) - SPANS[gran][0] + 1);
     var qs = new URLSearchParams({ org: state.org, by: "trend", scope: state.selected, metric: metric,
-                                   granularity: gran, from: isoDay(from), to: isoDay(to) });
+                                   granularity: gran, from: from, to: today });
     api("/v1/usage?" + qs.toString()).then(function (doc) {
       if (key !== state.trendKey) return;
-      drawTrend(box, doc.series || [], metric, gran);
+      state.trend = { series: doc.series || [], metric: metric, gran: gran, scope: state.selected };
+      drawTrend();
+      state.forecastSig = ""; renderForecast();
     }).catch(function (err) {
-      box.textContent = "";
+      box.textContent = ""; state.trend = null;
       box.appendChild(el("p", err.code === "store_unavailable" ? "muted" : "error",
         err.code === "store_unavailable" ? "no durable store: " + err.message : "trend unavailable: " + err.message));
     });
   }
-  function drawTrend(box, series, metric, gran) {
+  function drawTrend() {
+    var t = state.trend; if (!t) return;
+    C.drawTrend($("trend"), t.series, { metric: t.metric, gran: t.gran, scope: t.scope, span: SPANS[t.gran][1],
+      xTitle: t.gran + "s in " + state.zone });
+  }
+  // the selected scope's budgets to their period end (needs the forecast field of the tree)
+  function renderForecast() {
+    var node = state.nodes[state.selected], box = $("forecast");
+    if (!node) return;
+    var limits = node.data.limits.filter(function (l) { return l.kind === "budget"; });
+    var sig = JSON.stringify([state.selected, state.zone, box.clientWidth, limits.map(function (l) {
+      return [l.used, l.taken, l.limit, l.forecast]; })]);
+    if (sig === state.forecastSig) return;
+    state.forecastSig = sig;
     box.textContent = "";
-    var W = 600, H = 200, L = 52, B = 24, T = 10;
-    var vals = series.map(function (p) { return num(p.value); });
-    var max = Math.max.apply(null, [0].concat(vals)) || 1;
-    var total = vals.reduce(function (a, b) { return a + b; }, 0);
-    var s = svg("svg", { "class": "trend", viewBox: "0 0 " + W + " " + H, role: "img" });
-    var desc = metric.replace(/_/g, " ") + " per " + gran + " for " + state.selected + ", " +
-      series.length + " periods, total " + (metric === "cost" ? "$" + total.toFixed(6) : total) +
-      ", peak " + (metric === "cost" ? "$" : "") + max;
-    s.setAttribute("aria-label", desc);
-    var title = svg("title"); title.textContent = desc; s.appendChild(title);
-    [0, 0.5, 1].forEach(function (f) {
-      var y = T + (H - T - B) * (1 - f);
-      s.appendChild(svg("line", { "class": "grid", x1: L, x2: W, y1: y, y2: y }));
-      var t = svg("text", { "class": "axis", x: L - 4, y: y + 4, "text-anchor": "end" });
-      t.textContent = metric === "cost" ? "$" + (max * f).toPrecision(2) : String(Math.round(max * f));
-      s.appendChild(t);
+    var has = limits.filter(function (l) { return "forecast" in l; });
+    if (!has.length) { box.appendChild(el("p", "muted", "no forecast from this server")); return; }
+    var drawn = 0;
+    has.forEach(function (l) {
+      if (!l.forecast) { box.appendChild(el("p", "muted", label(l) + ": too little data to forecast")); return; }
+      var t = state.trend, daily = t && t.gran === "day" && t.metric === l.metric && t.scope === state.selected ? t.series : null;
+      if (C.drawForecast(box, l, { zone: state.zone, now: state.now, label: label(l), daily: daily,
+                                   xTitle: "days in " + state.zone })) drawn++;
     });
-    var n = Math.max(1, series.length), bw = (W - L) / n;
-    series.forEach(function (p, i) {
-      var h = (H - T - B) * num(p.value) / max;
-      var r = svg("rect", { "class": "tbar", x: L + i * bw + 1, y: T + (H - T - B) - h,
-                            width: Math.max(1, bw - 2), height: h });
-      var tt = svg("title"); tt.textContent = p.period + ": " + p.value; r.appendChild(tt);
-      s.appendChild(r);
-    });
-    [0, series.length - 1].forEach(function (i) {
-      if (i < 0 || !series[i]) return;
-      var t = svg("text", { "class": "axis", x: i === 0 ? L : W, y: H - 6, "text-anchor": i === 0 ? "start" : "end" });
-      t.textContent = series[i].period; s.appendChild(t);
-    });
-    box.appendChild(s);
-    box.appendChild(el("p", "muted small", desc));
+    if (!drawn && !box.children.length) box.appendChild(el("p", "muted", "no budget with a forecast"));
   }
 
   function select(n) {
@@ -292,6 +447,7 @@
     });
     $("pol-team").value = n.team || ""; $("pol-user").value = n.user || "";
     if (n.agent) { $("pol-agent").value = n.agent; loadPolicy(); }
+    state.forecastSig = ""; renderForecast();
     loadTrend(true);
   }
 
@@ -308,20 +464,31 @@
     }).catch(function (err) { box.textContent = ""; box.appendChild(el("p", "error", err.message)); });
   }
 
+  function setZone(zone) {
+    if (zone === state.zone && $("zone").dataset.zone) return;
+    state.zone = zone;  // each limit row re-renders when the zone changes (it is in its signature)
+    $("zone").dataset.zone = zone;
+    var off = F.offset(state.now, zone);
+    $("zone").textContent = "Times in " + zone + (off ? " (" + off + ")" : "") + ", the org's time zone";
+  }
+
   function poll() {
     clearTimeout(state.timer);
     if (!state.org) return;
     api("/v1/ui/tree?org=" + encodeURIComponent(state.org)).then(function (doc) {
       showAuth(false);
       state.store = doc.store;
+      state.now = new Date(doc.generated_at * 1000);
+      setZone(doc.timezone || "UTC");
       var r = renderScopes(doc.scopes);
       renderTop(doc.top); renderAlerts(doc);
-      var when = new Date(doc.generated_at * 1000).toLocaleTimeString();
-      var msg = "Updated " + when + ": " + doc.scopes.length + " scopes, " + (r.counts.blocked || 0) +
-        " blocked, " + (r.counts.soft_exceeded || 0) + " soft exceeded.";
+      var msg = "Updated " + F.clock(state.now, state.zone) + ": " + doc.scopes.length + " scopes, " +
+        r.counts.blocked.length + " blocked, " + r.counts.soft_exceeded.length + " soft exceeded, " +
+        r.counts.forecast.length + " forecast to exceed.";
       if (r.changes.length) msg = r.changes.join("; ") + ". " + msg;
       setStatus(msg);
       document.body.classList.remove("stale");
+      renderForecast();
       loadTrend(false);
     }).catch(function (err) {
       document.body.classList.add("stale");
@@ -347,6 +514,11 @@
     $("policy-form").addEventListener("submit", function (e) { e.preventDefault(); loadPolicy(); });
     $("trend-metric").addEventListener("change", function () { loadTrend(true); });
     $("trend-gran").addEventListener("change", function () { loadTrend(true); });
+    var resize = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(resize);
+      resize = setTimeout(function () { drawTrend(); renderForecast(); }, 150);
+    });
     if (!state.org) { setStatus("Enter an organisation to show."); $("org-input").focus(); return; }
     poll();
   }
