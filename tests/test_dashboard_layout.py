@@ -153,7 +153,7 @@ _WRAPS = """() => { const bad = []; let wraps = 0;
 
 def test_dashboard_puts_urgent_scopes_first_and_folds_idle_ones_when_many_users_are_idle(
         dashboard: tuple[str, BudgetLimiter]) -> None:
-    url, _ = dashboard
+    url, limiter = dashboard
     errors: list[str] = []
     with _browser()() as pw:
         browser = _launch(pw)
@@ -168,6 +168,10 @@ def test_dashboard_puts_urgent_scopes_first_and_folds_idle_ones_when_many_users_
             folded = [s for s in order if s.startswith("~")]
             assert len(folded) == IDLE_USERS and folded[:3] == [
                 "~org:acme/user:u3", "~org:acme/user:u4", "~org:acme/user:u5"]
+            top = [t.get_attribute("title") for t in page.locator("#top td.scope").all()]
+            assert top == ["org:acme/team:ops", "org:acme/team:research-platform",
+                           "org:acme/team:eng", "org:acme", "org:acme/user:u1",
+                           "org:acme/user:u2", "org:acme/user:u10"], top  # idle ones left out
             summary = page.locator('li[data-scope="org:acme"] > ul.children > li.fold summary')
             assert summary.inner_text() == f"{IDLE_USERS} idle users (no usage)"
             assert not page.locator('li[data-scope="org:acme/user:u3"]').is_visible()
@@ -195,6 +199,23 @@ def test_dashboard_puts_urgent_scopes_first_and_folds_idle_ones_when_many_users_
             assert focused == "org:acme/team:ops"
             status = page.locator("#status").inner_text()
             assert "1 blocked, 1 soft exceeded" in status, status
+
+            # a scope that becomes blocked moves to the top; keyboard focus stays where it was
+            eng = page.locator('li[data-scope="org:acme/team:eng"] > .head .pick')
+            eng.focus()
+            limiter.record(Subject("acme", "gpt", user="u2"), Usage(cost=Decimal("6")),
+                           request_id="late")  # 300 %: above ops at 250 %
+            page.wait_for_function(
+                """() => document.querySelector('li[data-scope="org:acme"] > ul.children')
+                     .firstElementChild.dataset.scope === 'org:acme/user:u2'""", timeout=8000)
+            assert page.evaluate("document.activeElement.closest('li.node').dataset.scope"
+                                 ) == "org:acme/team:eng"
+            assert "org:acme/user:u2 cost / day is now blocked" in page.locator(
+                "#status").inner_text()
+            assert page.locator("#counts a.blocked").inner_text() == "2 blocked"
+            label = page.locator('li[data-scope="org:acme/user:u2"] .bar').get_attribute(
+                "aria-label") or ""
+            assert "blocked, hard" in label and "resets" in label, label
         finally:
             browser.close()
     assert errors == [], errors

@@ -152,13 +152,13 @@ async def tree(request: Request) -> Response:
         # consumers: limits with something used or reserved (idle budgets would fill the list)
         top.extend(d for d in docs if Decimal(str(d["taken"])) > 0)
     top.sort(key=lambda d: (-float(d["percent"]), _natural(d["scope"])))
-    # the page shows every time (resets, alerts, trend days, "updated") in the org's zone,
-    # the zone its periods are calendar-aligned in, not the browser's
     doc: dict[str, Any] = {"org": org, "generated_at": time.time(),
-                           "timezone": limiter.policy.timezone_for(org).key,
                            "store": bool(server.config.db_url) or server._store is not None,
                            "scopes": nodes, "top": top[:TOP], "alerts": None,
                            "alerts_error": None}
+    # the page shows every time (resets, alerts, trend days, "updated") in the org's zone,
+    # the zone its periods are calendar-aligned in, not the browser's
+    doc["timezone"] = server.require_limiter().policy.timezone_for(org).key
     if doc["store"]:
         try:
             doc["alerts"] = await _alerts(server, org)

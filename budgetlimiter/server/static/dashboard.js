@@ -124,7 +124,9 @@
     p.res.setAttribute("width", wr.toFixed(2));
     var text = "used " + F.amount(l.metric, l.used) + (r > 0 ? " + reserved " + F.amount(l.metric, l.reserved) : "") +
       " of " + F.amount(l.metric, capacity(l)) + (l.kind === "rate" ? " (burst; " + F.amount(l.metric, l.limit) + " " + l.period + ")" : "") +
-      " (" + F.percent(l.percent) + ", " + stateText(l.state) + ", " + l.mode + ")";
+      " (" + F.percent(l.percent) + ", " + stateText(l.state) + ", " + l.mode + ")" +
+      (l.resets_at ? ", resets " + F.when(new Date(l.resets_at), state.zone) + " " + state.zone : "") +
+      (forecastText(l) ? ", " + forecastText(l) : "");
     p.bar.setAttribute("aria-label", label(l) + ": " + text);
     p.title.textContent = text;
     var sig = JSON.stringify([l.used, l.reserved, l.limit, l.burst, l.percent, l.mode, l.resets_at, l.forecast || null, state.zone]);
@@ -367,7 +369,10 @@
       tr.appendChild(what);
       var st = el("td", "dstate " + a.state);
       st.appendChild(el("span", "line", a.state));
-      st.appendChild(el("span", "line sink", a.sink + " · " + a.attempts + (a.attempts === 1 ? " try" : " tries")));
+      var sink = el("span", "line sink");
+      sink.appendChild(el("span", "seg", a.sink));  // a sink name wraps whole, like a scope part
+      sink.appendChild(document.createTextNode(" · " + a.attempts + (a.attempts === 1 ? " try" : " tries")));
+      st.appendChild(sink);
       if (a.last_error) st.title = a.last_error;
       tr.appendChild(st);
       body.appendChild(tr);
