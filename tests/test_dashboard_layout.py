@@ -415,10 +415,23 @@ def test_dashboard_draws_the_forecast_and_ranks_it_when_the_tree_has_forecasts(
             assert page.locator("#forecast svg .limit-line").count() == 1
             assert page.locator("#forecast svg .exhaust").count() == 1
             _readable(_axis(page, "#forecast .y-tick"), horizontal=False)
+            hours = _axis(page, "#forecast .x-tick")  # a day's budget: its hours
+            _readable(hours, horizontal=True)
+            texts = [t["text"] for t in hours]
+            assert len(texts) >= 4 and all(len(t) == 5 and t.endswith(":00") for t in texts[1:-1])
+            tomorrow = datetime.now(ZONE).date() + timedelta(days=1)
+            assert texts[-1] == f"{tomorrow.day} {tomorrow:%b}", texts  # the period's end
+            page.locator("#forecast").screenshot(path=str(ARTIFACTS / "dashboard-forecast-day.png"))
             page.locator('li[data-scope="org:acme"] .pick').first.click()
             page.locator("#forecast svg .forecast-line:not(.exceeds)").wait_for(timeout=8000)
             _readable(_axis(page, "#forecast .x-tick"), horizontal=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard-forecast.png"), full_page=True)
+            _no_sideways_scroll(page)
+            page.set_viewport_size({"width": 390, "height": 844})  # charts redraw to fit
+            page.wait_for_function(
+                "() => document.querySelector('#forecast svg').getAttribute('width') < 390")
+            _no_sideways_scroll(page)
+            _readable(_axis(page, "#forecast .x-tick"), horizontal=True)
         finally:
             browser.close()
     assert errors == [], errors

@@ -36,6 +36,7 @@ TOP = 10
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
            "dashboard-format.js": "text/javascript; charset=utf-8",
            "dashboard-charts.js": "text/javascript; charset=utf-8",
+           "dashboard-tree.js": "text/javascript; charset=utf-8",
            "dashboard.css": "text/css; charset=utf-8"}
 _DIGITS = re.compile(r"(\d+)")
 _PAGE = re.compile(r"^/ui(?:/|/org/[^/]+/?)?$")

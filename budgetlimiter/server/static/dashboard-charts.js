@@ -120,22 +120,30 @@
     var desc = o.label + ": " + F.amount(l.metric, used) + " used; " + (projected === null
       ? "too little data to forecast" : "forecast " + F.amount(l.metric, projected) + " by " +
         F.when(new Date(f.period_end), o.zone)) + " (limit " + F.amount(l.metric, limit) + ")" +
-      (f.exhausts_at ? ", exhausted " + F.when(new Date(f.exhausts_at), o.zone) : "");
+      (f.exhausts_at ? ", limit reached " + F.when(new Date(f.exhausts_at), o.zone) : "");
     s.setAttribute("aria-label", desc);
     s.appendChild(svg("title", {}, desc));
     yAxis(s, { ticks: sc.ticks, y: sc.y, L: L, W: W, R: R, metric: l.metric,
                yTitle: (UNIT[l.metric] || l.metric) + " this " + l.period });
     s.appendChild(svg("line", { "class": "axis-line", x1: L, x2: W - R, y1: sc.y(0), y2: sc.y(0) }));
-    // x: the period's days
-    var days = [], room = Math.max(2, Math.floor((W - L - R) / 56));
-    for (var d = Math.ceil(start); d <= Math.floor(end); d++) days.push(d);
-    spread(days.length, room).forEach(function (i, k, all) {
-      var anchor = k === 0 ? "start" : (k === all.length - 1 ? "end" : "middle");
-      s.appendChild(svg("text", { "class": "axis x-tick", x: x(days[i]), y: H - B + 16, "text-anchor": anchor },
-                        F.dayLabel(F.dayString(days[i]))));
+    // x: the period's days, or for a one-day period its hours
+    var marks = [], room = Math.max(2, Math.floor((W - L - R) / 56));
+    if (end - start <= 1.5) {
+      var step = [3, 4, 6, 12].filter(function (h) { return 24 / h + 1 <= room; })[0] || 12;
+      for (var h = 0; h <= 24; h += step) {
+        marks.push([start + h / 24, h % 24 ? (h < 10 ? "0" : "") + h + ":00" : F.dayLabel(F.dayString(start + h / 24))]);
+      }
+    } else {
+      var days = [];
+      for (var d = Math.ceil(start); d <= Math.floor(end); d++) days.push(d);
+      spread(days.length, room).forEach(function (i) { marks.push([days[i], F.dayLabel(F.dayString(days[i]))]); });
+    }
+    marks.forEach(function (m, k) {
+      var anchor = k === 0 ? "start" : (k === marks.length - 1 ? "end" : "middle");
+      s.appendChild(svg("text", { "class": "axis x-tick", x: x(m[0]), y: H - B + 16, "text-anchor": anchor }, m[1]));
     });
     s.appendChild(svg("text", { "class": "axis axis-title x-title", x: L + (W - L - R) / 2, y: H - 6,
-                                "text-anchor": "middle" }, o.xTitle));
+                                "text-anchor": "middle" }, (end - start <= 1.5 ? "hours in " : "days in ") + o.zone));
     s.appendChild(titled(svg("line", { "class": "limit-line", x1: L, x2: W - R, y1: sc.y(limit), y2: sc.y(limit) }),
                          "limit " + F.amount(l.metric, limit)));
     // used so far: cumulative daily trend inside this period when the chart above has it
@@ -158,7 +166,7 @@
         var ex = localX(new Date(f.exhausts_at), o.zone);
         if (ex >= start && ex <= end) {
           s.appendChild(titled(svg("circle", { "class": "exhaust", cx: x(ex), cy: sc.y(limit), r: 4 }),
-                               "exhausted " + F.when(new Date(f.exhausts_at), o.zone)));
+                               "limit reached " + F.when(new Date(f.exhausts_at), o.zone)));
         }
       }
     }
