@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage
@@ -101,6 +102,19 @@ def dashboard(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[str, B
     finally:
         limiter.close()
         live.stop()
+
+
+def test_tree_json_lists_scopes_naturally_with_the_org_zone_when_users_are_numbered(
+        dashboard: tuple[str, BudgetLimiter]) -> None:
+    url, _ = dashboard
+    doc = httpx.get(f"{url}/v1/ui/tree", params={"org": "acme"}, timeout=10).json()
+    assert doc["timezone"] == "America/New_York"
+    users = [n["user"] for n in doc["scopes"] if n["level"] == "user" and n["team"] is None]
+    assert users[:11] == [f"u{i}" for i in range(1, 12)], users  # u2 before u10
+    top = [(d["scope"], d["taken"]) for d in doc["top"]]
+    assert all(Decimal(taken) > 0 for _, taken in top), top  # idle budgets are no consumers
+    limit = doc["scopes"][0]["limits"][0]
+    assert limit["mode"] == "hard" and limit["resets_at"].endswith("+00:00"), limit
 
 
 def _open(browser: Any, url: str, width: int, errors: list[str]) -> Page:
