@@ -333,6 +333,8 @@ class UiTreeOut(BaseModel):
 
     org: str
     generated_at: float
+    timezone: str = Field(description="the org's IANA timezone: its periods, resets and "
+                          "trend days are in it, and the page shows every time in it")
     store: bool
     scopes: list[TreeNodeOut]
     top: list[LimitOut]
