@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from budgetlimiter import BudgetLimiter, LeaseConfig, Metric, Subject, load_policy
 from budgetlimiter.cli.context import Context
 from budgetlimiter.cli.serve import serve
+from budgetlimiter.durable.store.sql import Store
 from budgetlimiter.server import ServerConfig, create_app
 from budgetlimiter.server.testing import LiveServer, free_port
 
@@ -218,3 +219,52 @@ def test_serve_passes_leases_to_the_limiter_when_given(
     assert result.exit_code == 0, result.output
     config = seen["app"].state.server.config
     assert config.lease_config == LeaseConfig(calls=32, seconds=0.5)
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_with_db_gets_leased_usage_into_sql_when_serve_has_leases(
+        fresh_redis: RedisServer, policy_file: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'bl.db'}"
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            command("--redis", fresh_redis.url, "--db", db, "--policy", str(policy_file),
+                    "serve", "--port", str(port), "--leases", "16,60",
+                    "--reconcile-interval", "0.5"),
+            env=child_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=sink)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the sidecar did not become ready"
+                time.sleep(0.05)
+            for _ in range(10):
+                doc = client.post("/v1/check", json={"subject": subject("alice"),
+                                                     "estimate": ESTIMATE},
+                                  headers=MINIMAL).json()
+                got = client.post("/v1/commit", json={
+                    "org": "acme", "reservation_id": doc["reservation_id"],
+                    "subject": subject("alice"), "actual": ACTUAL})
+                assert got.json()["status"] == "committed", got.text
+        time.sleep(1.0)  # a reconcile pass or two: the usage is still in the lease
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "sidecar stopped" in log.read_text(), log.read_text()[-2000:]
+    assert used_micros(fresh_redis.url, policy_file) == 10 * COST_MICROS
+    store = Store(db)
+    try:
+        rows = store.usage_rows("acme", "0000-01-01", "9999-12-31")
+        assert sum(r.input_tokens for r in rows) == 10 * ACTUAL["input_tokens"]
+    finally:
+        store.close()
