@@ -13,7 +13,9 @@ note):
 - ``http-check-min-64``: the same with ``Prefer: return=minimal``;
 - ``http-batch-64``: ``POST /v1/check:batch`` of 10 checks (rate is requests/s);
 - ``http-commit-64`` / ``http-release-64``: settle reservations made before the run;
-- ``http-check-lease-64``: ``serve --leases 64,1`` (``Prefer: return=minimal``).
+- ``http-check-lease-64``: ``serve --leases 64,1`` (``Prefer: return=minimal``);
+- ``http-bare-64-end``: the bare endpoint once more, last (the ceiling drifts on a shared
+  machine: ratios divide by the higher of the two bare rows).
 
 Runnable on its own::
 
@@ -145,6 +147,9 @@ SCENARIOS = [
     Scenario("http-release-64", "release", "sidecar", path="/v1/release"),
     Scenario("http-check-lease-64", "check", "sidecar", prefer="return=minimal",
              leases="64,1"),
+    # the bare endpoint again: on a shared machine the ceiling drifts during a run; the goals
+    # divide by the higher of the two bare rows (the stricter reference)
+    Scenario("http-bare-64-end", "check", "bare"),
 ]
 NAMES = [s.name for s in SCENARIOS]
 
@@ -316,15 +321,20 @@ def run(url: str, seconds: float, only: list[str] | None = None) -> list[Result]
     return results
 
 
+def bare_rate(results: list[Result]) -> Result | None:
+    """The stricter reference: the faster of the two bare rows of the run."""
+    bares = [r for r in results if r.name.startswith("http-bare-") and not r.skipped and r.rate]
+    return max(bares, key=lambda r: r.rate) if bares else None
+
+
 def ratio_lines(results: list[Result]) -> list[str]:
-    """Each sidecar row against the bare endpoint of the same run."""
-    by = {r.name: r for r in results if not r.skipped and r.rate}
-    bare = by.get("http-bare-64")
+    """Each sidecar row against the bare endpoint of the same run (the faster bare row)."""
+    bare = bare_rate(results)
     if bare is None:
         return ["http ratios: the bare endpoint was not measured"]
     lines = []
     for r in results:
-        if r.name == bare.name or r.name not in by:
+        if r.name.startswith("http-bare-") or r.skipped or not r.rate:
             continue
         lines.append(f"{r.name} / {bare.name} = {r.rate / bare.rate:.2f}x "
                      f"({r.rate:,.0f} vs {bare.rate:,.0f} req/s; p99 {r.p99_us or 0:,.0f} vs "

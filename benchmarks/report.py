@@ -82,13 +82,16 @@ def goals(results: dict[str, Result]) -> list[Goal]:
                         f"{a.p99_us:,.0f} - {b.p99_us:,.0f} = {added:,.0f} us"))
     out.append(_ratio_goal(results, "envoy-64 vs bare grpc.aio servicer", "envoy-64",
                            "envoy-bare-64", 0.6))
-    # the HTTP sidecar under wrk against a bare Starlette endpoint of the same run
+    # the HTTP sidecar under wrk against a bare Starlette endpoint of the same run, measured
+    # first and last: the faster of the two is the reference
+    bares = [n for n in ("http-bare-64", "http-bare-64-end") if _rate(results, n)]
+    bare = max(bares, key=lambda n: _rate(results, n) or 0.0) if bares else "http-bare-64"
     out.append(_ratio_goal(results, "sidecar check vs bare Starlette (wrk, 64 conns)",
-                           "http-check-64", "http-bare-64", 0.6))
+                           "http-check-64", bare, 0.6))
     out.append(_ratio_goal(results, "sidecar check, return=minimal, vs bare Starlette",
-                           "http-check-min-64", "http-bare-64", 0.6))
+                           "http-check-min-64", bare, 0.6))
     out.append(_ratio_goal(results, "[leases] sidecar check vs bare Starlette",
-                           "http-check-lease-64", "http-bare-64", 0.8))
+                           "http-check-lease-64", bare, 0.8))
     return out
 
 
