@@ -19,6 +19,7 @@ def ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+@functools.lru_cache(maxsize=8192)  # limits, carries and estimates repeat from answer to answer
 def _usd_text(micros: int) -> str:
     """``str(micros_to_usd(micros))`` without Decimal (the same text: six decimals, never an
     exponent); a full answer of the sidecar formats several amounts per limit."""
