@@ -86,3 +86,38 @@ def test_serve_grpc_port_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     seen.clear()
     assert CliRunner().invoke(serve, [], obj=obj).exit_code == 0
     assert seen["app"].state.server.lifespan_hooks == []
+
+
+def test_sidecar_metrics_count_grpc_calls_decisions_and_settles(
+        fresh_redis: RedisServer, clock: FakeClock, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    app = create_app(ServerConfig(redis_url=fresh_redis.url, policy_path=str(policy),
+                                  redis_timeout=1.0), clock=clock)
+    port = free_port()
+    app.state.server.lifespan_hooks.append(sidecar_hook("127.0.0.1", port))
+    live = LiveServer(app, http="httptools").start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+            entries = {"org": "acme", "team": "eng", "user": "alice", "model": "gpt",
+                       "request_id": "metrics-1"}
+            stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                domain="budget", descriptors=[descriptor(**entries)]), timeout=10)
+            stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                domain="budget", descriptors=[descriptor(hits=700, **entries, phase="done")]),
+                timeout=10)
+            with pytest.raises(grpc.RpcError):
+                stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                    domain="nope", descriptors=[descriptor(**entries)]), timeout=10)
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            text = http.get("/metrics").text
+    finally:
+        live.stop()
+    lines = set(text.splitlines())
+    assert 'budgetlimiter_grpc_requests_total{code="OK",method="ShouldRateLimit"} 2.0' in lines
+    assert ('budgetlimiter_grpc_requests_total{code="INVALID_ARGUMENT",method="ShouldRateLimit"}'
+            ' 1.0') in lines
+    assert 'budgetlimiter_decisions_total{kind="none",level="none",outcome="allowed"} 1.0' \
+        in lines
+    assert 'budgetlimiter_settles_total{op="commit",status="committed"} 1.0' in lines

@@ -51,6 +51,11 @@ class Metrics:
             "1 while the client's Redis circuit breaker is open or half-open.", registry=r)
         self.ready = Gauge("budgetlimiter_ready", "1 when the last readiness probe passed.",
                            registry=r)
+        self.grpc_requests = Counter(
+            "budgetlimiter_grpc_requests",
+            "gRPC calls (Envoy's rate limit service) by method and status code.",
+            ["method", "code"], registry=r)
+        self._grpc_children: dict[tuple[str, str], Counter] = {}
 
     def decision(self, d: Decision) -> None:
         """Count one decision."""
@@ -62,6 +67,13 @@ class Metrics:
         level = b.scope.level if b is not None else "none"
         kind = b.kind if b is not None else "none"
         self.decisions.labels(outcome, level, kind).inc()
+
+    def grpc_call(self, method: str, code: str) -> None:
+        """Count one gRPC call that ended with ``code`` (``OK``, ``INVALID_ARGUMENT``...)."""
+        child = self._grpc_children.get((method, code))
+        if child is None:  # (labels() costs a lock and a lookup: the hot path skips both)
+            child = self._grpc_children[method, code] = self.grpc_requests.labels(method, code)
+        child.inc()
 
     def render(self) -> bytes:
         """The text exposition format."""
