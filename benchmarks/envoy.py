@@ -103,7 +103,7 @@ async def _load(pid: int, port: int, seconds: float, concurrency: int, result: R
              entry(key="user", value=USER), entry(key="model", value=AGENT)]
     ids = itertools.count()
     errors = 0
-    cpu_before = _cpu_seconds(pid)
+    cpu_before, client_before = _cpu_seconds(pid), time.process_time()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = rls_pb2_grpc.RateLimitServiceStub(channel)
 
@@ -120,10 +120,13 @@ async def _load(pid: int, port: int, seconds: float, concurrency: int, result: R
             return bool(reply.overall_code == rls_pb2.RateLimitResponse.OK)
 
         await time_async(result, call, concurrency, seconds)
-    cpu_after = _cpu_seconds(pid)
+    cpu_after, client_after = _cpu_seconds(pid), time.process_time()
     calls = next(ids)  # warm-up included
     if cpu_before is not None and cpu_after is not None and calls:
         result.extra["server_cpu_us_per_call"] = round((cpu_after - cpu_before) / calls * 1e6, 1)
+    if calls:  # the load generator's own cost: near the server's, it shares the bottleneck
+        result.extra["client_cpu_us_per_call"] = round((client_after - client_before) / calls
+                                                       * 1e6, 1)
     result.extra["errors"] = errors
     return result
 
@@ -160,8 +163,14 @@ def ratio_line(results: list[Result]) -> str:
     ours = next((r for n, r in by.items() if not n.startswith("envoy-bare-")), None)
     if bare is None or ours is None or not bare.rate or not ours.rate:
         return "envoy ratio: not measured"
-    return (f"{ours.name} / {bare.name} = {ours.rate / bare.rate:.2f}x (goal >= 0.6x): "
+    line = (f"{ours.name} / {bare.name} = {ours.rate / bare.rate:.2f}x (goal >= 0.6x): "
             f"{ours.rate:,.0f} vs {bare.rate:,.0f} calls/s")
+    cpu = [r.extra.get(k) for r in (ours, bare)
+           for k in ("server_cpu_us_per_call", "client_cpu_us_per_call")]
+    if None not in cpu:
+        line += (f"; CPU per call: server {cpu[0]} vs {cpu[2]} us, load generator "
+                 f"{cpu[1]} vs {cpu[3]} us")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
