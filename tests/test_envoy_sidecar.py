@@ -121,3 +121,34 @@ def test_sidecar_metrics_count_grpc_calls_decisions_and_settles(
     assert 'budgetlimiter_decisions_total{kind="none",level="none",outcome="allowed"} 1.0' \
         in lines
     assert 'budgetlimiter_settles_total{op="commit",status="committed"} 1.0' in lines
+
+
+def test_metrics_count_a_refused_token_by_its_grpc_code() -> None:
+    import asyncio
+
+    from budgetlimiter import AsyncBudgetLimiter, parse_policy
+    from budgetlimiter.envoy import serve_grpc
+    from budgetlimiter.server import parse_tokens
+    from budgetlimiter.server.metrics import Metrics
+
+    async def scenario() -> str:
+        metrics = Metrics()
+        limiter = AsyncBudgetLimiter(parse_policy(POLICY), "memory://")
+        tokens = parse_tokens(["reader:readsecret-0123456789:read"], None)
+        service = await serve_grpc(limiter, tokens=tokens, metrics=metrics)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+                stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+                for metadata in ((), (("authorization", "Bearer readsecret-0123456789"),)):
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="budget"),
+                                                   metadata=metadata, timeout=10)
+        finally:
+            await service.stop()
+            await limiter.aclose()
+        return metrics.render().decode()
+
+    lines = set(asyncio.run(scenario()).splitlines())
+    for code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        assert (f'budgetlimiter_grpc_requests_total{{code="{code}",method="ShouldRateLimit"}}'
+                " 1.0") in lines
