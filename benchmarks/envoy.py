@@ -60,7 +60,10 @@ async def main():
     else:
         from budgetlimiter import AsyncBudgetLimiter, load_policy
         from budgetlimiter.envoy import serve_grpc
-        limiter = AsyncBudgetLimiter(load_policy(policy_path), url)
+        # "pipe1": one pipeline on the wire at a time, so calls that gRPC hands over one per
+        # loop turn wait for it and share the next one (an option of the embedding program)
+        limiter = AsyncBudgetLimiter(load_policy(policy_path), url,
+                                     max_inflight=1 if mode == "pipe1" else 4)
         service = await serve_grpc(limiter, port=int(port))  # kept: a collected server stops
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -118,7 +121,7 @@ async def _load(pid: int, port: int, seconds: float, concurrency: int, result: R
 
         async def call() -> bool:
             nonlocal errors
-            rid = entry(key="request_id", value=f"bench-{next(ids)}")
+            rid = entry(key="request_id", value=f"{result.name}-{next(ids)}")
             request = rls_pb2.RateLimitRequest(domain="budgetlimiter", descriptors=[
                 ratelimit_pb2.RateLimitDescriptor(entries=[*fixed, rid])])
             try:
@@ -141,8 +144,10 @@ async def _load(pid: int, port: int, seconds: float, concurrency: int, result: R
 
 
 def run(url: str, seconds: float, concurrency: int = 64) -> list[Result]:
-    """``envoy-bare-<n>`` and ``envoy-<n>``: the same load against both servers."""
-    names = (f"envoy-bare-{concurrency}", f"envoy-{concurrency}")
+    """``envoy-bare-<n>``, ``envoy-<n>`` and ``envoy-<n>-pipe1``: the same load against the
+    bare servicer, the service as ``serve`` runs it, and the service on a limiter with one
+    pipeline on the wire at a time (``max_inflight=1``)."""
+    names = (f"envoy-bare-{concurrency}", f"envoy-{concurrency}", f"envoy-{concurrency}-pipe1")
     if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("envoy") is None:
         return [Result(n, "envoy", skipped="needs the envoy extra (grpcio, xds-protos)")
                 for n in names]
@@ -150,11 +155,13 @@ def run(url: str, seconds: float, concurrency: int = 64) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bl-bench-envoy-") as tmp:
         path = Path(tmp) / "policy.yaml"
         path.write_text(yaml.safe_dump(policy_dict(), sort_keys=False), encoding="utf-8")
-        for mode, name in zip(("bare", "budget"), names, strict=True):
+        for mode, name in zip(("bare", "budget", "pipe1"), names, strict=True):
             note = (f"ShouldRateLimit, {concurrency} tasks on one grpc.aio channel, server in "
                     f"its own process, {loop_name()}; ")
             note += ("bare servicer answering OK" if mode == "bare" else
                      "request-time check of 4 budgets, reserve under a fresh request id")
+            if mode == "pipe1":
+                note += ", limiter with max_inflight=1"
             proc, port = _start(mode, url, str(path))
             try:
                 result = Result(name, "envoy", note=note)
@@ -248,7 +255,9 @@ def ratio_line(results: list[Result]) -> str:
     """``envoy-64 / envoy-bare-64 = 0.71x (goal >= 0.6x)``."""
     by = {r.name: r for r in results}
     bare = next((r for n, r in by.items() if n.startswith("envoy-bare-")), None)
-    ours = next((r for n, r in by.items() if not n.startswith("envoy-bare-")), None)
+    ours = next((r for n, r in by.items()
+                 if not n.startswith("envoy-bare-") and not n.endswith("-pipe1")), None)
+    pipe1 = next((r for n, r in by.items() if n.endswith("-pipe1")), None)
     if bare is None or ours is None or not bare.rate or not ours.rate:
         return "envoy ratio: not measured"
     line = (f"{ours.name} / {bare.name} = {ours.rate / bare.rate:.2f}x (goal >= 0.6x): "
@@ -258,6 +267,10 @@ def ratio_line(results: list[Result]) -> str:
     if None not in cpu:
         line += (f"; CPU per call: server {cpu[0]} vs {cpu[2]} us, load generator "
                  f"{cpu[1]} vs {cpu[3]} us")
+    if pipe1 is not None and pipe1.rate:
+        line += (f"\n{pipe1.name} / {bare.name} = {pipe1.rate / bare.rate:.2f}x: "
+                 f"{pipe1.rate:,.0f} calls/s, server CPU "
+                 f"{pipe1.extra.get('server_cpu_us_per_call')} us per call")
     return line
 
 
