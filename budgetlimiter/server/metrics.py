@@ -35,6 +35,11 @@ class Metrics:
         self.latency = Histogram(
             "budgetlimiter_http_request_duration_seconds", "HTTP request latency.",
             ["route", "method"], buckets=_BUCKETS, registry=r)
+        self.grpc_requests = Counter(
+            "budgetlimiter_grpc_requests",
+            "gRPC calls (Envoy's rate limit service) by method and status code.",
+            ["method", "code"], registry=r)
+        self._grpc_children: dict[tuple[str, str], Counter] = {}
         self.redis_errors = Counter(
             "budgetlimiter_redis_errors", "Redis calls that failed (unreachable or timed out).",
             registry=r)
@@ -49,13 +54,20 @@ class Metrics:
         self.circuit_open = Gauge(
             "budgetlimiter_redis_circuit_open",
             "1 while the client's Redis circuit breaker is open or half-open.", registry=r)
+        self.reconcile_lag = Gauge(
+            "budgetlimiter_reconcile_lag_seconds",
+            "Seconds since the org's last completed reconcile pass (by any sidecar).",
+            ["org"], registry=r)
+        self.reconcile_lease = Gauge(
+            "budgetlimiter_reconcile_lease_holder",
+            "1 per org for the holder of its reconcile lease; held_here=1 if this process.",
+            ["org", "holder", "held_here"], registry=r)
+        self.reconcile_ok = Gauge(
+            "budgetlimiter_reconcile_ok",
+            "1 when this sidecar's last reconcile pass reached Redis and the database.",
+            registry=r)
         self.ready = Gauge("budgetlimiter_ready", "1 when the last readiness probe passed.",
                            registry=r)
-        self.grpc_requests = Counter(
-            "budgetlimiter_grpc_requests",
-            "gRPC calls (Envoy's rate limit service) by method and status code.",
-            ["method", "code"], registry=r)
-        self._grpc_children: dict[tuple[str, str], Counter] = {}
 
     def decision(self, d: Decision) -> None:
         """Count one decision."""
@@ -68,13 +80,13 @@ class Metrics:
         kind = b.kind if b is not None else "none"
         self.decisions.labels(outcome, level, kind).inc()
 
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
     def grpc_call(self, method: str, code: str) -> None:
         """Count one gRPC call that ended with ``code`` (``OK``, ``INVALID_ARGUMENT``...)."""
         child = self._grpc_children.get((method, code))
         if child is None:  # (labels() costs a lock and a lookup: the hot path skips both)
             child = self._grpc_children[method, code] = self.grpc_requests.labels(method, code)
         child.inc()
-
-    def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
