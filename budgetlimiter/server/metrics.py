@@ -35,6 +35,11 @@ class Metrics:
         self.latency = Histogram(
             "budgetlimiter_http_request_duration_seconds", "HTTP request latency.",
             ["route", "method"], buckets=_BUCKETS, registry=r)
+        self.grpc_requests = Counter(
+            "budgetlimiter_grpc_requests",
+            "gRPC calls (Envoy's rate limit service) by method and status code.",
+            ["method", "code"], registry=r)
+        self._grpc_children: dict[tuple[str, str], Counter] = {}
         self.redis_errors = Counter(
             "budgetlimiter_redis_errors", "Redis calls that failed (unreachable or timed out).",
             registry=r)
@@ -78,3 +83,10 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+    def grpc_call(self, method: str, code: str) -> None:
+        """Count one gRPC call that ended with ``code`` (``OK``, ``INVALID_ARGUMENT``...)."""
+        child = self._grpc_children.get((method, code))
+        if child is None:  # (labels() costs a lock and a lookup: the hot path skips both)
+            child = self._grpc_children[method, code] = self.grpc_requests.labels(method, code)
+        child.inc()
