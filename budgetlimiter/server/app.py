@@ -32,6 +32,7 @@ from ..engine.engine import Clock
 from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
 from .config import ServerConfig
+from .forecasts import Forecaster
 from .handlers import Api, endpoint, request_id
 from .metrics import Metrics
 from .middleware import Gate
@@ -66,6 +67,8 @@ class Server:
                  store: Any = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        #: forecasts of this process (one set of in-process readings for every surface)
+        self.forecasts = Forecaster(self)
         self.limiter = limiter
         self._policy = policy
         self._clock = clock
@@ -287,6 +290,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
         r("/v1/release", api.release, "POST"),
         r("/v1/record", api.record, "POST"),
         r("/v1/status/{scope:bl_any}", api.status, "GET"),
+        r("/v1/forecast/{scope:bl_any}", api.forecast, "GET"),
         r("/v1/usage", api.usage, "GET"),
         r("/v1/policy/effective", api.effective_policy, "GET"),
         r("/healthz", api.healthz, "GET"),
