@@ -38,6 +38,9 @@ def ledger_history(store: Any, engine: Engine, scope: Scope | str, now_ms: int) 
         total, points = 0, []
         for d in days:
             total += series.get(d.id, 0)
-            points.append((d.end_ms, total))
+            # the zero-filled days before the first usage are not readings: the ledger
+            # cannot tell "nothing was used" from "nothing was deployed yet"
+            if total:
+                points.append((d.end_ms, total))
         out[(spec.metric.value, w.id)] = points
     return out
