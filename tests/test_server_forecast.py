@@ -97,3 +97,31 @@ def test_ledger_days_give_a_month_forecast_to_a_fresh_process(tmp_path, clock):
     assert not f.will_exceed and f.window_ms == 7 * 86_400_000
     store.close()
     bl.close()
+
+
+def gauge_lines(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{")]
+
+
+def test_metrics_gauge_blocked_and_forecast_budgets_only(start: Start, clock):
+    clock.set(datetime(2026, 3, 10, 6, tzinfo=timezone.utc))
+    client, _ = start()
+    spend_steadily(client, clock, 18)  # the team's $0.001 day is used up: blocked
+    text = client.get("/metrics").text
+    team = 'org="acme",period="day",scope="org:acme/team:eng"'
+    assert f'budgetlimiter_budget_blocked{{metric="cost",{team}}} 1.0' in text
+    assert f'budgetlimiter_budget_forecast_exceeds{{metric="cost",{team}}} 1.0' in text
+    assert f'budgetlimiter_budget_projected{{metric="cost",{team}}} 0.0054' in text
+    assert f'budgetlimiter_budget_limit{{metric="cost",{team}}} 0.001' in text
+    assert 'budgetlimiter_scopes_blocked{org="acme"} 1.0' in text
+    # the org's month ($0.0018 of $10) is neither blocked, nor forecast over, nor over 50 %
+    assert not any('scope="org:acme"' in line
+                   for line in gauge_lines(text, "budgetlimiter_budget_used"))
+
+
+def test_metrics_gauges_listed_scopes_and_stay_bounded(start: Start, clock):
+    clock.set(datetime(2026, 3, 10, 6, tzinfo=timezone.utc))
+    client, _ = start(gauge_scopes=("org:acme",), gauge_max_budgets=1)
+    spend_steadily(client, clock, 3)
+    used = gauge_lines(client.get("/metrics").text, "budgetlimiter_budget_used")
+    assert len(used) == 1 and 'scope="org:acme"' in used[0]  # the listed scope comes first

@@ -34,10 +34,18 @@ def _fast(module: str, fast: str, fallback: str) -> str:
               "limiter and policy (needs the envoy extra and --workers 1).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--gauge-scope", "gauge_scopes", multiple=True,
+              help="A scope whose budgets always get gauges in /metrics (repeatable; other "
+              "scopes get them when blocked, forecast to exceed or over --gauge-percent).")
+@click.option("--gauge-percent", type=click.FloatRange(min=0), default=50.0,
+              show_default=True, help="Budgets used at least this much get gauges.")
+@click.option("--gauge-max", type=click.IntRange(min=0), default=200, show_default=True,
+              help="At most this many budgets get gauges (bounded label cardinality).")
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, ...],
           max_body: int, redis_timeout: float, watch_policy: float, grpc_port: int | None,
-          log_level: str) -> None:
+          log_level: str, gauge_scopes: tuple[str, ...], gauge_percent: float,
+          gauge_max: int) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
@@ -56,7 +64,8 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
             host=host, port=port, workers=workers,
             tokens=parse_tokens(tokens, os.environ.get("BUDGETLIMITER_TOKENS")),
             max_body=max_body, redis_timeout=redis_timeout, watch_policy=watch_policy,
-            log_level=log_level,
+            log_level=log_level, gauge_scopes=gauge_scopes, gauge_min_percent=gauge_percent,
+            gauge_max_budgets=gauge_max,
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

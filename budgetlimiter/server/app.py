@@ -211,7 +211,8 @@ class Server:
         return checks, ""
 
     async def refresh_gauges(self) -> None:
-        """Best effort: live reservations per declared org, and the alert backlog."""
+        """Best effort: live reservations per declared org, the per-budget gauges (and
+        forecasts), and the alert backlog."""
         limiter = self.limiter
         if limiter is not None:
             breaker = getattr(limiter, "breaker", None)
@@ -229,6 +230,16 @@ class Server:
             except Exception as exc:
                 self.metrics.redis_errors.inc()
                 log.debug("reservation gauge skipped: %s", exc)
+        if limiter is not None:
+            cfg = self.config
+            try:
+                snapshot = await self.forecasts.snapshot(
+                    listed=cfg.gauge_scopes, min_percent=cfg.gauge_min_percent,
+                    max_budgets=cfg.gauge_max_budgets)
+                self.metrics.budgets(snapshot)
+            except Exception as exc:
+                self.metrics.redis_errors.inc()
+                log.debug("budget gauges skipped: %s", exc)
         if self.config.db_url:
             from starlette.concurrency import run_in_threadpool
 
