@@ -41,11 +41,14 @@ def _fast(module: str, fast: str, fallback: str) -> str:
               show_default=True, help="Budgets used at least this much get gauges.")
 @click.option("--gauge-max", type=click.IntRange(min=0), default=200, show_default=True,
               help="At most this many budgets get gauges (bounded label cardinality).")
+@click.option("--otel", is_flag=True, envvar="BUDGETLIMITER_OTEL",
+              help="Also export the metrics through OpenTelemetry over OTLP/HTTP (the otel "
+              "extra; OTEL_EXPORTER_OTLP_* variables configure it).")
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, ...],
           max_body: int, redis_timeout: float, watch_policy: float, grpc_port: int | None,
           log_level: str, gauge_scopes: tuple[str, ...], gauge_percent: float,
-          gauge_max: int) -> None:
+          gauge_max: int, otel: bool) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
@@ -65,7 +68,7 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
             tokens=parse_tokens(tokens, os.environ.get("BUDGETLIMITER_TOKENS")),
             max_body=max_body, redis_timeout=redis_timeout, watch_policy=watch_policy,
             log_level=log_level, gauge_scopes=gauge_scopes, gauge_min_percent=gauge_percent,
-            gauge_max_budgets=gauge_max,
+            gauge_max_budgets=gauge_max, otel=otel,
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -81,6 +81,8 @@ class Server:
         #: entered after start, exited before stop (``serve --grpc-port`` adds the gRPC
         #: service here: same process, event loop, limiter and policy)
         self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
+        #: the OpenTelemetry bridge when ``serve --otel`` (or an ``otel_lifespan`` hook) is on
+        self.otel: Any = None
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -326,6 +328,10 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     app.add_middleware(Gate, tokens=cfg.tokens, metrics=server.metrics)
     mount_ui(app, server)  # the /ui dashboard shell (outermost) and GET /v1/ui/tree
     app.state.server = server
+    if cfg.otel:
+        from .otel import otel_lifespan  # the optional otel extra: imported only when asked
+
+        server.lifespan_hooks.append(otel_lifespan())
     return app
 
 

@@ -90,6 +90,8 @@ class ServerConfig:
     gauge_scopes: tuple[str, ...] = ()
     gauge_min_percent: float = 50.0
     gauge_max_budgets: int = 200
+    #: also export the metrics through OpenTelemetry (OTLP/HTTP; needs the otel extra)
+    otel: bool = False
 
     @property
     def auth_enabled(self) -> bool:
