@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ..forecast import Forecast, ScopeForecast
+from ..forecast.projection import duration
 from ..subject import Scope
 from .context import Context
 from .output import render
@@ -45,7 +46,7 @@ def exhausts(f: Forecast | None) -> str:
         return "unknown"
     if f.exhausts_at is None:
         return "after reset"
-    return "now" if f.exhausts_ms == f.now_ms else f.exhausts_at.isoformat()
+    return "now" if f.exhausts_ms == f.now_ms else f.exhausts_at.isoformat(timespec="seconds")
 
 
 def forecast_row(f: Forecast) -> dict[str, Any]:
@@ -53,8 +54,8 @@ def forecast_row(f: Forecast) -> dict[str, Any]:
             "used": f.amount(f.used), "limit": f.amount(f.limit),
             "per_hour": f.amount(f.rate_per_hour), "projected": f.amount(f.projected),
             "exceeds": "yes" if f.will_exceed else "no", "exhausts": exhausts(f),
-            "window": f"{f.window_ms // 3_600_000}h{f.window_ms // 60_000 % 60:02d}m"
-            if f.projected is not None else "", "why_unknown": f.reason}
+            "window": duration(f.window_ms) if f.projected is not None else "",
+            "why_unknown": f.reason}
 
 
 @click.command()

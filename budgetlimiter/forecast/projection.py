@@ -44,7 +44,7 @@ from ..results import ms_to_datetime
 from ..subject import Scope
 from ..usage import Metric, micros_to_usd
 
-__all__ = ["WINDOW_MS", "Forecast", "Point", "project"]
+__all__ = ["WINDOW_MS", "Forecast", "Point", "duration", "project"]
 
 #: (epoch ms, cumulative usage in the period at that instant)
 Point = tuple[int, int]
@@ -123,6 +123,18 @@ class Forecast:
         }
 
 
+def duration(ms: int) -> str:
+    """``ms`` for people: ``2d06h``, ``3h10m``, ``45s``."""
+    sec = max(0, ms) // 1000
+    if sec >= 86_400:
+        return f"{sec // 86_400}d{sec % 86_400 // 3600:02d}h"
+    if sec >= 3600:
+        return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+    if sec >= 60:
+        return f"{sec // 60}m{sec % 60:02d}s"
+    return f"{sec}s"
+
+
 def _at(points: Sequence[Point], t: int) -> tuple[int, int]:
     """Usage at ``t`` interpolated between the observations around it, and the distance
     between those two observations. ``points[0]`` is at or before ``t``."""
@@ -158,14 +170,14 @@ def project(*, scope: Scope, metric: Metric, kind: PeriodKind, period_id: str, u
     w_start = max(start_ms, now_ms - window)
     span = now_ms - w_start
     if 2 * span < window:
-        return none(f"the period started {span // 1000}s ago; the rate needs "
-                    f"{window // 2000}s of it")
+        return none(f"the period started {duration(span)} ago; the rate needs "
+                    f"{duration(window // 2)} of it")
     first = max(i for i, p in enumerate(points) if p[0] <= w_start)
     used_points = points[first:]
     gap = max(b[0] - a[0] for a, b in itertools.pairwise(used_points))
     if 2 * gap > span:
-        return none(f"readings {gap // 1000}s apart; a {span // 1000}s window needs them at "
-                    f"most {span // 2000}s apart")
+        return none(f"readings {duration(gap)} apart; a {duration(span)} window needs them "
+                    f"at most {duration(span // 2)} apart")
     at_start, _ = _at(used_points, w_start)
     added = max(0, used - at_start)
     projected = used + added * (end_ms - now_ms) // span
