@@ -92,6 +92,15 @@ class ServerConfig:
     gauge_max_budgets: int = 200
     #: also export the metrics through OpenTelemetry (OTLP/HTTP; needs the otel extra)
     otel: bool = False
+    #: run the reconciler and the alert deliverer in this process (needs db_url); the
+    #: ``serve`` command turns it on unless ``--no-reconcile``
+    reconcile: bool = False
+    reconcile_interval: float = 2.0
+    #: seconds an org's reconcile lease lasts (0: no leases, every org reconciled here)
+    reconcile_lease: float = 6.0
+    webhooks: tuple[str, ...] = ()
+    #: the environment variable holding the webhook signing secret (never the secret)
+    webhook_secret_env: str = "BUDGETLIMITER_WEBHOOK_SECRET"
 
     @property
     def auth_enabled(self) -> bool:
@@ -115,6 +124,10 @@ class ServerConfig:
             raise ConfigError(f"gauge max budgets must be >= 0, got {self.gauge_max_budgets}")
         if self.max_body < 1024:
             raise ConfigError(f"max body must be at least 1024 bytes, got {self.max_body}")
+        if self.reconcile_interval <= 0 or self.reconcile_lease < 0:
+            raise ConfigError("reconcile interval must be > 0 and the lease >= 0 seconds")
+        if self.reconcile and self.webhooks and not os.environ.get(self.webhook_secret_env):
+            raise ConfigError(f"--webhook needs a signing secret in ${self.webhook_secret_env}")
         return self
 
 
@@ -133,4 +146,5 @@ def load_env_config() -> ServerConfig:
     data = json.loads(os.environ[ENV_CONFIG])
     data["tokens"] = parse_tokens(data.get("tokens", []))
     data["gauge_scopes"] = tuple(data.get("gauge_scopes", ()))
+    data["webhooks"] = tuple(data.get("webhooks", ()))
     return ServerConfig(**data)
