@@ -171,6 +171,8 @@ def test_forecast_of_a_scope_read_once_is_unknown_with_the_reason(cli: Cli) -> N
     assert rows[0]["used"] != "0.000000" or rows[0]["metric"] != "cost"
     status = cli("--format", "json", "status", "org:acme/team:eng/user:alice").json()
     assert {r["exhausts"] for r in status} <= {"unknown", ""}
+    top = cli("--format", "json", "top", "--org", "acme", "--interval", "0").json()
+    assert top and {r["exhausts"] for r in top} <= {"unknown", ""}
 
 
 def test_forecast_refuses_a_bad_scope(cli: Cli) -> None:
