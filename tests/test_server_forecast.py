@@ -4,6 +4,7 @@ test's clock."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -125,3 +126,27 @@ def test_metrics_gauges_listed_scopes_and_stay_bounded(start: Start, clock):
     spend_steadily(client, clock, 3)
     used = gauge_lines(client.get("/metrics").text, "budgetlimiter_budget_used")
     assert len(used) == 1 and 'scope="org:acme"' in used[0]  # the listed scope comes first
+
+
+def test_the_in_process_reconciler_readings_serve_the_sidecar_forecast(start: Start, clock,
+                                                                        tmp_path):
+    """With --db the reconciler's passes read the hard budgets (for forecast alerts); the
+    sidecar forecasts from those readings too, so a day budget nobody looked at has one."""
+    clock.set(datetime(2026, 3, 10, 6, tzinfo=timezone.utc))
+    client, app = start(db_url=f"sqlite:///{tmp_path}/r.db", reconcile=True,
+                        reconcile_interval=0.05, reconcile_lease=0)
+    server = app.state.server
+    book = server.reconcile.limiter.samples
+    assert book is server.limiter.samples
+    key = ("org:acme/team:eng", "cost", "2026-03-10")
+    for _ in range(12):
+        clock.advance(20 * 60)
+        body = {"subject": ALICE, "actual": {"input_tokens": 100}}
+        assert client.post("/v1/record", json=body).status_code == 200
+        now = clock()
+        deadline = time.monotonic() + 30  # bounds a hang; not a timing assertion
+        while not any(t == now for t, _ in book.points(key)):
+            assert time.monotonic() < deadline, "no reconcile pass read the counter"
+            time.sleep(0.02)
+    (day,) = client.get("/v1/forecast/org:acme/team:eng").json()["forecasts"]
+    assert day["rate_per_hour"] == "0.000300" and day["projected"] == "0.005400"

@@ -116,6 +116,9 @@ class Server:
             self._watch = asyncio.create_task(self._watch_policy())
         if self.config.reconcile and self.config.db_url:
             self.reconcile = open_service(self.config, self.limiter.policy, self._clock)
+            # one set of readings: the reconciler's passes (forecast alerts) read the hard
+            # budgets every few seconds, and the sidecar's forecasts use those readings too
+            self.reconcile.limiter.samples = self.limiter.samples
         log.info("sidecar started", extra={"redis": _redact(self.config.redis_url),
                                           "auth": self.config.auth_enabled})
 
