@@ -6,6 +6,7 @@ them)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -74,13 +75,24 @@ def wait_for(what: str, probe: Any, timeout: float = 90.0) -> Any:
     pytest.fail(f"timed out waiting for {what}; last: {last!r}")
 
 
-def stop(proc: subprocess.Popen[Any]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        proc.kill()
-        proc.wait(10)
+@contextlib.contextmanager
+def running(name: str, args: list[str], port: int, ready: str, log: Path,
+            env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``args`` (listening on ``port``) until the block ends; yields its base URL once
+    ``ready`` answers 200. Its stderr goes to ``log``."""
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_for(name, lambda: httpx.get(url + ready).status_code == 200)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                proc.kill()
+                proc.wait(10)
 
 
 @pytest.fixture
@@ -89,23 +101,17 @@ def sidecar(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[str]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     port = free_port()
-    with open(tmp_path / "sidecar.log", "w") as log:
-        proc = subprocess.Popen(command("--redis", fresh_redis.url, "--policy", str(policy),
-                                        "serve", "--port", str(port)),
-                                env=child_env(), stdout=subprocess.DEVNULL, stderr=log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for("the sidecar", lambda: httpx.get(url + "/readyz").status_code == 200)
-            yield url
-        finally:
-            stop(proc)
+    args = command("--redis", fresh_redis.url, "--policy", str(policy), "serve", "--port",
+                   str(port))
+    with running("the sidecar", args, port, "/readyz", tmp_path / "sidecar.log",
+                 child_env()) as url:
+        yield url
 
 
 @pytest.fixture
 def prometheus(sidecar: str, tmp_path: Path) -> Iterator[str]:
     """A real Prometheus scraping the sidecar every second with deploy/'s rules; yields its
     API base URL."""
-    binary = tool("prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps({  # JSON is YAML
@@ -114,17 +120,10 @@ def prometheus(sidecar: str, tmp_path: Path) -> Iterator[str]:
         "scrape_configs": [{"job_name": "budgetlimiter", "metrics_path": "/metrics",
                             "static_configs": [{"targets": [sidecar.split("//")[1]]}]}],
     }))
-    with open(tmp_path / "prometheus.log", "w") as log:
-        proc = subprocess.Popen([binary, f"--config.file={config}",
-                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for("prometheus", lambda: httpx.get(url + "/-/ready").status_code == 200)
-            yield url
-        finally:
-            stop(proc)
+    args = [tool("prometheus"), f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
+    with running("prometheus", args, port, "/-/ready", tmp_path / "prometheus.log") as url:
+        yield url
 
 
 def firing(prom: str, name: str) -> list[dict[str, Any]]:
