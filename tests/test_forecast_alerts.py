@@ -94,6 +94,9 @@ def test_forecast_alert_follows_the_policy_default_on_for_hard_limits(
     drive(bl, alerts, clock, datetime(2026, 3, 10, 6, tzinfo=timezone.utc),
           timedelta(minutes=10), 1)
     assert bool(forecast_events(store)) is fires
+    # what applies says so (policy show, GET /v1/policy/effective)
+    shown = bl.policy.resolve(ALICE).to_dict()["scopes"]
+    assert [lim["forecast_alert"] for sc in shown for lim in sc["limits"]] == [fires]
 
 
 def test_week_and_month_fire_once_per_period(make_limiter, clock, store):

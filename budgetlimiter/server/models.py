@@ -271,6 +271,7 @@ class EffectiveLimitOut(BaseModel):
     thresholds: list[int]
     rollover: str
     rollover_cap: str | None
+    forecast_alert: bool = Field(description="budget.forecast_exceeded is sent for it")
     origin: str
 
 
