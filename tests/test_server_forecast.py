@@ -150,3 +150,17 @@ def test_the_in_process_reconciler_readings_serve_the_sidecar_forecast(start: St
             time.sleep(0.02)
     (day,) = client.get("/v1/forecast/org:acme/team:eng").json()["forecasts"]
     assert day["rate_per_hour"] == "0.000300" and day["projected"] == "0.005400"
+
+
+def test_metrics_gauge_undeclared_orgs_of_a_defaults_only_policy(start: Start, clock,
+                                                                 policy_file):
+    policy_file.write_text("timezone: UTC\npricing: {gpt: {input_per_million: \"1\"}}\n"
+                           "defaults:\n  team:\n    limits:\n"
+                           "      - {metric: cost, amount: \"0.0001\", period: day}\n")
+    client, _ = start()
+    body = {"subject": {**ALICE, "org": "globex"}, "actual": {"input_tokens": 100}}
+    assert client.post("/v1/record", json=body).status_code == 200
+    text = client.get("/metrics").text
+    assert 'budgetlimiter_scopes_blocked{org="globex"} 1.0' in text
+    assert ('budgetlimiter_budget_blocked{metric="cost",org="globex",period="day",'
+            'scope="org:globex/team:eng"} 1.0') in text

@@ -105,13 +105,11 @@ class Forecaster:
         """Budgets for the gauges, bounded: those of the ``listed`` scopes first, then blocked
         ones, then those forecast to reach their limit, then by percent used (at least
         ``min_percent``), at most ``max_budgets`` in all. Blocked scopes are counted among
-        the first :data:`MAX_SCOPES_READ` scopes with counters of the declared orgs."""
+        the scopes of the first :data:`MAX_SCOPES_READ` counter keys (any org) and the
+        declared ones; every declared org has a count, 0 included."""
         limiter = self.server.require_limiter()
-        found: list[Scope] = []
-        for org in limiter.policy.declared_orgs():
-            found += await limiter.live_scopes(org, limit=MAX_SCOPES_READ)
-            if len(found) >= MAX_SCOPES_READ:
-                break
+        # every org with counters, declared or not (a policy of defaults only declares none)
+        found = await limiter.live_scopes(None, limit=MAX_SCOPES_READ)
         wanted = {Scope.parse(t) for t in listed}
         scopes = sorted(set(found[:MAX_SCOPES_READ]) | wanted, key=str)
         results = await asyncio.gather(*(self.scope(sc) for sc in scopes))
