@@ -14,6 +14,7 @@ from .engine.denycache import DenyCache
 from .engine.engine import DEFAULT_CLOCK_TOLERANCE, Clock, Engine
 from .engine.keys import KeySpace
 from .engine.leases import LeaseConfig, LeaseTable
+from .engine.override_watch import OverrideWatch
 from .engine.scripts import Registry
 from .policy import Policy
 
@@ -38,6 +39,8 @@ class ClientSurface:
                              leases=leases, outage_queue=outage_queue,
                              clock_tolerance=max_clock_skew)
         self._scripts = Registry.default()
+        # every client follows the runtime overrides published in Redis
+        self.engine.watch = OverrideWatch(enabled=True)
 
     @property
     def policy(self) -> Policy:

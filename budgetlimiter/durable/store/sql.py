@@ -91,7 +91,7 @@ class Store:
         self.schema = schema
         self._engine = self._make_engine(u.render_as_string(hide_password=False))
         self._keys = {name: _lock_key(f"budgetlimiter:{name}:{schema or ''}")
-                      for name in ("migrate", "policy")}
+                      for name in ("migrate", "policy", "overrides")}
 
     def _make_engine(self, url: str) -> Engine:
         if self.dialect == "postgresql":
@@ -413,6 +413,11 @@ class Store:
     def reading(self) -> AbstractContextManager[Connection]:
         """A connection in a read transaction (for :mod:`budgetlimiter.durable.store.reports`)."""
         return self._read()
+
+    def writing(self, lock: str) -> AbstractContextManager[Connection]:
+        """A connection in a write transaction holding the named lock (``"overrides"``; for
+        :mod:`budgetlimiter.durable.store.admin`): writers of one lock run one at a time."""
+        return self._write(lock)
 
 
 def _now_ms() -> int:
