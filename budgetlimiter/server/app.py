@@ -31,6 +31,7 @@ from ..aio import AsyncBudgetLimiter
 from ..engine.engine import Clock
 from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
+from .admin import AdminApi, admin_hooks
 from .config import ServerConfig
 from .handlers import Api, endpoint, request_id
 from .metrics import Metrics
@@ -78,6 +79,10 @@ class Server:
         #: entered after start, exited before stop (``serve --grpc-port`` adds the gRPC
         #: service here: same process, event loop, limiter and policy)
         self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
+        #: an override version was stored but Redis did not take it (see server/admin.py)
+        self.overrides_unpublished = False
+        #: called with (old policy, new policy) after a successful reload (the audit log)
+        self.reload_listeners: list[Callable[[Policy, Policy], None]] = []
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,8 +144,11 @@ class Server:
             log.error("policy reload failed; keeping the old policy: %s", exc,
                       extra={"policy": path})
             return False
+        old = self.limiter.policy
         self.limiter.set_policy(new)
         self._mtime = self._policy_mtime()
+        for listener in self.reload_listeners:
+            listener(old, new)
         self.metrics.reloads.labels("ok").inc()
         log.info("policy reloaded", extra={"policy": path})
         return True
@@ -276,6 +284,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     cfg = config or ServerConfig()
     server = Server(cfg, policy=policy, limiter=limiter, clock=clock, store=store)
     api = Api(server)
+    admin = AdminApi(server)
 
     def r(path: str, fn: Any, method: str) -> Route:
         return Route(path, endpoint(server, fn), methods=[method])
@@ -289,6 +298,12 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
         r("/v1/status/{scope:bl_any}", api.status, "GET"),
         r("/v1/usage", api.usage, "GET"),
         r("/v1/policy/effective", api.effective_policy, "GET"),
+        r("/v1/limits/{scope:bl_any}", admin.get_limits, "GET"),
+        r("/v1/limits/{scope:bl_any}", admin.put_limits, "PUT"),
+        r("/v1/limits/{scope:bl_any}", admin.delete_limits, "DELETE"),
+        r("/v1/policy/versions", admin.versions, "GET"),
+        r("/v1/policy/rollback", admin.rollback, "POST"),
+        r("/v1/audit", admin.audit, "GET"),
         r("/healthz", api.healthz, "GET"),
         r("/readyz", api.readyz, "GET"),
         r("/metrics", api.metrics, "GET"),
@@ -310,6 +325,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
                     exception_handlers={HTTPException: _http_error})
     app.add_middleware(Gate, tokens=cfg.tokens, metrics=server.metrics)
     mount_ui(app, server)  # the /ui dashboard shell (outermost) and GET /v1/ui/tree
+    admin_hooks(server)  # restore/republish the overrides; audit reloads and token changes
     app.state.server = server
     return app
 

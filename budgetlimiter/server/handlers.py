@@ -19,6 +19,7 @@ from ..errors import BudgetLimiterError
 from ..results import Decision
 from ..subject import Scope, Subject
 from . import models as m
+from .auth import require_org
 from .params import CHECK_PARAMS, EFFECTIVE_PARAMS, read_query, scope_error
 from .problems import Problem, dumps, from_library_error
 
@@ -137,6 +138,22 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
+def path_scope(request: Request, prefix: str) -> Scope:
+    """The scope in the path after ``prefix``, percent-decoded from the raw path (a scope's
+    text has its own ``%XX`` escapes); a 422 problem naming ``scope`` when it is not one."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    text = raw.decode("latin-1").split(prefix, 1)[-1]
+    try:
+        text = unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise Problem("invalid_input", "scope: the URL is not valid UTF-8") from None
+    why = scope_error(text)
+    if why is not None:
+        raise Problem("invalid_input", f"scope: {why}", errors=[
+            {"loc": ["path", "scope"], "msg": why, "type": "invalid_input"}])
+    return Scope.parse(text)
+
+
 class Api:
     """Endpoint implementations bound to one :class:`~budgetlimiter.server.app.Server`."""
 
@@ -150,6 +167,7 @@ class Api:
     async def check(self, request: Request) -> Response:
         http_status = wants_http_status(request)  # a bad parameter: refused before any I/O
         req = await read_model(request, m.CheckRequest, self.limit)
+        require_org(request, req.subject.org)
         limiter = self.s.require_limiter()
         decision = await limiter.check(req.subject.to_subject(), req.estimate.to_usage(),
                                        reservation_id=req.reservation_id, ttl=req.ttl)
@@ -168,6 +186,7 @@ class Api:
 
     async def commit(self, request: Request) -> Response:
         req = await read_model(request, m.CommitRequest, self.limit)
+        require_org(request, req.org)
         if req.subject is not None and req.subject.org != req.org:
             raise Problem("org_mismatch", "subject.org must equal org (the reservation's)",
                           errors=[{"loc": ["subject", "org"], "msg": "must equal org",
@@ -181,12 +200,14 @@ class Api:
 
     async def release(self, request: Request) -> Response:
         req = await read_model(request, m.ReleaseRequest, self.limit)
+        require_org(request, req.org)
         result = await self.s.require_limiter().release(req.reservation_id, org=req.org)
         self.s.metrics.settles.labels("release", result.status).inc()
         return json_response(result.to_dict())
 
     async def record(self, request: Request) -> Response:
         req = await read_model(request, m.RecordRequest, self.limit)
+        require_org(request, req.subject.org)
         result = await self.s.require_limiter().record(
             req.subject.to_subject(), req.actual.to_usage(), request_id=req.request_id)
         self.s.metrics.settles.labels("record", result.status).inc()
@@ -194,6 +215,7 @@ class Api:
 
     async def check_batch(self, request: Request) -> Response:
         req = await read_model(request, m.BatchRequest, self.limit)
+        require_org(request, *{i.subject.org for i in req.items})
         items = [(i.subject.to_subject(), i.estimate.to_usage()) for i in req.items]
         limiter = self.s.require_limiter()
         decisions = await limiter.check_batch(items, ttl=req.ttl)
@@ -202,29 +224,27 @@ class Api:
         return json_response({"decisions": [d.to_dict() for d in decisions]})
 
     async def status(self, request: Request) -> Response:
-        raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
-        text = raw.decode("latin-1").split("/v1/status/", 1)[-1]
-        try:
-            text = unquote(text, errors="strict")
-        except UnicodeDecodeError:
-            raise Problem("invalid_input", "scope: the URL is not valid UTF-8") from None
-        why = scope_error(text)
-        if why is not None:
-            raise Problem("invalid_input", f"scope: {why}", errors=[
-                {"loc": ["path", "scope"], "msg": why, "type": "invalid_input"}])
-        scope = Scope.parse(text)
+        scope = path_scope(request, "/v1/status/")
+        require_org(request, scope.org)
         limits = await self.s.require_limiter().scope_status(scope)
         return json_response({"scope": str(scope), "limits": [s.to_dict() for s in limits]})
 
     async def effective_policy(self, request: Request) -> Response:
         q = read_query(EFFECTIVE_PARAMS, request.query_params)
+        require_org(request, q["org"])
         subject = Subject(q["org"], q["agent"], team=q.get("team"), user=q.get("user"))
         policy = self.s.require_limiter().policy
-        return json_response(policy.resolve(subject).to_dict())
+        doc = policy.resolve(subject).to_dict()
+        # which limits come from an override says each limit's origin ("override vN...")
+        doc["overrides_version"] = policy.overrides.version if policy.overrides else 0
+        return json_response(doc)
 
     async def usage(self, request: Request) -> Response:
         from .reports import usage_report
 
+        org = request.query_params.get("org")
+        if org is not None:
+            require_org(request, org)
         doc = await usage_report(self.s, request.query_params)
         return json_response(doc)
 
@@ -241,6 +261,7 @@ class Api:
     async def metrics(self, request: Request) -> Response:
         from .metrics import CONTENT_TYPE
 
+        require_org(request)  # the metrics cover every org
         await self.s.refresh_gauges()
         return Response(self.s.metrics.render(), media_type=CONTENT_TYPE)
 

@@ -78,6 +78,7 @@ class Gate:
                     return
                 assert token is not None
                 token_name = token.name
+                scope["state"]["token"] = token  # for the handlers' org/admin checks (auth.py)
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start

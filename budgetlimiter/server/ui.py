@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..subject import Scope as BudgetScope
+from .auth import require_org
 from .handlers import endpoint, json_response
 from .params import TREE_PARAMS, read_query
 from .problems import Problem
@@ -127,6 +128,7 @@ async def tree(request: Request) -> Response:
     consumers, and (with a database) the alert log with delivery states."""
     server: Server = request.app.state.server
     org = read_query(TREE_PARAMS, request.query_params)["org"]
+    require_org(request, org)
     limiter = server.require_limiter()
     scopes = await org_scopes(server, org)
     statuses = await asyncio.gather(*(limiter.scope_status(s) for s in scopes))

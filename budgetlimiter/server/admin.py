@@ -1,0 +1,366 @@
+"""The admin API: runtime limit overrides, their versions, rollback and the audit log.
+
+``GET/PUT/DELETE /v1/limits/{scope}`` (``ETag`` / ``If-Match``), ``GET /v1/policy/versions``,
+``POST /v1/policy/rollback``, ``GET /v1/audit``. Changes need an ``admin`` token and the
+database (``--db``): a change is stored in SQL (version and audit entry in one transaction),
+then published through Redis, and applied by this sidecar at once.
+
+The keeper (:func:`overrides_keeper`) runs in every sidecar with a database: at start it
+applies the version SQL has in force and publishes it (Redis may have lost it), and then
+republishes whenever Redis lost it (``FLUSHALL``, a restart without persistence) or a
+publication failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..durable import limits as ops
+from ..durable.store import admin as sql
+from ..errors import NothingToRemove, PolicyError
+from ..policy.overrides import (
+    LimitKey,
+    OverrideSet,
+    RateKey,
+    check_scope,
+    parse_override,
+    scope_limits,
+)
+from .admin_models import RollbackIn
+from .auth import request_token, require_admin, require_org
+from .handlers import json_response, path_scope, read_body, read_model
+from .params import Param, read_query
+from .problems import Problem
+
+if TYPE_CHECKING:
+    from .app import Server
+
+log = logging.getLogger("budgetlimiter.server")
+METRIC_ENUM = {"type": "string", "enum": ["invocations", "input_tokens", "output_tokens",
+                                         "total_tokens", "cost", "requests"]}
+UNSET_PARAMS = (
+    Param("metric", "The metric of the limit or rate to remove; without it the whole "
+          "override of the scope is removed (the policy file applies again).",
+          schema=METRIC_ENUM),
+    Param("period", "Remove the budget of this period.",
+          schema={"type": "string", "enum": ["minute", "hour", "day", "week", "month"]}),
+    Param("per", "Remove the rate limit of this window.",
+          schema={"type": "string", "enum": ["second", "minute", "hour"]}),
+    Param("why", "Why (kept in the audit log).", required=True,
+          schema={"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "\\S"}),
+    Param("who", "Who, when the sidecar has no tokens (ignored with tokens).",
+          schema={"type": "string", "maxLength": 200}),
+)
+AUDIT_PARAMS = (
+    Param("org", "Only this org's entries (an org-restricted token must name its org)."),
+    Param("from", "First day (UTC).", schema={"type": "string", "format": "date"}),
+    Param("to", "Last day (UTC).", schema={"type": "string", "format": "date"}),
+)
+VERSIONS_PARAMS = (
+    Param("limit", "At most this many versions (newest first; default 100).",
+          schema={"type": "string", "pattern": "^[1-9][0-9]{0,3}$"}),
+)
+
+
+async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run store work in a thread; database failures become ``store_unavailable``."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return await run_in_threadpool(fn, *args, **kwargs)
+    except SQLAlchemyError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise Problem("store_unavailable", first[:200]) from None
+
+
+def _who(request: Request, given: object) -> str:
+    name = require_admin(request)
+    if name:
+        return name
+    return given.strip() if isinstance(given, str) and given.strip() else "anonymous"
+
+
+def _why(value: object, loc: str = "why") -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 1000:
+        raise Problem("invalid_input", f"{loc}: give a reason (1-1000 characters)",
+                      errors=[{"loc": ["body", loc], "msg": "required", "type": "missing"}])
+    return value
+
+
+def _known_scope(policy: Any, scope: Any) -> None:
+    try:
+        check_scope(policy, scope)
+    except Exception as exc:
+        raise Problem("not_found", str(exc)) from None
+
+
+def limits_doc(policy: Any, current: OverrideSet, scope: Any) -> dict[str, Any]:
+    """The ``LimitsOut`` document of ``scope`` under ``current``."""
+    sl = scope_limits(policy.file_policy().with_overrides(current), scope)
+    doc = _scope_dict(sl)
+    found = current.get(scope)
+    return {"scope": str(scope), "version": current.version, "etag": current.etag(scope),
+            "override": None if found is None else found.to_dict(), **doc}
+
+
+def _scope_dict(sl: Any) -> dict[str, Any]:
+    limits = [{"metric": lim.metric.value, "amount": format(lim.amount, "f"),
+               "period": lim.period.value, "mode": lim.mode.value,
+               "thresholds": list(lim.thresholds), "rollover": lim.rollover.value,
+               "rollover_cap": None if lim.rollover_cap is None else format(lim.rollover_cap,
+                                                                            "f"),
+               "origin": origin} for lim, origin in zip(sl.limits, sl.limit_origins,
+                                                        strict=True)]
+    rates = [{"metric": r.metric.value, "limit": r.limit, "per": r.per,
+              "burst": r.burst_units, "origin": origin}
+             for r, origin in zip(sl.rates, sl.rate_origins, strict=True)]
+    return {"limits": limits, "rates": rates}
+
+
+class AdminApi:
+    """The admin endpoints of one :class:`~budgetlimiter.server.app.Server`."""
+
+    def __init__(self, server: Server) -> None:
+        self.s = server
+
+    async def publish(self, overrides: OverrideSet) -> bool:
+        """Publish ``overrides`` through Redis and apply them here; False when Redis did not
+        take them (the keeper retries every second)."""
+        limiter = self.s.require_limiter()
+        limiter.engine.apply_overrides(overrides)
+        try:
+            await limiter.execute(ops.publish_call(limiter.keys, overrides))
+        except Exception as exc:
+            log.warning("override version %d stored but not published: %s",
+                        overrides.version, exc)
+            self.s.overrides_unpublished = True
+            return False
+        return True
+
+    async def _change(self, change: sql.Change, scope: Any) -> Response:
+        published = await self.publish(change.overrides)
+        policy = self.s.require_limiter().policy
+        state = None if scope is None else limits_doc(policy, change.overrides, scope)
+        headers = {} if scope is None else {"ETag": change.overrides.etag(scope)}
+        audit = {**change.entry.to_dict(), "id": 0, "at_ms": 0}
+        return json_response({"version": change.overrides.version, "published": published,
+                              "audit": audit, "state": state}, headers=headers)
+
+    async def get_limits(self, request: Request) -> Response:
+        scope = path_scope(request, "/v1/limits/")
+        require_org(request, scope.org)
+        store = await self.s.store()
+        current = await _run(sql.latest_overrides, store)
+        policy = self.s.require_limiter().policy
+        _known_scope(policy, scope)
+        return json_response(limits_doc(policy, current, scope),
+                             headers={"ETag": current.etag(scope)})
+
+    async def put_limits(self, request: Request) -> Response:
+        scope = path_scope(request, "/v1/limits/")
+        require_org(request, scope.org)
+        body = await read_body(request, self.s.config.max_body)
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise Problem("invalid_json", f"the body is not valid JSON: {str(exc)[:200]}"
+                          ) from None
+        if not isinstance(data, dict):
+            raise Problem("invalid_input", "body: must be an object")
+        who = _who(request, data.pop("who", None))
+        why = _why(data.pop("why", None))
+        try:
+            override = parse_override(data)
+        except PolicyError as exc:
+            loc = ["body", *(exc.path or "").replace("[", ".").replace("]", "").split(".")]
+            raise Problem("invalid_input", str(exc), errors=[
+                {"loc": [p for p in loc if p], "msg": str(exc), "type": "invalid_input"}]
+            ) from None
+        policy = self.s.require_limiter().policy
+        _known_scope(policy, scope)
+        store = await self.s.store()
+        change = await _run(ops.set_override, store, policy, scope, override, who=who, why=why,
+                            if_match=request.headers.get("if-match"))
+        return await self._change(change, scope)
+
+    async def delete_limits(self, request: Request) -> Response:
+        scope = path_scope(request, "/v1/limits/")
+        require_org(request, scope.org)
+        q = read_query(UNSET_PARAMS, request.query_params)
+        who = _who(request, q.get("who"))
+        why = _why(q["why"])
+        policy = self.s.require_limiter().policy
+        _known_scope(policy, scope)
+        key: LimitKey | RateKey | None = None
+        if "metric" in q:
+            if ("period" in q) == ("per" in q):
+                raise Problem("invalid_input", "period: give period (a budget) or per (a "
+                              "rate limit) with metric", errors=[
+                                  {"loc": ["query", "period"], "msg": "period or per",
+                                   "type": "missing"}])
+            key = (LimitKey(metric=q["metric"], period=q["period"]) if "period" in q  # type: ignore[arg-type]
+                   else RateKey(metric=q["metric"], per=q["per"]))  # type: ignore[arg-type]
+            if key.metric.value == "cost" and "per" in q:
+                raise Problem("invalid_input", "metric: rate limits count requests or tokens")
+        store = await self.s.store()
+        if_match = request.headers.get("if-match")
+        if key is None:
+            change = await _run(ops.clear_override, store, policy, scope, who=who, why=why,
+                                if_match=if_match)
+        else:
+            change = await _run(ops.unset_limit, store, policy, scope, key, who=who, why=why,
+                                if_match=if_match)
+        return await self._change(change, scope)
+
+    async def versions(self, request: Request) -> Response:
+        require_org(request)  # the versions cover every org
+        q = read_query(VERSIONS_PARAMS, request.query_params)
+        store = await self.s.store()
+        rows = await _run(sql.override_versions, store, int(q.get("limit", "100")))
+        in_force = rows[0].version if rows else 0
+        return json_response({"in_force": in_force, "versions": [r.to_dict() for r in rows]})
+
+    async def rollback(self, request: Request) -> Response:
+        require_org(request)  # a rollback can change every org
+        req = await read_model(request, RollbackIn, self.s.config.max_body)
+        who = _who(request, req.who)
+        store = await self.s.store()
+        policy = self.s.require_limiter().policy
+        try:
+            change = await _run(ops.rollback, store, policy, req.version, who=who, why=req.why)
+        except NothingToRemove as exc:
+            raise Problem("not_found", str(exc)) from None
+        return await self._change(change, None)
+
+    async def audit(self, request: Request) -> Response:
+        q = read_query(AUDIT_PARAMS, request.query_params)
+        token = request_token(request)
+        org = q.get("org")
+        if org is not None:
+            require_org(request, org)
+        elif token is not None and token.org is not None:
+            org = token.org
+        start = _day_ms(q.get("from"), 0)
+        end = _day_ms(q.get("to"), 1)
+        store = await self.s.store()
+        entries = await _run(sql.audit_entries, store, org, start, end)
+        if token is not None and token.org is not None:  # not even entries about no org
+            entries = [e for e in entries if e.org == token.org]
+        return json_response({"entries": [e.to_dict() for e in entries]})
+
+
+def _day_ms(day: str | None, after: int) -> int | None:
+    if day is None:
+        return None
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), timezone.utc)
+    return int((start + timedelta(days=after)).timestamp() * 1000) - after
+
+
+@contextlib.asynccontextmanager
+async def overrides_keeper(server: Server) -> AsyncIterator[None]:
+    """Apply and publish the overrides SQL has in force at start; republish when Redis lost
+    them or a publication failed (checked every second)."""
+    if not server.config.db_url and server._store is None:
+        yield
+        return
+    api = AdminApi(server)
+
+    async def sync_from_sql() -> None:
+        store = await server.store()
+        current = await _run(sql.latest_overrides, store)
+        if current.version > 0:
+            server.overrides_unpublished = False
+            await api.publish(current)
+
+    async def keep() -> None:
+        while True:
+            try:
+                limiter = server.require_limiter()
+                if server.overrides_unpublished or limiter.engine.watch.missing:
+                    await sync_from_sql()
+            except Exception as exc:  # keep trying: a database or Redis outage passes
+                log.warning("override keeper: %s", exc)
+            await asyncio.sleep(1.0)
+
+    try:
+        await sync_from_sql()
+    except Exception as exc:
+        server.overrides_unpublished = True
+        log.warning("overrides not restored at start (retrying): %s", exc)
+    task = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _policy_digest(policy: Any) -> str:
+    import hashlib
+
+    text = policy.file_policy().model_dump_json()
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _token_list(server: Server) -> list[str]:
+    """The configured tokens as the audit log shows them (never the secrets)."""
+    return sorted(f"{t.name}:{t.scope}" + ("" if t.org is None else f":org={t.org}")
+                  for t in server.config.tokens)
+
+
+async def _audit_tokens(server: Server) -> None:
+    """Append a ``tokens.change`` entry when the sidecar starts with other tokens (names,
+    scopes, orgs) than the last recorded ones."""
+    store = await server.store()
+    now = _token_list(server)
+    entries = await _run(sql.audit_entries, store, None, None, None, 100_000)
+    last: Any = next((e.after for e in reversed(entries) if e.action == "tokens.change"), [])
+    if last != now:
+        await _run(sql.append_audit, store, sql.AuditEntry(
+            who="sidecar", action="tokens.change", org="", scope="", before=last, after=now,
+            why="the sidecar started with these tokens"))
+
+
+def admin_hooks(server: Server) -> None:
+    """Wire the keeper and the audit of policy reloads and token changes into ``server``."""
+    if not server.config.db_url and server._store is None:
+        return
+
+    @contextlib.asynccontextmanager
+    async def hook(srv: Server) -> AsyncIterator[None]:
+        try:
+            await _audit_tokens(srv)
+        except Exception as exc:
+            log.warning("token change not audited: %s", exc)
+        loop = asyncio.get_running_loop()
+
+        def on_reload(old: Any, new: Any) -> None:
+            entry = sql.AuditEntry(
+                who="sidecar", action="policy.reload", org="",
+                scope=srv.config.policy_path or "", before=_policy_digest(old),
+                after=_policy_digest(new), why="policy file reloaded (SIGHUP or --watch-policy)")
+
+            async def write() -> None:
+                try:
+                    await _run(sql.append_audit, await srv.store(), entry)
+                except Exception as exc:
+                    log.warning("policy reload not audited: %s", exc)
+
+            loop.call_soon_threadsafe(lambda: loop.create_task(write()))
+
+        srv.reload_listeners.append(on_reload)
+        async with overrides_keeper(srv):
+            yield
+
+    server.lifespan_hooks.append(hook)

@@ -1,0 +1,149 @@
+"""The admin API over real HTTP (uvicorn in a thread, a real redis-server, SQLite): limits
+with ETags, bad input, versions and rollback, the audit log, admin and org-restricted tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from . import test_server
+from .test_server import ALICE, Start, check, problem, snapshot
+
+pytestmark = pytest.mark.redis
+start = test_server.start
+policy_file = test_server.policy_file
+
+ADMIN = "boss:a" + "z" * 20 + ":admin"
+WRITE = "writer:w" + "y" * 20 + ":write"
+TENANT = "tenant:t" + "q" * 20 + ":admin:org=rl"
+ADMIN_H = {"Authorization": "Bearer a" + "z" * 20}
+WRITE_H = {"Authorization": "Bearer w" + "y" * 20}
+TENANT_H = {"Authorization": "Bearer t" + "q" * 20}
+ENG = "/v1/limits/" + quote("org:acme/team:eng", safe="")
+RAISE = {"limits": [{"metric": "cost", "amount": "50", "period": "day"}], "why": "launch"}
+
+
+def _start(start: Start, tmp_path: Any) -> httpx.Client:
+    from budgetlimiter.server import parse_tokens
+
+    client, _ = start(db_url=f"sqlite:///{tmp_path / 'admin.db'}",
+                      tokens=parse_tokens([ADMIN, WRITE, TENANT]))
+    return client
+
+
+def test_a_put_is_enforced_at_once_versioned_audited_and_guarded_by_its_etag(
+        start: Start, tmp_path: Any) -> None:
+    client = _start(start, tmp_path)
+    assert check(client, 1000, 1000, headers=WRITE_H).json()["allowed"] is False  # $0.001/day
+    got = client.get(ENG, headers=ADMIN_H)
+    assert got.status_code == 200 and got.headers["etag"] == '"0"'
+    assert got.json()["override"] is None
+    put = client.put(ENG, json=RAISE, headers={**ADMIN_H, "If-Match": got.headers["etag"]})
+    assert put.status_code == 200, put.text
+    doc = put.json()
+    assert doc["version"] == 1 and doc["published"] is True and put.headers["etag"] == '"1"'
+    assert doc["audit"]["who"] == "boss" and doc["audit"]["why"] == "launch"
+    assert doc["audit"]["before"] == ["cost 0.001 per day hard (orgs.acme.teams.eng.limits[0])"]
+    assert doc["audit"]["after"] == ["cost 50 per day hard (override v1.limits[0])"]
+    assert check(client, 1000, 1000, headers=WRITE_H).json()["allowed"] is True
+    stale = client.put(ENG, json=RAISE, headers={**ADMIN_H, "If-Match": '"0"'})
+    problem(stale, 412, "precondition_failed")
+    eff = client.get("/v1/policy/effective", params={"org": "acme", "team": "eng",
+                                                     "agent": "gpt"}, headers=ADMIN_H).json()
+    assert eff["overrides_version"] == 1
+    assert [lim["origin"] for s in eff["scopes"] for lim in s["limits"]
+            if s["scope"] == "org:acme/team:eng"] == ["override v1.limits[0]"]
+    gone = client.delete(ENG, params={"why": "back to the file"}, headers=ADMIN_H)
+    assert gone.status_code == 200 and gone.json()["state"]["override"] is None
+    versions = client.get("/v1/policy/versions", headers=ADMIN_H).json()
+    assert versions["in_force"] == 2 and [v["action"] for v in versions["versions"]] == [
+        "override.remove", "override.set"]
+    back = client.post("/v1/policy/rollback", json={"version": 1, "why": "oops"},
+                       headers=ADMIN_H)
+    assert back.status_code == 200 and back.json()["version"] == 3
+    assert check(client, 1000, 1000, headers=WRITE_H).json()["allowed"] is True
+    audit = client.get("/v1/audit", params={"org": "acme"}, headers=ADMIN_H).json()["entries"]
+    assert [e["action"] for e in audit if e["org"] == "acme"] == [
+        "override.set", "override.remove", "policy.rollback"]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "code", "detail"), [
+    ("put", ENG, {"json": {"limits": [{"metric": "cost", "amount": "-5", "period": "day"}],
+                           "why": "x"}}, 422, "invalid_input",
+     "limits[0].amount: must not be negative (got '-5')"),
+    ("put", ENG, {"json": {"limits": [{"metric": "cost", "amount": "1", "period": "day",
+                                       "rollover_cap": "2"}], "why": "x"}}, 422,
+     "invalid_input", "limits[0].rollover_cap: rollover_cap is only allowed with rollover"),
+    ("put", ENG, {"json": {"limits": [], "why": "x"}}, 422, "invalid_input", "limits: "),
+    ("put", ENG, {"json": {"limits": [{"metric": "cost", "amount": "1", "period": "day"}]}},
+     422, "invalid_input", "why: "),
+    ("put", "/v1/limits/" + quote("org:acem", safe=""), {"json": RAISE}, 404, "not_found",
+     "scope: org 'acem' is not declared"),
+    ("put", "/v1/limits/team:eng", {"json": RAISE}, 422, "invalid_input", "scope: "),
+    ("delete", ENG, {"params": {"why": "x", "metric": "invocations", "period": "day"}}, 404,
+     "not_found", "metric: org:acme/team:eng has no invocations per day limit"),
+    ("delete", ENG, {"params": {"why": "x"}}, 404, "not_found", "scope: org:acme/team:eng has "
+     "no override"),
+    ("post", "/v1/policy/rollback", {"json": {"version": 7, "why": "x"}}, 404, "not_found",
+     "version: there is no override version 7"),
+    ("post", "/v1/policy/rollback", {"json": {"version": -1, "why": "x"}}, 422,
+     "invalid_input", "version: "),
+])
+def test_bad_changes_name_the_field_and_store_and_publish_nothing(
+        start: Start, tmp_path: Any, fresh_redis: Any, method: str, path: str,
+        kwargs: dict[str, Any], status: int, code: str, detail: str) -> None:
+    client = _start(start, tmp_path)
+    before = snapshot(fresh_redis)
+    resp = getattr(client, method)(path, headers=ADMIN_H, **kwargs)
+    assert problem(resp, status, code)["detail"].startswith(detail), resp.text
+    assert snapshot(fresh_redis) == before
+    assert client.get("/v1/policy/versions", headers=ADMIN_H).json()["in_force"] == 0
+
+
+def test_changing_limits_needs_an_admin_token(start: Start, tmp_path: Any) -> None:
+    client = _start(start, tmp_path)
+    problem(client.put(ENG, json=RAISE, headers=WRITE_H), 403, "forbidden")
+    problem(client.delete(ENG, params={"why": "x"}, headers=WRITE_H), 403, "forbidden")
+    problem(client.post("/v1/policy/rollback", json={"version": 0, "why": "x"},
+                        headers=WRITE_H), 403, "forbidden")
+    assert client.get(ENG, headers=WRITE_H).status_code == 200
+
+
+def test_an_org_restricted_token_gets_403_on_another_org_everywhere(
+        start: Start, tmp_path: Any) -> None:
+    client = _start(start, tmp_path)
+    h = TENANT_H
+    acme_status = "/v1/status/" + quote("org:acme", safe="")
+    for resp in (
+        check(client, headers=h),
+        client.post("/v1/check:batch", json={"items": [
+            {"subject": {**ALICE, "org": "rl"}}, {"subject": ALICE}]}, headers=h),
+        client.post("/v1/commit", json={"org": "acme", "reservation_id": "r1",
+                                        "actual": {"cost": "1"}}, headers=h),
+        client.post("/v1/release", json={"org": "acme", "reservation_id": "r1"}, headers=h),
+        client.post("/v1/record", json={"subject": ALICE, "actual": {"input_tokens": 1},
+                                        "request_id": "q1"}, headers=h),
+        client.get(acme_status, headers=h),
+        client.get("/v1/usage", params={"org": "acme", "by": "agent"}, headers=h),
+        client.get("/v1/policy/effective", params={"org": "acme", "agent": "gpt"}, headers=h),
+        client.get("/v1/ui/tree", params={"org": "acme"}, headers=h),
+        client.get(ENG, headers=h),
+        client.put(ENG, json=RAISE, headers=h),
+        client.delete(ENG, params={"why": "x"}, headers=h),
+        client.get("/v1/policy/versions", headers=h),
+        client.post("/v1/policy/rollback", json={"version": 0, "why": "x"}, headers=h),
+        client.get("/v1/audit", params={"org": "acme"}, headers=h),
+        client.get("/metrics", headers=h),
+    ):
+        assert problem(resp, 403, "forbidden")["detail"].startswith("token 'tenant' is "
+                                                                   "restricted to org 'rl'")
+    own = {**ALICE, "org": "rl", "team": None}
+    own = {k: v for k, v in own.items() if v is not None}
+    assert check(client, subject=own, headers=h).status_code == 200
+    assert client.get("/v1/ui/tree", params={"org": "rl"}, headers=h).status_code == 200
+    assert client.get("/v1/audit", headers=h).status_code == 200
+    put = client.put("/v1/limits/" + quote("org:rl", safe=""), json=RAISE, headers=h)
+    assert put.status_code == 200 and put.json()["audit"]["who"] == "tenant"
