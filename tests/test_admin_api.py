@@ -83,8 +83,10 @@ def test_a_put_is_enforced_at_once_versioned_audited_and_guarded_by_its_etag(
     ("put", "/v1/limits/" + quote("org:acem", safe=""), {"json": RAISE}, 404, "not_found",
      "scope: org 'acem' is not declared"),
     ("put", "/v1/limits/team:eng", {"json": RAISE}, 422, "invalid_input", "scope: "),
-    ("delete", ENG, {"params": {"why": "x", "metric": "invocations", "period": "day"}}, 404,
-     "not_found", "metric: org:acme/team:eng has no invocations per day limit"),
+    ("delete", ENG, {"params": {"why": "x", "limit": "invocations/day"}}, 404,
+     "not_found", "limit: org:acme/team:eng has no invocations per day limit"),
+    ("delete", ENG, {"params": {"why": "x", "limit": "cost/fortnight"}}, 422,
+     "invalid_input", "limit: "),
     ("delete", ENG, {"params": {"why": "x"}}, 404, "not_found", "scope: org:acme/team:eng has "
      "no override"),
     ("post", "/v1/policy/rollback", {"json": {"version": 7, "why": "x"}}, 404, "not_found",

@@ -13,6 +13,7 @@ period, not by amount).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..engine.calls import ScriptCall
@@ -119,33 +120,41 @@ def clear_override(store: Any, policy: Any, scope: Scope, *, who: str, why: str,
     return change_overrides(store, decide)
 
 
-def unset_limit(store: Any, policy: Any, scope: Scope, key: LimitKey | RateKey, *, who: str,
+def unset_limit(store: Any, policy: Any, scope: Scope,
+                keys: LimitKey | RateKey | Sequence[LimitKey | RateKey], *, who: str,
                 why: str, if_match: str | None = None) -> Change:
-    """Take one limit or rate of ``scope`` out of force (whether the file or an override
-    sets it); refused when it is not in force."""
+    """Take limits or rates of ``scope`` out of force (whether the file or an override sets
+    them), in one version; refused when one of them is not in force."""
     _who_why(who, why)
     check_scope(policy, scope)
-    is_limit = isinstance(key, LimitKey)
+    wanted = [keys] if isinstance(keys, (LimitKey, RateKey)) else list(keys)
+    if not wanted:
+        raise InvalidInput("limit: name a limit or a rate to remove")
     file_sl = scope_limits(policy.file_policy(), scope)
-    in_file = key.key in {x.key for x in (file_sl.limits if is_limit else file_sl.rates)}
+    in_file = {("L", x.key) for x in file_sl.limits} | {("R", x.key) for x in file_sl.rates}
+
+    def tagged(key: LimitKey | RateKey) -> tuple[str, Any]:
+        return ("L" if isinstance(key, LimitKey) else "R", key.key)
 
     def decide(current: OverrideSet) -> Change:
         _precondition(current, scope, if_match)
         sl = scope_limits(policy.file_policy().with_overrides(current), scope)
-        if key.key not in {x.key for x in (sl.limits if is_limit else sl.rates)}:
-            what = (f"{key.metric.value} per {key.period.value} limit" if isinstance(
-                key, LimitKey) else f"{key.metric.value} per {key.per} rate")
-            raise NothingToRemove(f"{'metric' if is_limit else 'per'}: {scope} has no {what} "
-                                  "in force to remove")
+        now = {("L", x.key) for x in sl.limits} | {("R", x.key) for x in sl.rates}
+        for key in wanted:
+            if tagged(key) not in now:
+                what = (f"{key.metric.value} per {key.period.value} limit" if isinstance(
+                    key, LimitKey) else f"{key.metric.value} per {key.per} rate")
+                raise NothingToRemove(f"{'limit' if isinstance(key, LimitKey) else 'rate'}: "
+                                      f"{scope} has no {what} in force to remove")
+        gone = {tagged(k) for k in wanted}
         old = current.get(scope) or ScopeOverride()
-        limits = tuple(x for x in old.limits if x.key != key.key)
-        rates = tuple(x for x in old.rates if x.key != key.key)
-        rl, rr = old.remove_limits, old.remove_rates
-        if in_file and is_limit:
-            rl = (*rl, key)  # type: ignore[arg-type]
-        elif in_file:
-            rr = (*rr, key)  # type: ignore[arg-type]
-        new = ScopeOverride(limits=limits, rates=rates, remove_limits=rl, remove_rates=rr)
+        new = ScopeOverride(
+            limits=tuple(x for x in old.limits if ("L", x.key) not in gone),
+            rates=tuple(x for x in old.rates if ("R", x.key) not in gone),
+            remove_limits=(*old.remove_limits, *(k for k in wanted if isinstance(k, LimitKey)
+                                                 and tagged(k) in in_file)),
+            remove_rates=(*old.remove_rates, *(k for k in wanted if isinstance(k, RateKey)
+                                               and tagged(k) in in_file)))
         return _scope_change(policy, scope, current, None if new.empty else new,
                              "override.unset", who, why)
 

@@ -48,18 +48,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("budgetlimiter.server")
 METRIC_ENUM = {"type": "string", "enum": ["invocations", "input_tokens", "output_tokens",
                                          "total_tokens", "cost", "requests"]}
+_METRICS = "invocations|input_tokens|output_tokens|total_tokens"
 UNSET_PARAMS = (
-    Param("metric", "The metric of the limit or rate to remove; without it the whole "
-          "override of the scope is removed (the policy file applies again).",
-          schema=METRIC_ENUM),
-    Param("period", "Remove the budget of this period.",
-          schema={"type": "string", "enum": ["minute", "hour", "day", "week", "month"]}),
-    Param("per", "Remove the rate limit of this window.",
-          schema={"type": "string", "enum": ["second", "minute", "hour"]}),
+    Param("limit", "The budget to remove, `metric/period` (e.g. `cost/day`). Without `limit` "
+          "and `rate` the whole override of the scope is removed (the policy file applies "
+          "again); with both, both are removed in one version.",
+          schema={"type": "string",
+                  "pattern": f"^({_METRICS}|cost)/(minute|hour|day|week|month)$"}),
+    Param("rate", "The rate limit to remove, `metric/per` (e.g. `requests/second`).",
+          schema={"type": "string",
+                  "pattern": f"^(requests|{_METRICS})/(second|minute|hour)$"}),
     Param("why", "Why (kept in the audit log).", required=True,
           schema={"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "\\S"}),
-    Param("who", "Who, when the sidecar has no tokens (ignored with tokens).",
-          schema={"type": "string", "maxLength": 200}),
+    Param("who", "Who, when the sidecar has no tokens (ignored with tokens)."),
 )
 AUDIT_PARAMS = (
     Param("org", "Only this org's entries (an org-restricted token must name its org)."),
@@ -68,7 +69,7 @@ AUDIT_PARAMS = (
 )
 VERSIONS_PARAMS = (
     Param("limit", "At most this many versions (newest first; default 100).",
-          schema={"type": "string", "pattern": "^[1-9][0-9]{0,3}$"}),
+          schema={"type": "string", "pattern": "^[1-9][0-9]{0,3}$", "maxLength": 4}),
 )
 
 
@@ -84,6 +85,9 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def _who(request: Request, given: object) -> str:
+    if given is not None and (not isinstance(given, str) or len(given) > 256):
+        raise Problem("invalid_input", "who: must be a string of at most 256 characters",
+                      errors=[{"loc": ["body", "who"], "msg": "invalid", "type": "string"}])
     name = require_admin(request)
     if name:
         return name
@@ -156,6 +160,14 @@ class AdminApi:
         return json_response({"version": change.overrides.version, "published": published,
                               "audit": audit, "state": state}, headers=headers)
 
+    async def limits(self, request: Request) -> Response:
+        """``/v1/limits/{scope}``: one route for its methods (so 405 lists them all)."""
+        if request.method == "PUT":
+            return await self.put_limits(request)
+        if request.method == "DELETE":
+            return await self.delete_limits(request)
+        return await self.get_limits(request)
+
     async def get_limits(self, request: Request) -> Response:
         scope = path_scope(request, "/v1/limits/")
         require_org(request, scope.org)
@@ -201,24 +213,20 @@ class AdminApi:
         why = _why(q["why"])
         policy = self.s.require_limiter().policy
         _known_scope(policy, scope)
-        key: LimitKey | RateKey | None = None
-        if "metric" in q:
-            if ("period" in q) == ("per" in q):
-                raise Problem("invalid_input", "period: give period (a budget) or per (a "
-                              "rate limit) with metric", errors=[
-                                  {"loc": ["query", "period"], "msg": "period or per",
-                                   "type": "missing"}])
-            key = (LimitKey(metric=q["metric"], period=q["period"]) if "period" in q  # type: ignore[arg-type]
-                   else RateKey(metric=q["metric"], per=q["per"]))  # type: ignore[arg-type]
-            if key.metric.value == "cost" and "per" in q:
-                raise Problem("invalid_input", "metric: rate limits count requests or tokens")
+        keys: list[LimitKey | RateKey] = []
+        if "limit" in q:
+            metric, period = q["limit"].split("/")
+            keys.append(LimitKey(metric=metric, period=period))  # type: ignore[arg-type]
+        if "rate" in q:
+            metric, per = q["rate"].split("/")
+            keys.append(RateKey(metric=metric, per=per))  # type: ignore[arg-type]
         store = await self.s.store()
         if_match = request.headers.get("if-match")
-        if key is None:
+        if not keys:
             change = await _run(ops.clear_override, store, policy, scope, who=who, why=why,
                                 if_match=if_match)
         else:
-            change = await _run(ops.unset_limit, store, policy, scope, key, who=who, why=why,
+            change = await _run(ops.unset_limit, store, policy, scope, keys, who=who, why=why,
                                 if_match=if_match)
         return await self._change(change, scope)
 

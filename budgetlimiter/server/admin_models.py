@@ -7,13 +7,13 @@ publish its shape in the OpenAPI document.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..policy.model import LimitSpec, RateSpec
 from ..policy.overrides import LimitKey, RateKey
-from .models import EffectiveLimitOut, EffectiveRateOut
+from .models import EffectiveLimitOut, EffectiveRateOut, _integral
 
 Reason = Field(min_length=1, max_length=1000, pattern=r"\S",
                description="Why (kept in the audit log).")
@@ -30,18 +30,19 @@ class OverrideIn(BaseModel):
     remove_limits: list[LimitKey] = []
     remove_rates: list[RateKey] = []
     why: str = Reason
-    who: str | None = Field(None, max_length=200, description="Who, when the sidecar has "
+    who: str | None = Field(None, max_length=256, description="Who, when the sidecar has "
                             "no tokens (with tokens: the token's name, and this is ignored).")
 
 
 class RollbackIn(BaseModel):
     """Put an earlier version of the overrides in force again (as a new version)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    version: int = Field(ge=0, le=2**53, description="The version to return to (0: none).")
+    version: Annotated[int, Field(ge=0, le=2**53, description="The version to return to "
+                                  "(0: none)."), BeforeValidator(_integral)]
     why: str = Reason
-    who: str | None = Field(None, max_length=200)
+    who: str | None = Field(None, max_length=256)
 
 
 class LimitsOut(BaseModel):
