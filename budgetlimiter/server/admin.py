@@ -7,8 +7,9 @@ then published through Redis, and applied by this sidecar at once.
 
 The keeper (:func:`overrides_keeper`) runs in every sidecar with a database: at start it
 applies the version SQL has in force and publishes it (Redis may have lost it), and then
-republishes whenever Redis lost it (``FLUSHALL``, a restart without persistence) or a
-publication failed.
+republishes whenever Redis lost it (``FLUSHALL``, a restart without persistence; checked
+every second), a publication failed, or SQL holds a newer version than the one applied
+(checked every 5 s: a writer whose publication failed).
 """
 
 from __future__ import annotations
@@ -291,13 +292,20 @@ async def overrides_keeper(server: Server) -> AsyncIterator[None]:
             await api.publish(current)
 
     async def keep() -> None:
+        tick = 0
         while True:
             try:
                 limiter = server.require_limiter()
-                if server.overrides_unpublished or limiter.engine.watch.missing:
+                behind = False
+                if tick % 5 == 0:  # a change another writer stored but never published
+                    store = await server.store()
+                    latest = await _run(sql.latest_version_number, store)
+                    behind = latest > limiter.engine.watch.applied
+                if behind or server.overrides_unpublished or limiter.engine.watch.missing:
                     await sync_from_sql()
             except Exception as exc:  # keep trying: a database or Redis outage passes
                 log.warning("override keeper: %s", exc)
+            tick += 1
             await asyncio.sleep(1.0)
 
     try:

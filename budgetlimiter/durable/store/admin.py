@@ -100,7 +100,8 @@ def override_versions(store: Any, limit: int = 100) -> list[VersionRow]:
                 for r in conn.execute(q)]
 
 
-def _insert_audit(conn: Connection, entry: AuditEntry, at_ms: int) -> None:
+def insert_audit(conn: Connection, entry: AuditEntry, at_ms: int) -> None:
+    """Append ``entry`` within the caller's transaction."""
     conn.execute(_AU.insert().values(
         at_ms=at_ms, who=entry.who, action=entry.action, org=entry.org, scope=entry.scope,
         before=json.dumps(entry.before, sort_keys=True),
@@ -119,14 +120,14 @@ def change_overrides(store: Any, decide: Callable[[OverrideSet], Change]) -> Cha
             version=change.overrides.version, doc=change.overrides.to_json(),
             action=change.action, scope=change.scope, who=change.entry.who,
             why=change.entry.why, at_ms=at))
-        _insert_audit(conn, change.entry, at)
+        insert_audit(conn, change.entry, at)
     return change
 
 
 def append_audit(store: Any, entry: AuditEntry) -> None:
     """Append one entry to the audit log."""
     with store.writing("overrides") as conn:
-        _insert_audit(conn, entry, entry.at_ms or _now_ms())
+        insert_audit(conn, entry, entry.at_ms or _now_ms())
 
 
 def audit_entries(store: Any, org: str | None = None, from_ms: int | None = None,

@@ -27,6 +27,7 @@ from sqlalchemy.pool import StaticPool
 
 from ...errors import AdjustmentConflict
 from . import migrations, schema
+from .admin import AuditEntry, insert_audit
 from .records import Adjustment, AlertEvent, Delivery, UsageRow
 
 __all__ = ["FlushOutcome", "Store"]
@@ -372,7 +373,7 @@ class Store:
                                .where(_P.c.in_force).limit(1)).first()
         return None if row is None else (row.id, row.source, row.text)
 
-    def add_adjustment(self, adj: Adjustment) -> str:
+    def add_adjustment(self, adj: Adjustment, audit: AuditEntry | None = None) -> str:
         """Record an adjustment (idempotent by id; an id is generated if ``adj.id`` is
         empty); return its id.
 
@@ -386,7 +387,10 @@ class Store:
                 amount=adj.amount, requested=adj.requested, day=adj.day, who=adj.who,
                 why=adj.why, at_ms=adj.at_ms,
             ).on_conflict_do_nothing(index_elements=[_A.c.id]).returning(_A.c.id))
-            if res.first() is None:
+            inserted = res.first() is not None
+            if inserted and audit is not None:  # audited with the row, or not at all
+                insert_audit(conn, audit, adj.at_ms)
+            if not inserted:
                 old = conn.execute(select(_A).where(_A.c.id == adj_id)).one()._mapping
                 if (old["org"], old["scope"], old["metric"], old["amount"], old["requested"]
                         ) != (adj.org, adj.scope, adj.metric, adj.amount, adj.requested):
