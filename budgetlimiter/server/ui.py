@@ -34,7 +34,9 @@ MAX_SCOPES = 500
 MAX_ALERTS = 50
 TOP = 10
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
-           "dashboard.css": "text/css; charset=utf-8"}
+           "dashboard.css": "text/css; charset=utf-8",
+           "admin.js": "text/javascript; charset=utf-8",
+           "admin.css": "text/css; charset=utf-8"}
 _PAGE = re.compile(r"^/ui(?:/|/org/[^/]+/?)?$")
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
