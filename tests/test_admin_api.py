@@ -3,12 +3,17 @@ with ETags, bad input, versions and rollback, the audit log, admin and org-restr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import quote
 
+import grpc
 import httpx
 import pytest
 
+from budgetlimiter.server import parse_tokens
+
+from . import test_envoy_service as envoy
 from . import test_server
 from .test_server import ALICE, Start, check, problem, snapshot
 
@@ -27,8 +32,6 @@ RAISE = {"limits": [{"metric": "cost", "amount": "50", "period": "day"}], "why":
 
 
 def _start(start: Start, tmp_path: Any) -> httpx.Client:
-    from budgetlimiter.server import parse_tokens
-
     client, _ = start(db_url=f"sqlite:///{tmp_path / 'admin.db'}",
                       tokens=parse_tokens([ADMIN, WRITE, TENANT]))
     return client
@@ -149,3 +152,46 @@ def test_an_org_restricted_token_gets_403_on_another_org_everywhere(
     assert client.get("/v1/audit", headers=h).status_code == 200
     put = client.put("/v1/limits/" + quote("org:rl", safe=""), json=RAISE, headers=h)
     assert put.status_code == 200 and put.json()["audit"]["who"] == "tenant"
+
+
+def test_an_org_restricted_token_is_refused_by_the_envoy_service_on_another_org(
+        fresh_redis: Any, clock: Any) -> None:
+    # (the Envoy tests' server factory, driven by hand: its fixture name is taken here)
+    starter = envoy.start.__wrapped__(fresh_redis, clock)  # type: ignore[attr-defined]
+    make = next(starter)
+    try:
+        svc = make(tokens=parse_tokens(["tenant:t" + "q" * 20 + ":write:org=other",
+                                        "envoy:w" + "y" * 20 + ":write"]))
+        d = envoy.descriptor(**envoy.entries(rid="o1"))  # org acme
+        refused = envoy.rpc_error(lambda: svc.call(d, token="t" + "q" * 20))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "restricted to org 'other'" in (refused.details() or "")
+        assert svc.call(d, token="w" + "y" * 20).overall_code == envoy.OK
+    finally:
+        next(starter, None)
+
+
+def test_policy_reloads_and_token_changes_are_audited(start: Start, tmp_path: Any) -> None:
+    import time
+
+    client, app = start(db_url=f"sqlite:///{tmp_path / 'admin.db'}",
+                        tokens=parse_tokens([ADMIN]))
+    assert app.state.server.reload_policy() is True
+    deadline = time.monotonic() + 10
+    while True:
+        entries = client.get("/v1/audit", headers=ADMIN_H).json()["entries"]
+        if any(e["action"] == "policy.reload" for e in entries):
+            break
+        assert time.monotonic() < deadline, entries
+        time.sleep(0.05)
+    tokens, reload = entries
+    assert (tokens["action"], tokens["before"], tokens["after"]) == (
+        "tokens.change", [], ["boss:admin"])
+    assert reload["before"].startswith("sha256:") and reload["who"] == "sidecar"
+    # a sidecar starting with other tokens is recorded too (never the secrets)
+    other, _ = start(db_url=f"sqlite:///{tmp_path / 'admin.db'}",
+                     tokens=parse_tokens([ADMIN, TENANT]))
+    last = other.get("/v1/audit", headers=ADMIN_H).json()["entries"][-1]
+    assert (last["action"], last["before"], last["after"]) == (
+        "tokens.change", ["boss:admin"], ["boss:admin", "tenant:admin:org=rl"])
+    assert "q" * 20 not in json.dumps(last)

@@ -148,3 +148,25 @@ def test_the_audit_log_refuses_updates_and_deletes(make_store):
         with pytest.raises(Exception, match="append-only"), store.writing("overrides") as c:
             c.execute(text(sql))
     assert [e.who for e in audit_entries(store)] == ["ops"]
+
+
+def test_a_policy_file_reload_keeps_the_overrides_in_force(make_limiter, make_store):
+    store = make_store()
+    bl = make_limiter(POLICY)
+    _apply(bl, set_override(store, bl.policy, ENG, _override("0"), who="ops", why="x"))
+    bl.set_policy(parse_policy(POLICY))  # what SIGHUP does
+    assert not bl.check(ALICE, dry_run=True).allowed
+    assert bl.policy.overrides is not None and bl.policy.overrides.version == 1
+
+
+def test_a_running_client_applies_a_published_change_by_itself(make_limiter, make_store):
+    import time
+
+    store = make_store()
+    writer, reader = make_limiter(POLICY), make_limiter(POLICY)
+    assert reader.check(ALICE, dry_run=True).allowed  # (its timer runs from its first call)
+    _apply(writer, set_override(store, writer.policy, ENG, _override("0"), who="ops", why="x"))
+    deadline = time.monotonic() + 20  # generous: the promise (2 s) is shown end to end
+    while reader.check(ALICE, dry_run=True).allowed:
+        assert time.monotonic() < deadline, "the reader never applied the change"
+        time.sleep(0.05)

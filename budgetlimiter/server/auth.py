@@ -51,19 +51,27 @@ def request_token(request: Any) -> Token | None:
     return token
 
 
+def org_refusal(token: Token | None, orgs: tuple[str, ...]) -> str | None:
+    """Why ``token`` may not make a request about ``orgs`` (empty: about every org), or
+    None when it may. The one rule of org-restricted tokens, for HTTP and gRPC."""
+    if token is None or token.org is None:
+        return None
+    if not orgs:
+        return f"token {token.name!r} is restricted to org {token.org!r}; this endpoint " \
+               "covers every org"
+    for org in orgs:
+        if org != token.org:
+            return (f"token {token.name!r} is restricted to org {token.org!r}; the request "
+                    f"is about org {org[:100]!r}")
+    return None
+
+
 def require_org(request: Any, *orgs: str) -> None:
     """Refuse (403 ``forbidden``) a token restricted to one org when the request is about
     another org (or about no org in particular: ``orgs`` empty)."""
-    token = request_token(request)
-    if token is None or token.org is None:
-        return
-    if not orgs:
-        raise Problem("forbidden", f"token {token.name!r} is restricted to org "
-                      f"{token.org!r}; this endpoint covers every org")
-    for org in orgs:
-        if org != token.org:
-            raise Problem("forbidden", f"token {token.name!r} is restricted to org "
-                          f"{token.org!r}; the request is about org {org[:100]!r}")
+    why = org_refusal(request_token(request), orgs)
+    if why is not None:
+        raise Problem("forbidden", why)
 
 
 def require_admin(request: Any) -> str:
