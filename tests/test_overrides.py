@@ -170,3 +170,19 @@ def test_a_running_client_applies_a_published_change_by_itself(make_limiter, mak
     while reader.check(ALICE, dry_run=True).allowed:
         assert time.monotonic() < deadline, "the reader never applied the change"
         time.sleep(0.05)
+
+
+def test_an_adjustment_is_audited_with_its_row(make_limiter, make_store):
+    from budgetlimiter.durable.adjust import apply_adjustment
+    from budgetlimiter.usage import Metric
+
+    store, bl = make_store(), make_limiter(POLICY)
+    apply_adjustment(bl, store, ENG, Metric.COST, 2_000_000, "ops", "support contract",
+                     adjustment_id="adj-1")
+    apply_adjustment(bl, store, ENG, Metric.COST, 2_000_000, "ops", "support contract",
+                     adjustment_id="adj-1")  # a retry: one row, one entry
+    (entry,) = audit_entries(store, org="acme")
+    assert (entry.action, entry.who, entry.scope, entry.why) == (
+        "adjustment", "ops", str(ENG), "support contract")
+    assert entry.before == ["cost requested 2.000000"]
+    assert entry.after[0].startswith("cost applied 2.000000 on ")

@@ -37,6 +37,8 @@ from ..policy.overrides import (
     parse_override,
     scope_limits,
 )
+from ..policy.resolve import EffectivePolicy
+from ..subject import Subject
 from .admin_models import RollbackIn
 from .auth import request_token, require_admin, require_org
 from .handlers import json_response, path_scope, read_body, read_model
@@ -111,25 +113,15 @@ def _known_scope(policy: Any, scope: Any) -> None:
 
 def limits_doc(policy: Any, current: OverrideSet, scope: Any) -> dict[str, Any]:
     """The ``LimitsOut`` document of ``scope`` under ``current``."""
-    sl = scope_limits(policy.file_policy().with_overrides(current), scope)
-    doc = _scope_dict(sl)
+    effective = policy.file_policy().with_overrides(current)
+    sl = scope_limits(effective, scope)
+    # the same limit and rate documents as /v1/policy/effective
+    subject = Subject(scope.org, scope.agent or "-", team=scope.team, user=scope.user)
+    doc = EffectivePolicy(subject, effective.timezone_for(scope.org), (sl,)).to_dict()
     found = current.get(scope)
     return {"scope": str(scope), "version": current.version, "etag": current.etag(scope),
-            "override": None if found is None else found.to_dict(), **doc}
-
-
-def _scope_dict(sl: Any) -> dict[str, Any]:
-    limits = [{"metric": lim.metric.value, "amount": format(lim.amount, "f"),
-               "period": lim.period.value, "mode": lim.mode.value,
-               "thresholds": list(lim.thresholds), "rollover": lim.rollover.value,
-               "rollover_cap": None if lim.rollover_cap is None else format(lim.rollover_cap,
-                                                                            "f"),
-               "origin": origin} for lim, origin in zip(sl.limits, sl.limit_origins,
-                                                        strict=True)]
-    rates = [{"metric": r.metric.value, "limit": r.limit, "per": r.per,
-              "burst": r.burst_units, "origin": origin}
-             for r, origin in zip(sl.rates, sl.rate_origins, strict=True)]
-    return {"limits": limits, "rates": rates}
+            "override": None if found is None else found.to_dict(),
+            "limits": doc["scopes"][0]["limits"], "rates": doc["scopes"][0]["rates"]}
 
 
 class AdminApi:
