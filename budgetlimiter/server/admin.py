@@ -3,22 +3,14 @@
 ``GET/PUT/DELETE /v1/limits/{scope}`` (``ETag`` / ``If-Match``), ``GET /v1/policy/versions``,
 ``POST /v1/policy/rollback``, ``GET /v1/audit``. Changes need an ``admin`` token and the
 database (``--db``): a change is stored in SQL (version and audit entry in one transaction),
-then published through Redis, and applied by this sidecar at once.
-
-The keeper (:func:`overrides_keeper`) runs in every sidecar with a database: at start it
-applies the version SQL has in force and publishes it (Redis may have lost it), and then
-republishes whenever Redis lost it (``FLUSHALL``, a restart without persistence; checked
-every second), a publication failed, or SQL holds a newer version than the one applied
-(checked every 5 s: a writer whose publication failed).
+then published through Redis, and applied by this sidecar at once (and by every other
+client within two seconds; :mod:`.keeper` restores them after a data loss).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +68,7 @@ VERSIONS_PARAMS = (
 )
 
 
-async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
+async def run_store(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run store work in a thread; database failures become ``store_unavailable``."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -165,7 +157,7 @@ class AdminApi:
         scope = path_scope(request, "/v1/limits/")
         require_org(request, scope.org)
         store = await self.s.store()
-        current = await _run(sql.latest_overrides, store)
+        current = await run_store(sql.latest_overrides, store)
         policy = self.s.require_limiter().policy
         _known_scope(policy, scope)
         return json_response(limits_doc(policy, current, scope),
@@ -194,7 +186,7 @@ class AdminApi:
         policy = self.s.require_limiter().policy
         _known_scope(policy, scope)
         store = await self.s.store()
-        change = await _run(ops.set_override, store, policy, scope, override, who=who, why=why,
+        change = await run_store(ops.set_override, store, policy, scope, override, who=who, why=why,
                             if_match=request.headers.get("if-match"))
         return await self._change(change, scope)
 
@@ -216,10 +208,10 @@ class AdminApi:
         store = await self.s.store()
         if_match = request.headers.get("if-match")
         if not keys:
-            change = await _run(ops.clear_override, store, policy, scope, who=who, why=why,
+            change = await run_store(ops.clear_override, store, policy, scope, who=who, why=why,
                                 if_match=if_match)
         else:
-            change = await _run(ops.unset_limit, store, policy, scope, keys, who=who, why=why,
+            change = await run_store(ops.unset_limit, store, policy, scope, keys, who=who, why=why,
                                 if_match=if_match)
         return await self._change(change, scope)
 
@@ -227,7 +219,7 @@ class AdminApi:
         require_org(request)  # the versions cover every org
         q = read_query(VERSIONS_PARAMS, request.query_params)
         store = await self.s.store()
-        rows = await _run(sql.override_versions, store, int(q.get("limit", "100")))
+        rows = await run_store(sql.override_versions, store, int(q.get("limit", "100")))
         in_force = rows[0].version if rows else 0
         return json_response({"in_force": in_force, "versions": [r.to_dict() for r in rows]})
 
@@ -238,7 +230,7 @@ class AdminApi:
         store = await self.s.store()
         policy = self.s.require_limiter().policy
         try:
-            change = await _run(ops.rollback, store, policy, req.version, who=who, why=req.why)
+            change = await run_store(ops.rollback, store, policy, req.version, who=who, why=req.why)
         except NothingToRemove as exc:
             raise Problem("not_found", str(exc)) from None
         return await self._change(change, None)
@@ -254,7 +246,7 @@ class AdminApi:
         start = _day_ms(q.get("from"), 0)
         end = _day_ms(q.get("to"), 1)
         store = await self.s.store()
-        entries = await _run(sql.audit_entries, store, org, start, end)
+        entries = await run_store(sql.audit_entries, store, org, start, end)
         if token is not None and token.org is not None:  # not even entries about no org
             entries = [e for e in entries if e.org == token.org]
         return json_response({"entries": [e.to_dict() for e in entries]})
@@ -265,110 +257,3 @@ def _day_ms(day: str | None, after: int) -> int | None:
         return None
     start = datetime.combine(date.fromisoformat(day), datetime.min.time(), timezone.utc)
     return int((start + timedelta(days=after)).timestamp() * 1000) - after
-
-
-@contextlib.asynccontextmanager
-async def overrides_keeper(server: Server) -> AsyncIterator[None]:
-    """Apply and publish the overrides SQL has in force at start; republish when Redis lost
-    them or a publication failed (checked every second)."""
-    if not server.config.db_url and server._store is None:
-        yield
-        return
-    api = AdminApi(server)
-
-    async def sync_from_sql() -> None:
-        store = await server.store()
-        current = await _run(sql.latest_overrides, store)
-        if current.version > 0:
-            server.overrides_unpublished = False
-            await api.publish(current)
-
-    async def keep() -> None:
-        tick = 0
-        while True:
-            try:
-                limiter = server.require_limiter()
-                behind = False
-                if tick % 5 == 0:  # a change another writer stored but never published
-                    store = await server.store()
-                    latest = await _run(sql.latest_version_number, store)
-                    behind = latest > limiter.engine.watch.applied
-                if behind or server.overrides_unpublished or limiter.engine.watch.missing:
-                    await sync_from_sql()
-            except Exception as exc:  # keep trying: a database or Redis outage passes
-                log.warning("override keeper: %s", exc)
-            tick += 1
-            await asyncio.sleep(1.0)
-
-    try:
-        await sync_from_sql()
-    except Exception as exc:
-        server.overrides_unpublished = True
-        log.warning("overrides not restored at start (retrying): %s", exc)
-    task = asyncio.create_task(keep())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _policy_digest(policy: Any) -> str:
-    import hashlib
-
-    text = policy.file_policy().model_dump_json()
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _token_list(server: Server) -> list[str]:
-    """The configured tokens as the audit log shows them (never the secrets)."""
-    return sorted(f"{t.name}:{t.scope}" + ("" if t.org is None else f":org={t.org}")
-                  for t in server.config.tokens)
-
-
-async def _audit_tokens(server: Server) -> None:
-    """Append a ``tokens.change`` entry when the sidecar starts with other tokens (names,
-    scopes, orgs) than the last recorded ones."""
-    store = await server.store()
-    now = _token_list(server)
-    entries = await _run(sql.audit_entries, store, None, None, None, 100_000)
-    last: Any = next((e.after for e in reversed(entries) if e.action == "tokens.change"), [])
-    if last != now:
-        await _run(sql.append_audit, store, sql.AuditEntry(
-            who="sidecar", action="tokens.change", org="", scope="", before=last, after=now,
-            why="the sidecar started with these tokens"))
-
-
-def admin_hooks(server: Server) -> None:
-    """Wire the keeper and the audit of policy reloads and token changes into ``server``."""
-    if not server.config.db_url and server._store is None:
-        return
-
-    @contextlib.asynccontextmanager
-    async def hook(srv: Server) -> AsyncIterator[None]:
-        try:
-            await _audit_tokens(srv)
-        except Exception as exc:
-            log.warning("token change not audited: %s", exc)
-        loop = asyncio.get_running_loop()
-
-        def on_reload(old: Any, new: Any) -> None:
-            entry = sql.AuditEntry(
-                who="sidecar", action="policy.reload", org="",
-                scope=srv.config.policy_path or "", before=_policy_digest(old),
-                after=_policy_digest(new), why="policy file reloaded (SIGHUP or --watch-policy)")
-
-            async def write() -> None:
-                try:
-                    await _run(sql.append_audit, await srv.store(), entry)
-                except Exception as exc:
-                    log.warning("policy reload not audited: %s", exc)
-
-            loop.call_soon_threadsafe(lambda: loop.create_task(write()))
-
-        srv.reload_listeners.append(on_reload)
-        async with overrides_keeper(srv):
-            yield
-
-    server.lifespan_hooks.append(hook)

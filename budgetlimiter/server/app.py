@@ -31,9 +31,10 @@ from ..aio import AsyncBudgetLimiter
 from ..engine.engine import Clock
 from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
-from .admin import AdminApi, admin_hooks
+from .admin import AdminApi
 from .config import ServerConfig
 from .handlers import Api, endpoint, request_id
+from .keeper import admin_hooks
 from .metrics import Metrics
 from .middleware import Gate
 from .openapi import build_openapi
