@@ -80,6 +80,8 @@ class Server:
         #: entered after start, exited before stop (``serve --grpc-port`` adds the gRPC
         #: service here: same process, event loop, limiter and policy)
         self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
+        #: entered before ``lifespan_hooks``: the runtime overrides' keeper (server/keeper.py)
+        self.builtin_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
         #: an override version was stored but Redis did not take it (see server/admin.py)
         self.overrides_unpublished = False
         #: called with (old policy, new policy) after a successful reload (the audit log)
@@ -315,7 +317,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
         await server.start()
         try:
             async with contextlib.AsyncExitStack() as hooks:
-                for hook in server.lifespan_hooks:
+                for hook in (*server.builtin_hooks, *server.lifespan_hooks):
                     await hooks.enter_async_context(hook(server))
                 yield
         finally:

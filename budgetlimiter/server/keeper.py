@@ -128,4 +128,4 @@ def admin_hooks(server: Server) -> None:
         async with overrides_keeper(srv):
             yield
 
-    server.lifespan_hooks.append(hook)
+    server.builtin_hooks.append(hook)
