@@ -186,3 +186,12 @@ def test_an_adjustment_is_audited_with_its_row(make_limiter, make_store):
         "adjustment", "ops", str(ENG), "support contract")
     assert entry.before == ["cost requested 2.000000"]
     assert entry.after[0].startswith("cost applied 2.000000 on ")
+
+
+def test_an_unreadable_published_set_never_fails_a_check(make_limiter, raw_redis):
+    bl = make_limiter(POLICY)
+    keys = bl.keys
+    raw_redis.set(keys.overrides_version, "7")
+    raw_redis.set(keys.overrides_doc, "{not json")
+    assert bl.check(ALICE, dry_run=True).allowed  # the file's limits, as before
+    assert bl.policy.overrides is None

@@ -75,7 +75,12 @@ class OverrideWatch:
             return
         if doc is None:
             return
-        found = OverrideSet.from_json(doc)
+        try:
+            found = OverrideSet.from_json(doc)
+        except (ValueError, KeyError, TypeError) as exc:  # never fail a decision over it
+            log.error("published overrides v%s unreadable, keeping v%d: %s", version,
+                      self.applied, exc)
+            return
         if found.version > self.applied:
             apply(found)  # (sets ``applied``)
             log.info("runtime overrides v%d applied", found.version)
