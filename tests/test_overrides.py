@@ -195,3 +195,15 @@ def test_an_unreadable_published_set_never_fails_a_check(make_limiter, raw_redis
     raw_redis.set(keys.overrides_doc, "{not json")
     assert bl.check(ALICE, dry_run=True).allowed  # the file's limits, as before
     assert bl.policy.overrides is None
+
+
+def test_publishing_never_moves_the_version_back(make_limiter, raw_redis):
+    from budgetlimiter.policy.overrides import OverrideSet
+
+    bl = make_limiter(POLICY)
+    newer = OverrideSet().with_scope(ENG, _override("1"), 2)
+    older = OverrideSet().with_scope(ENG, _override("9"), 1)
+    assert bl.execute(publish_call(bl.keys, newer)) == (True, 2)
+    assert bl.execute(publish_call(bl.keys, older)) == (False, 2)  # a racing older publisher
+    assert bl.execute(publish_call(bl.keys, newer)) == (False, 2)  # and a repeat
+    assert OverrideSet.from_json(raw_redis.get(bl.keys.overrides_doc)) == newer
