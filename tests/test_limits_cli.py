@@ -85,4 +85,15 @@ def test_bad_changes_exit_2_with_one_line_and_store_nothing(
     assert done.code == 2
     assert one_error_line(done).startswith(message)
     assert cli("policy", "history").out == "no override versions yet\n"
-    assert fresh_redis.client().get("bl:v2:{!overrides}:ver") is None
+    with fresh_redis.client() as r:
+        assert r.get("bl:v2:{!overrides}:ver") is None
+
+
+def test_restore_publishes_the_overrides_again_after_redis_lost_them(
+        cli: Cli, fresh_redis: RedisServer) -> None:
+    assert cli("limits", "set", "org:acme/team:eng", "--metric", "cost", "--amount", "1",
+               "--period", "day", "--why", "cut").code == 0
+    with fresh_redis.client() as r:
+        r.flushall()
+        assert cli("restore").code == 0
+        assert r.get("bl:v2:{!overrides}:ver") == b"1"

@@ -163,8 +163,9 @@ def test_a_change_through_one_sidecar_is_enforced_everywhere_and_survives_restar
         assert not a.allowed() and not b.allowed() and not _client_allowed(client)
 
         # Redis loses everything: the sidecars restore the overrides from PostgreSQL
-        fresh_redis.client().flushall()
-        _seconds_until(lambda: fresh_redis.client().get("bl:v2:{!overrides}:ver") == b"2")
+        with fresh_redis.client() as r:
+            r.flushall()
+            _seconds_until(lambda: r.get("bl:v2:{!overrides}:ver") == b"2")
         fresh = BudgetLimiter(str(policy), fresh_redis.url)  # a process started after it
         try:
             assert not _client_allowed(fresh)
