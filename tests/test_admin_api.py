@@ -195,3 +195,19 @@ def test_policy_reloads_and_token_changes_are_audited(start: Start, tmp_path: An
     assert (last["action"], last["before"], last["after"]) == (
         "tokens.change", ["boss:admin"], ["boss:admin", "tenant:admin:org=rl"])
     assert "q" * 20 not in json.dumps(last)
+
+
+def test_the_org_check_finds_the_token_even_if_the_gate_did_not_leave_it() -> None:
+    from types import SimpleNamespace
+
+    from budgetlimiter.server.auth import require_org
+    from budgetlimiter.server.problems import Problem
+
+    tenant = parse_tokens([TENANT])
+    server = SimpleNamespace(config=SimpleNamespace(tokens=tenant))
+    request = SimpleNamespace(scope={"state": {}},
+                              headers={"authorization": TENANT_H["Authorization"]},
+                              app=SimpleNamespace(state=SimpleNamespace(server=server)))
+    require_org(request, "rl")
+    with pytest.raises(Problem, match="restricted to org 'rl'"):
+        require_org(request, "acme")
