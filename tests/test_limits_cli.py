@@ -46,6 +46,9 @@ def test_a_limit_set_from_the_cli_is_enforced_by_a_running_client(cli: Cli) -> N
         assert not client.check(ALICE, Usage(input_tokens=2_000_000), dry_run=True).allowed
     finally:
         client.close()
+    status = cli("--format", "json", "status", "org:acme/team:eng").json()
+    assert [(s["metric"], s["limit"]) for s in status if s["period"] == "day"] == [
+        ("cost", "1.000000")]  # a new process shows the limits in force
     listed = cli("limits", "list")
     assert "override v1.limits[0]" in listed.out and '"1"' in listed.out
     shown = cli("--format", "json", "policy", "show", "--org", "acme", "--team", "eng",

@@ -267,6 +267,8 @@ class Engine:
     def scope_status(self, scope: Scope | str) -> Flow[tuple[LimitStatus, ...]]:
         """Live counters of the limits declared for one scope."""
         target = scope if isinstance(scope, Scope) else Scope.parse(scope)
+        if self.watch.pending:  # a new client shows the limits in force, overrides included
+            yield from self.poll_overrides()
         core = self.planners.core
         call = core.plan_scope_status(target, self.now())
         call, reply = yield from self.io.run(call, lambda t: core.plan_scope_status(target, t))
