@@ -100,3 +100,13 @@ def test_restore_publishes_the_overrides_again_after_redis_lost_them(
         r.flushall()
         assert cli("restore").code == 0
         assert r.get("bl:v2:{!overrides}:ver") == b"1"
+
+
+def test_a_change_redis_did_not_take_exits_3_naming_the_stored_version(cli: Cli) -> None:
+    down = Cli(cwd=cli.cwd, redis="redis://127.0.0.1:1/0", db=cli.db, policy=cli.policy)
+    done = down("limits", "set", "org:acme", "--metric", "cost", "--amount", "5", "--period",
+                "day", "--why", "x")
+    assert done.code == 3
+    assert one_error_line(done).startswith("error: stored as override version 1 but not "
+                                           "published (Redis unreachable")
+    assert cli("policy", "history").out.splitlines()[1].split()[0] == "1"
