@@ -61,7 +61,7 @@ def test_a_four_level_check_is_exactly_one_evalsha(fresh_redis, clock):
     fresh_redis.client().echo("done")
     t.join(5)
     setup = ("ECHO", "HELLO", "CLIENT")
-    # (the client's timer polls the runtime overrides' version key once a second, whatever
+    # (the client's timer polls the runtime overrides' version key twice a second, whatever
     # the traffic: not part of a decision)
     from_clients = [c for kind, c in seen if kind != "lua" and not c.startswith(setup)
                     and "{!overrides}" not in c]

@@ -33,7 +33,7 @@ from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .leases import LeaseConfig, LeaseTable
 from .outage import UNAVAILABLE, Deferred, OutageQueue
-from .override_watch import OverrideWatch
+from .override_watch import POLL_SECONDS, OverrideWatch
 from .planner import Core
 from .settle_plan import SettlePlanner, dirty_follow_up
 from .transport import Clock as Clock  # re-exported: the clients and the server name it
@@ -357,9 +357,12 @@ class Engine:
     @property
     def timer_period(self) -> float | None:
         """How often a client's timer should run :meth:`maintenance` (None: not needed)."""
+        periods = [POLL_SECONDS] if self.watch.enabled else []
         if self.leases is not None and self.leases.open_leases:
-            return min(1.0, max(0.01, self.leases.config.seconds / 2))
-        return 1.0 if self.queue or self.watch.enabled else None
+            periods.append(min(1.0, max(0.01, self.leases.config.seconds / 2)))
+        if self.queue:
+            periods.append(1.0)
+        return min(periods) if periods else None
 
     # settling -------------------------------------------------------------------------
     def _settle(self, call: ScriptCall, replan: Callable[[int], ScriptCall], *,
