@@ -95,3 +95,22 @@ class AdjustmentIncomplete(BudgetLimiterError):
     def __init__(self, message: str, adjustment_id: str) -> None:
         super().__init__(message)
         self.adjustment_id = adjustment_id
+
+
+class PreconditionFailed(BudgetLimiterError):
+    """A change named the state it expected (``If-Match``) and the state had changed since:
+    nothing was written."""
+
+
+class NothingToRemove(InvalidInput, LookupError):
+    """A removal named a limit, rate or override that is not in effect: nothing was written."""
+
+
+class OverridePublishFailed(BudgetLimiterError):
+    """An override version was stored in SQL but could not be published to Redis; ``version``
+    is in force in the record and is published again when Redis answers (a sidecar with the
+    database does it within a second; ``budgetlimiter restore`` does it on demand)."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version

@@ -14,6 +14,7 @@ from .engine.denycache import DenyCache
 from .engine.engine import DEFAULT_CLOCK_TOLERANCE, Clock, Engine
 from .engine.keys import KeySpace
 from .engine.leases import LeaseConfig, LeaseTable
+from .engine.override_watch import OverrideWatch
 from .engine.scripts import Registry
 from .forecast.samples import SampleBook
 from .policy import Policy
@@ -41,6 +42,8 @@ class ClientSurface:
         self._scripts = Registry.default()
         #: recent readings of the counters this client forecast (see ``forecast``)
         self.samples = SampleBook()
+        # every client follows the runtime overrides published in Redis
+        self.engine.watch = OverrideWatch(enabled=True)
 
     @property
     def policy(self) -> Policy:

@@ -23,11 +23,16 @@ from typing import Any
 STRUCTURAL_ORG_KEYS = ("rx", "dirty", "ev", "epoch", "pf")
 #: keys outside any org (``P:<name>``) that have no TTL by design: orgs with markers
 STRUCTURAL_GLOBAL_KEYS = ("dirty-orgs",)
+#: the runtime overrides (one set for every org, under a hash tag of its own): the version
+#: in force and its document, kept until replaced
+STRUCTURAL_OVERRIDE_KEYS = ("{!overrides}:ver", "{!overrides}:doc")
 
 _ORG_KINDS = "|".join(map(re.escape, STRUCTURAL_ORG_KEYS))
 _GLOBAL = "|".join(map(re.escape, STRUCTURAL_GLOBAL_KEYS))
 #: ``<prefix>:{<org>}:<kind>`` or ``<prefix>:<global name>`` (prefixes have no braces)
-_STRUCTURAL = re.compile(rf"^[^{{}}]+:(?:\{{[^{{}}]*\}}:(?:{_ORG_KINDS})|(?:{_GLOBAL}))$")
+_OVERRIDES = "|".join(map(re.escape, STRUCTURAL_OVERRIDE_KEYS))
+_STRUCTURAL = re.compile(
+    rf"^[^{{}}]+:(?:{_OVERRIDES}|\{{[^{{}}]*\}}:(?:{_ORG_KINDS})|(?:{_GLOBAL}))$")
 
 
 def is_structural(key: str) -> bool:

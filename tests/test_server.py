@@ -304,11 +304,18 @@ def test_token_parsing_and_repr() -> None:
     tokens = parse_tokens([READ], env=f" {WRITE} ,")
     assert [(t.name, t.scope) for t in tokens] == [("reader", "read"), ("writer", "write")]
     assert "y" * 20 not in repr(tokens)
-    for bad in ("nocolon", "a:short:read", "a:" + "s" * 20 + ":admin", ":" + "s" * 20 + ":read"):
+    for bad in ("nocolon", "a:short:read", "a:" + "s" * 20 + ":root", ":" + "s" * 20 + ":read",
+                "a:" + "s" * 20 + ":write:org="):
         with pytest.raises(ConfigError):
             parse_tokens([bad])
     with pytest.raises(ConfigError, match="unique"):
         parse_tokens([READ, READ])
+    # admin tokens change limits; org= restricts a token to one org (secrets may hold colons)
+    (boss, tenant) = parse_tokens(["boss:" + "b:" * 10 + ":admin", "t:" + "s" * 20 +
+                                   ":write:org=acme"])
+    assert (boss.secret, boss.scope, boss.org) == ("b:" * 10, "admin", None)
+    assert (tenant.scope, tenant.org) == ("write", "acme")
+    assert parse_tokens([tenant.text()]) == (tenant,)
 
 
 def test_worker_config_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:

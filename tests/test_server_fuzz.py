@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from budgetlimiter.server import ServerConfig, create_app, parse_tokens
 from budgetlimiter.server.openapi import build_openapi
@@ -56,7 +57,7 @@ def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     redis_server.client().flushall()
     app = create_app(ServerConfig(redis_url=redis_server.url, policy_path=str(policy),
                                   db_url=f"sqlite:///{tmp / 'fuzz.db'}", redis_timeout=1.0,
-                                  tokens=parse_tokens([f"fuzz:{SECRET}:write"]),
+                                  tokens=parse_tokens([f"fuzz:{SECRET}:admin"]),
                                   max_body=16 << 20))
     with LiveServer(app, http="httptools") as server:
         yield server
@@ -66,5 +67,10 @@ def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 @settings(max_examples=EXAMPLES, deadline=timedelta(seconds=3), derandomize=DEEP is None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 def test_document_and_server_agree(case: schemathesis.Case[Any], live: LiveServer) -> None:
+    # An override's entries follow the policy file's rules, some across fields (a
+    # rollover_cap needs rollover: accumulate, thresholds increase, one entry per key) that
+    # JSON Schema cannot state: such a body is refused with 422 naming the field although
+    # the document calls it well formed. Every other check runs on it.
+    excluded = [positive_data_acceptance] if case.method == "PUT" else []
     case.call_and_validate(base_url=live.url, headers={"Authorization": f"Bearer {SECRET}"},
-                           timeout=5)
+                           timeout=5, excluded_checks=excluded)

@@ -64,9 +64,9 @@ def test_migrate_is_idempotent_and_versioned(store_url):
     store = Store(store_url.url, schema=store_url.schema)
     try:
         assert store.schema_version() == 0
-        assert store.migrate() == len(MIGRATIONS) == 2
-        assert store.migrate() == 2
-        assert store.schema_version() == 2
+        assert store.migrate() == len(MIGRATIONS) == 3
+        assert store.migrate() == 3
+        assert store.schema_version() == 3
         assert store.org_seq("acme") == 0 and store.known_orgs() == []
     finally:
         store.close()
@@ -98,7 +98,7 @@ def test_runner_applies_later_migrations_once(store_url):
 def test_concurrent_first_migrations(store_url):
     stores = [Store(store_url.url, schema=store_url.schema) for _ in range(3)]
     try:
-        assert race(3, lambda i: stores[i].migrate()) == [2, 2, 2]
+        assert race(3, lambda i: stores[i].migrate()) == [len(MIGRATIONS)] * 3
     finally:
         for s in stores:
             s.close()

@@ -70,7 +70,7 @@ def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: 
 
 
 def _register() -> None:
-    from . import durable, live, policy_cmds, settle, top
+    from . import durable, limits_cmds, live, policy_cmds, settle, top
     from . import forecast as forecast_cmd
     from . import serve as serve_cmd
 
@@ -89,6 +89,10 @@ def _register() -> None:
     main.add_command(durable.alerts)
     main.add_command(durable.restore)
     main.add_command(serve_cmd.serve)
+    main.add_command(limits_cmds.limits)
+    main.add_command(limits_cmds.audit)
+    policy_cmds.policy.add_command(limits_cmds.history)
+    policy_cmds.policy.add_command(limits_cmds.rollback)
 
 
 _register()

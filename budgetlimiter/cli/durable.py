@@ -14,6 +14,7 @@ import click
 from ..subject import Scope
 from ..usage import Metric, micros_to_usd
 from .context import EXIT_INPUT, LOG_HANDLER, Context, redacted
+from .limits_cmds import republish_overrides
 from .output import bar, render, sparkline
 
 
@@ -238,5 +239,6 @@ def restore(obj: Context, orgs: tuple[str, ...]) -> None:
     with progress as orgs_iter:
         for org in orgs_iter:
             raised += rec.restore_org(org)
+    republish_overrides(obj)  # the runtime overrides are lost with the counters
     click.echo(render([{"orgs": len(targets), "counters_raised": raised}], obj.fmt,
                       f"restored {len(targets)} orgs, {raised} counters raised"))

@@ -12,6 +12,7 @@ import click
 from ..errors import PolicyError
 from ..subject import Subject
 from .context import EXIT_INPUT, Context
+from .limits_cmds import current_policy
 from .output import render
 
 
@@ -72,8 +73,10 @@ def show(obj: Context, file: str | None, org: str, team: str | None, user: str |
         obj.policy_path = file
     subject = Subject(org, agent, team=team, user=user)
     obj.declared(org, team)
-    eff = obj.policy().resolve(subject)
+    policy = current_policy(obj)  # with the runtime overrides in force
+    eff = policy.resolve(subject)
     data = eff.to_dict()
+    data["overrides_version"] = policy.overrides.version if policy.overrides else 0
     if obj.fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
         return

@@ -28,7 +28,8 @@ from ..engine.calls import ScriptCall
 from ..errors import AdjustmentConflict, AdjustmentIncomplete, InvalidAmount, InvalidInput
 from ..policy.periods import PeriodKind, window_at
 from ..subject import Scope, Subject, validate_id
-from ..usage import MAX_AMOUNT, Metric
+from ..usage import MAX_AMOUNT, Metric, micros_to_usd
+from .store.admin import AuditEntry
 from .store.records import Adjustment
 
 __all__ = ["ADJUSTED_PERIODS", "AdjustReply", "AdjustmentOutcome", "affected_scopes",
@@ -170,8 +171,15 @@ def apply_adjustment(limiter: Any, store: Any, scope: Scope, metric: Metric, uni
     adj = Adjustment(org=scope.org, scope=str(scope), metric=metric.value,
                      amount=reply.applied, day=day, who=who, why=why, at_ms=reply.at_ms,
                      id=adj_id, requested=units)
+    def shown(n: int) -> str:
+        return str(micros_to_usd(n)) if metric is Metric.COST else str(n)
+
+    audit = AuditEntry(who=who, action="adjustment", org=scope.org, scope=str(scope),
+                       before=[f"{metric.value} requested {shown(units)}"],
+                       after=[f"{metric.value} applied {shown(reply.applied)} on {day} "
+                              f"(id {adj_id})"], why=why)
     try:
-        store.add_adjustment(adj)
+        store.add_adjustment(adj, audit)
     except AdjustmentConflict:
         raise
     except Exception as exc:

@@ -33,6 +33,7 @@ from .denycache import DenyCache
 from .keys import DEFAULT_PREFIX, KeySpace
 from .leases import LeaseConfig, LeaseTable
 from .outage import UNAVAILABLE, Deferred, OutageQueue
+from .override_watch import POLL_SECONDS, OverrideWatch
 from .planner import Core
 from .settle_plan import SettlePlanner, dirty_follow_up
 from .transport import Clock as Clock  # re-exported: the clients and the server name it
@@ -97,6 +98,9 @@ class Engine:
         self.deny_cache = DenyCache(deny_cache_ttl) if deny_cache_ttl else None
         #: usage kept while Redis was unreachable (None: fail those calls instead)
         self.queue = OutageQueue() if outage_queue else None
+        #: the runtime overrides published in Redis, followed by the timer (see
+        #: :mod:`.override_watch`); the clients turn it on, a bare engine (tests) has it off
+        self.watch = OverrideWatch(enabled=False)
         pol = self.planners.core.policy
         self.leases = LeaseTable(leases, hold_ms=pol.reservation_ttl_seconds * 1000,
                                  remember_ms=pol.idempotency_seconds * 1000) \
@@ -141,8 +145,12 @@ class Engine:
         return self.io.now()
 
     def set_policy(self, policy: Policy | str | Path) -> None:
-        """Swap the policy atomically; cached denials and open leases of the old one end."""
+        """Swap the policy atomically; cached denials and open leases of the old one end.
+        A policy without overrides (a reloaded file) keeps the runtime overrides in force."""
         new = as_policy(policy)
+        current = self.planners.core.policy.overrides
+        if new.overrides is None and current is not None:
+            new = new.with_overrides(current)
         self.planners = self._planners(new)
         if self.deny_cache is not None:
             self.deny_cache.clear()
@@ -150,6 +158,19 @@ class Engine:
             self.leases.hold_ms = new.reservation_ttl_seconds * 1000
             self.leases.remember_ms = new.idempotency_seconds * 1000
             self.leases.retire_all(self.now())
+
+    def apply_overrides(self, overrides: Any) -> None:
+        """Swap in the policy file with ``overrides`` (an
+        :class:`~budgetlimiter.policy.overrides.OverrideSet`), atomically, unless a newer
+        version is already applied."""
+        if overrides.version < self.watch.applied:
+            return
+        self.watch.applied = overrides.version
+        self.set_policy(self.policy.file_policy().with_overrides(overrides))
+
+    def poll_overrides(self) -> Flow[None]:
+        """Apply the overrides published in Redis if they are newer (one ``GET``)."""
+        yield from self.watch.poll(self.keys, self.apply_overrides)
 
     def script(self, call: ScriptCall) -> Flow[Any]:
         """One planned call of the durable side's scripts (flush, ack, rebuild, adjust): its
@@ -178,6 +199,8 @@ class Engine:
     def _check_redis(self, subject: Subject, estimate: Usage | None,
                      reservation_id: str | None, ttl: float | None,
                      dry_run: bool) -> Flow[Decision]:
+        if self.watch.pending:  # a client's first check applies the overrides in force
+            yield from self.poll_overrides()
         est = estimate if estimate is not None else Usage()
         core = self.planners.core
         now = self.now()
@@ -223,6 +246,8 @@ class Engine:
     def check_batch(self, items: Iterable[tuple[Subject, Usage]], *,
                     ttl: float | None = None) -> Flow[list[Decision]]:
         """Many independent checks in one pipelined round trip (each all-or-nothing)."""
+        if self.watch.pending:
+            yield from self.poll_overrides()
         core = self.planners.core
         now = self.now()
         pairs = list(items)
@@ -257,6 +282,8 @@ class Engine:
     def scope_status(self, scope: Scope | str) -> Flow[tuple[LimitStatus, ...]]:
         """Live counters of the limits declared for one scope."""
         target = scope if isinstance(scope, Scope) else Scope.parse(scope)
+        if self.watch.pending:  # a new client shows the limits in force, overrides included
+            yield from self.poll_overrides()
         core = self.planners.core
         call = core.plan_scope_status(target, self.now())
         call, reply = yield from self.io.run(call, lambda t: core.plan_scope_status(target, t))
@@ -339,13 +366,18 @@ class Engine:
         yield from self._hand_back(wait=True, scan=True)
         if self.queue:
             yield from self.replay()
+        if self.watch.due():
+            yield from self.poll_overrides()
 
     @property
     def timer_period(self) -> float | None:
         """How often a client's timer should run :meth:`maintenance` (None: not needed)."""
+        periods = [POLL_SECONDS] if self.watch.enabled else []
         if self.leases is not None and self.leases.open_leases:
-            return min(1.0, max(0.01, self.leases.config.seconds / 2))
-        return 1.0 if self.queue else None
+            periods.append(min(1.0, max(0.01, self.leases.config.seconds / 2)))
+        if self.queue:
+            periods.append(1.0)
+        return min(periods) if periods else None
 
     # settling -------------------------------------------------------------------------
     def _settle(self, call: ScriptCall, replan: Callable[[int], ScriptCall], *,

@@ -29,6 +29,8 @@ Layout (``P`` is the prefix, ``bl:v2`` by default; the ``v2`` is the layout vers
                                                         reconcile pass (lag = now - this)
     P:dirty-orgs                                  set   orgs with pending markers (non-cluster)
     P:lease:deliver                               str   holder id of the alert deliverer
+    P:{!overrides}:ver                            str   version of the runtime overrides
+    P:{!overrides}:doc                            str   that version's override set (JSON)
 
 ``<scope>`` is ``o``, ``o/t=<team>``, ``o/t=<team>/u=<user>``, ``o/u=<user>``, each optionally
 followed by ``/a=<agent>``.
@@ -107,6 +109,17 @@ class KeySpace:
             raise ValueError("key prefix must be non-empty and contain no braces or whitespace")
         self.prefix = prefix
         self.dirty_orgs = f"{prefix}:dirty-orgs"
+
+    @property
+    def overrides_version(self) -> str:
+        """``P:{!overrides}:ver`` — the version of the runtime overrides in force (string
+        int). ``!`` is always percent-encoded in an org id, so no org shares this hash tag."""
+        return f"{self.prefix}:{{!overrides}}:ver"
+
+    @property
+    def overrides_doc(self) -> str:
+        """``P:{!overrides}:doc`` — the override set of that version (JSON)."""
+        return f"{self.prefix}:{{!overrides}}:doc"
 
     def org_base(self, org: str) -> str:
         """``P:{org}`` — the start of every key of this org."""

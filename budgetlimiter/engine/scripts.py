@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis.exceptions import NoScriptError, ResponseError
 
-SCRIPT_NAMES = ("check", "settle", "flush", "ack", "rebuild", "adjust", "lease")
+SCRIPT_NAMES = ("check", "settle", "flush", "ack", "rebuild", "adjust", "lease", "overrides")
 
 
 def _lua_dir() -> Path:

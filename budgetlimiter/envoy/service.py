@@ -35,7 +35,7 @@ from ..aio import AsyncBudgetLimiter
 from ..engine.outage import UNAVAILABLE
 from ..errors import BackendRejected, InvalidInput, ReservationSettled
 from ..policy.envoy import EnvoyMapping
-from ..server.auth import allowed, find_token
+from ..server.auth import allowed, find_token, org_refusal
 from ..server.config import Token
 from ..subject import Subject
 from ..usage import Usage
@@ -135,10 +135,14 @@ class RateLimitServicer:
                               context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """Decide one request (or count its usage at stream end); see the module doc."""
         code = "OK"
+        token: Token | None = None
         try:
             if self.tokens:  # (no coroutine per call without tokens)
-                await self._authorize(context)
+                token = await self._authorize(context)
             call = parse_request(request, self.current_mapping())
+            refused = org_refusal(token, (call.subject.org,))
+            if refused is not None:  # an org-restricted token (server/auth.py)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
             if call.phase == "stream_done":
                 return await self._stream_done(call, len(request.descriptors), context)
             return await self._request_time(call)
@@ -163,9 +167,9 @@ class RateLimitServicer:
                 self.metrics.grpc_call("ShouldRateLimit", code)
         raise AssertionError("unreachable")  # pragma: no cover (abort raises)
 
-    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> Token | None:
         if not self.tokens:
-            return
+            return None
         given = next((str(value) for key, value in context.invocation_metadata() or ()
                       if key == "authorization"), None)
         token = find_token(self.tokens, given)
@@ -176,6 +180,7 @@ class RateLimitServicer:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"token {token.name!r} is read-only; ShouldRateLimit needs a "
                                 "write token")
+        return token
 
     async def _request_time(self, call: Call) -> Any:
         limiter, rid = self.limiter, call.request_id

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]
 
-__all__ = ["load_policy", "parse_policy", "policy_from_dict"]
+__all__ = ["load_policy", "parse_policy", "policy_from_dict", "validation_error"]
 
 Loc = Sequence[str | int]
 
@@ -108,30 +108,38 @@ def _validate(data: dict[str, Any], source: str, locate: Any) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
-        lines: list[str] = []
-        first: dict[str, Any] | None = None
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            path, field = format_loc(loc)
-            line = locate(loc)
-            msg = str(err["msg"])
-            if msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (not part of the policy format; check the spelling)"
-            shown = None if err["type"] in ("missing", "extra_forbidden") else _shown(err["input"])
-            where = f"{source}:{line}" if line is not None else source
-            text = f"{where}: {path or '(top level)'}: {msg}"
-            if shown is not None:
-                text += f" (got {shown})"
-            lines.append(text)
-            if first is None:
-                first = {"line": line, "path": path or None, "field": field}
-        assert first is not None
-        message = "\n".join(lines)
-        if len(lines) > 1:
-            message = f"{len(lines)} errors in policy {source}:\n{message}"
-        raise PolicyError(message, file=source, **first) from None
+        raise validation_error(exc, source, locate) from None
+
+
+def validation_error(exc: ValidationError, source: str, locate: Any) -> PolicyError:
+    """The :class:`PolicyError` describing ``exc``: one line per problem, each naming the
+    source (``file:line``; left out when ``source`` is empty), the path and the field. The
+    runtime overrides use it too, so an override is refused with the loader's messages."""
+    lines: list[str] = []
+    first: dict[str, Any] | None = None
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path, field = format_loc(loc)
+        line = locate(loc)
+        msg = str(err["msg"])
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (not part of the policy format; check the spelling)"
+        shown = None if err["type"] in ("missing", "extra_forbidden") else _shown(err["input"])
+        where = f"{source}:{line}" if line is not None else source
+        text = f"{where}: " if where else ""
+        text += f"{path or '(top level)'}: {msg}"
+        if shown is not None:
+            text += f" (got {shown})"
+        lines.append(text)
+        if first is None:
+            first = {"line": line, "path": path or None, "field": field}
+    assert first is not None
+    message = "\n".join(lines)
+    if len(lines) > 1:
+        message = f"{len(lines)} errors in policy {source or 'input'}:\n{message}"
+    return PolicyError(message, file=source or None, **first)
 
 
 # --------------------------------------------------------------------------- YAML

@@ -205,6 +205,7 @@ def resolve_subject(policy: Policy, subject: Subject, tz: ZoneInfo) -> Effective
         )
 
     out: list[ScopeLimits] = []
+    overrides = policy.overrides
     for owner_scope, layers in owners:
         for scope, scope_layers in (
             (owner_scope, layers),
@@ -218,6 +219,8 @@ def resolve_subject(policy: Policy, subject: Subject, tz: ZoneInfo) -> Effective
             ),
         ):
             merged = _merge(scope, scope_layers)
+            if overrides is not None:
+                merged = overrides.apply(merged)
             if merged.limits or merged.rates:
                 out.append(merged)
     return EffectivePolicy(subject, tz, tuple(out))

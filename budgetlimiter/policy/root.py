@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, PrivateAttr, StrictInt, field_validator
@@ -24,6 +24,9 @@ from .model import (
 from .periods import parse_timezone
 from .pricing import lookup_pricing
 from .resolve import EffectivePolicy, declared_scopes, resolve_subject
+
+if TYPE_CHECKING:
+    from .overrides import OverrideSet
 
 WEEKDAYS: tuple[str, ...] = (
     "monday",
@@ -72,6 +75,8 @@ class Policy(_Model):
     envoy: EnvoyMapping | None = None
 
     _memo: _Cache = PrivateAttr(default_factory=_Cache)
+    #: runtime overrides applied on top of the file (None: never set, see with_overrides)
+    _overrides: Any = PrivateAttr(None)
 
     @field_validator("timezone")
     @classmethod
@@ -82,8 +87,28 @@ class Policy(_Model):
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """Copy like pydantic (``update`` is not validated); the copy gets its own cache."""
         copy = super().model_copy(update=update, deep=deep)
-        object.__setattr__(copy, "__pydantic_private__", {"_memo": _Cache()})
+        object.__setattr__(copy, "__pydantic_private__", {"_memo": _Cache(),
+                                                          "_overrides": None})
         return copy
+
+    def with_overrides(self, overrides: OverrideSet | None) -> Self:
+        """This policy with the runtime ``overrides`` applied (a copy; see
+        :mod:`budgetlimiter.policy.overrides`). ``resolve`` then gives each scope its
+        override's entries, with ``override vN`` origins."""
+        copy = self.model_copy()
+        copy.__pydantic_private__["_overrides"] = overrides  # type: ignore[index]
+        return copy
+
+    @property
+    def overrides(self) -> OverrideSet | None:
+        """The runtime overrides in force (None: none were ever applied)."""
+        found: OverrideSet | None = self.__pydantic_private__.get(  # type: ignore[union-attr]
+            "_overrides")
+        return found
+
+    def file_policy(self) -> Self:
+        """This policy without runtime overrides (what the file says)."""
+        return self if self.overrides is None else self.with_overrides(None)
 
     def pricing_for(self, agent: str) -> Pricing:
         """Pricing of ``agent``: the policy's ``pricing[agent]``, else the shipped table
@@ -134,8 +159,14 @@ class Policy(_Model):
         return tuple(self.orgs)
 
     def declared_scopes(self) -> tuple[Scope, ...]:
-        """Every explicitly declared scope (orgs, teams, users and their agent scopes)."""
-        return declared_scopes(self)
+        """Every explicitly declared scope (orgs, teams, users and their agent scopes), and
+        every scope with a runtime override."""
+        found = declared_scopes(self)
+        if self.overrides is None:
+            return found
+        extra = tuple(Scope.parse(s) for s in sorted(self.overrides.scopes)
+                      if self.overrides.get(s) is not None)
+        return found + tuple(s for s in extra if s not in found)
 
     def _cache(self) -> _Cache:
         private = self.__pydantic_private__

@@ -37,10 +37,12 @@ from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
 from ..subject import Subject
 from ..usage import Usage
+from .admin import AdminApi
 from .config import ServerConfig
 from .fastpath import HotPath
 from .forecasts import Forecaster
 from .handlers import Api, endpoint, hot_route, request_id
+from .keeper import admin_hooks
 from .metrics import Metrics
 from .middleware import Gate
 from .models import SubjectIn, UsageIn
@@ -101,6 +103,12 @@ class Server:
         self.reconcile: ReconcileService | None = None
         #: the OpenTelemetry bridge when ``serve --otel`` (or an ``otel_lifespan`` hook) is on
         self.otel: Any = None
+        #: entered before ``lifespan_hooks``: the runtime overrides' keeper (server/keeper.py)
+        self.builtin_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
+        #: an override version was stored but Redis did not take it (see server/admin.py)
+        self.overrides_unpublished = False
+        #: called with (old policy, new policy) after a successful reload (the audit log)
+        self.reload_listeners: list[Callable[[Policy, Policy], None]] = []
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -197,10 +205,13 @@ class Server:
             log.error("policy reload failed; keeping the old policy: %s", exc,
                       extra={"policy": path})
             return False
+        old = self.limiter.policy
         self.limiter.set_policy(new)
         if self.reconcile is not None:
             self.reconcile.set_policy(new)
         self._mtime = self._policy_mtime()
+        for listener in self.reload_listeners:
+            listener(old, new)
         self.metrics.reloads.labels("ok").inc()
         log.info("policy reloaded", extra={"policy": path})
         return True
@@ -366,6 +377,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     cfg = config or ServerConfig()
     server = Server(cfg, policy=policy, limiter=limiter, clock=clock, store=store)
     api = Api(server)
+    admin = AdminApi(server)
 
     def r(path: str, fn: Any, method: str) -> Route:
         return Route(path, endpoint(server, fn), methods=[method])
@@ -377,6 +389,11 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
         r("/v1/forecast/{scope:bl_any}", api.forecast, "GET"),
         r("/v1/usage", api.usage, "GET"),
         r("/v1/policy/effective", api.effective_policy, "GET"),
+        Route("/v1/limits/{scope:bl_any}", endpoint(server, admin.limits),
+              methods=["GET", "PUT", "DELETE"]),
+        r("/v1/policy/versions", admin.versions, "GET"),
+        r("/v1/policy/rollback", admin.rollback, "POST"),
+        r("/v1/audit", admin.audit, "GET"),
         r("/healthz", api.healthz, "GET"),
         r("/readyz", api.readyz, "GET"),
         r("/metrics", api.metrics, "GET"),
@@ -388,7 +405,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
         await server.start()
         try:
             async with contextlib.AsyncExitStack() as hooks:
-                for hook in server.lifespan_hooks:
+                for hook in (*server.builtin_hooks, *server.lifespan_hooks):
                     await hooks.enter_async_context(hook(server))
                 yield
         finally:
@@ -399,6 +416,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     app.gate = Gate(app._stack, tokens=cfg.tokens, metrics=server.metrics,
                     hot=HotPath(server, hot))
     mount_ui(app, server)  # the /ui dashboard shell and GET /v1/ui/tree
+    admin_hooks(server)  # restore/republish the overrides; audit reloads and token changes
     app.state.server = server
     if cfg.otel:
         from .otel import otel_lifespan  # the optional otel extra: imported only when asked

@@ -1,7 +1,8 @@
 """Sidecar settings: listen address, backends, bearer tokens and limits.
 
-Tokens are ``name:secret:scope`` triples (``scope`` is ``read`` or ``write``). A server bound
-to anything but a loopback address refuses to start without at least one token.
+Tokens are ``name:secret:scope`` triples (``scope`` is ``read``, ``write`` or ``admin``),
+optionally restricted to one org with a fourth part, ``name:secret:scope:org=acme``. A server
+bound to anything but a loopback address refuses to start without at least one token.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Literal
 from ..engine.leases import LeaseConfig
 from .params import scope_error
 
-TokenScope = Literal["read", "write"]
+TokenScope = Literal["read", "write", "admin"]
+_SCOPES: tuple[TokenScope, ...] = ("read", "write", "admin")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 64 * 1024
@@ -33,19 +35,34 @@ class Token:
     name: str
     secret: str = field(repr=False)
     scope: TokenScope
+    #: the one org this token may read or change (None: every org)
+    org: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Token:
-        """Parse ``name:secret:scope`` (the secret may itself contain colons)."""
+        """Parse ``name:secret:scope[:org=ORG]`` (the secret may itself contain colons)."""
         name, sep, rest = text.strip().partition(":")
+        org: str | None = None
+        head, sep_org, last = rest.rpartition(":")
+        if sep_org and last.startswith("org="):
+            rest, org = head, last[len("org="):]
+            if not org:
+                raise ConfigError(f"token {name!r}: org= needs an org id")
         secret, sep2, scope = rest.rpartition(":")
         if not sep or not sep2 or not name or not secret:
-            raise ConfigError("a token must look like name:secret:scope (scope read or write)")
-        if scope not in ("read", "write"):
-            raise ConfigError(f"token {name!r}: scope must be read or write, got {scope!r}")
+            raise ConfigError("a token must look like name:secret:scope[:org=ORG] "
+                              "(scope read, write or admin)")
+        if scope not in _SCOPES:
+            raise ConfigError(f"token {name!r}: scope must be read, write or admin, "
+                              f"got {scope!r}")
         if len(secret) < 16:
             raise ConfigError(f"token {name!r}: the secret must be at least 16 characters")
-        return cls(name, secret, "write" if scope == "write" else "read")
+        return cls(name, secret, _SCOPES[_SCOPES.index(scope)], org)
+
+    def text(self) -> str:
+        """The ``name:secret:scope[:org=ORG]`` form :meth:`parse` reads."""
+        tail = "" if self.org is None else f":org={self.org}"
+        return f"{self.name}:{self.secret}:{self.scope}{tail}"
 
 
 def parse_tokens(values: list[str] | tuple[str, ...], env: str | None = None) -> tuple[Token, ...]:
@@ -153,7 +170,7 @@ ENV_CONFIG = "BUDGETLIMITER_SERVE_CONFIG"
 def dump_env_config(config: ServerConfig) -> str:
     """Serialise a config for worker processes (see :func:`load_env_config`)."""
     data = {k: v for k, v in vars(config).items() if k != "tokens"}
-    data["tokens"] = [f"{t.name}:{t.secret}:{t.scope}" for t in config.tokens]
+    data["tokens"] = [t.text() for t in config.tokens]
     return json.dumps(data)
 
 

@@ -29,6 +29,7 @@ from .problems import Problem, dumps
 
 if TYPE_CHECKING:
     from .app import Server
+    from .config import Token
 
 try:  # an optional speed-up (the ``server`` extra installs it)
     import orjson
@@ -86,6 +87,8 @@ class Incoming:
     body: bytes
     headers: list[tuple[bytes, bytes]]
     query: bytes = b""
+    #: the token the gate accepted (None: auth is off); the handlers' org checks read it
+    token: Token | None = None
 
     def header(self, name: bytes) -> str:
         """All values of a (lower-case) header, joined with ``,`` (RFC 9110 list syntax)."""
@@ -167,7 +170,8 @@ class HotPath:
         try:
             body = await read_body(scope, receive, self.server.config.max_body)
             answer = await handler(Incoming(body, scope["headers"],
-                                            scope.get("query_string", b"")))
+                                            scope.get("query_string", b""),
+                                            scope.get("state", {}).get("token")))
         except Disconnected:
             return 499
         except Exception as exc:

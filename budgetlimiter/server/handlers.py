@@ -18,6 +18,7 @@ from ..errors import BudgetLimiterError
 from ..results import Decision
 from ..subject import Scope, Subject
 from . import models as m
+from .auth import request_token, require_org, require_org_of
 from .fastpath import Answer, HotHandler, Incoming, encode, parse_json
 from .params import CHECK_PARAMS, EFFECTIVE_PARAMS, read_query, scope_error
 from .problems import Problem, dumps, from_library_error
@@ -81,7 +82,8 @@ def hot_route(server: Server, fn: HotHandler) -> Handler:
     async def as_route(request: Request) -> Response:
         body = await read_body(request, server.config.max_body)
         answer = await fn(Incoming(body, request.scope["headers"],
-                                   request.scope.get("query_string", b"")))
+                                   request.scope.get("query_string", b""),
+                                   request_token(request)))
         return Response(answer.body, status_code=answer.status, headers=answer.headers,
                         media_type="application/json")
 
@@ -164,7 +166,8 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
 
 
 def path_scope(request: Request, prefix: str) -> Scope:
-    """The scope in the raw path after ``prefix`` (URL-encoded; ``/`` may be left as is)."""
+    """The scope in the path after ``prefix``, percent-decoded from the raw path (a scope's
+    text has its own ``%XX`` escapes); a 422 problem naming ``scope`` when it is not one."""
     raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
     text = raw.decode("latin-1").split(prefix, 1)[-1]
     try:
@@ -194,6 +197,7 @@ class Api:
         http_status = wants_http_status(incoming, prefers)
         minimal = "return=minimal" in prefers
         req = read_model(incoming, m.CheckRequest)
+        require_org_of(incoming.token, req.subject.org)
         limiter = self.s.require_limiter()
         decision = await limiter.check(self.s.subject(req.subject), self.s.usage(req.estimate),
                                        reservation_id=req.reservation_id, ttl=req.ttl)
@@ -212,6 +216,7 @@ class Api:
 
     async def commit(self, incoming: Incoming) -> Answer:
         req = read_model(incoming, m.CommitRequest)
+        require_org_of(incoming.token, req.org)
         if req.subject is not None and req.subject.org != req.org:
             raise Problem("org_mismatch", "subject.org must equal org (the reservation's)",
                           errors=[{"loc": ["subject", "org"], "msg": "must equal org",
@@ -225,12 +230,14 @@ class Api:
 
     async def release(self, incoming: Incoming) -> Answer:
         req = read_model(incoming, m.ReleaseRequest)
+        require_org_of(incoming.token, req.org)
         result = await self.s.require_limiter().release(req.reservation_id, org=req.org)
         self.s.metrics.settled("release", result.status)
         return Answer(encode(result.to_dict()))
 
     async def record(self, incoming: Incoming) -> Answer:
         req = read_model(incoming, m.RecordRequest)
+        require_org_of(incoming.token, req.subject.org)
         result = await self.s.require_limiter().record(
             self.s.subject(req.subject), req.actual.to_usage(), request_id=req.request_id)
         self.s.metrics.settled("record", result.status)
@@ -239,6 +246,7 @@ class Api:
     async def check_batch(self, incoming: Incoming) -> Answer:
         minimal = "return=minimal" in incoming.prefers()
         req = read_model(incoming, m.BatchRequest)
+        require_org_of(incoming.token, *{i.subject.org for i in req.items})
         items = [(self.s.subject(i.subject), self.s.usage(i.estimate)) for i in req.items]
         limiter = self.s.require_limiter()
         decisions = await limiter.check_batch(items, ttl=req.ttl)
@@ -255,23 +263,32 @@ class Api:
 
     async def status(self, request: Request) -> Response:
         scope = path_scope(request, "/v1/status/")
+        require_org(request, scope.org)
         limits = await self.s.require_limiter().scope_status(scope)
         return json_response({"scope": str(scope), "limits": [s.to_dict() for s in limits]})
 
     async def forecast(self, request: Request) -> Response:
         scope = path_scope(request, "/v1/forecast/")
+        require_org(request, scope.org)
         result = await self.s.forecasts.scope(scope)
         return json_response(result.to_dict())
 
     async def effective_policy(self, request: Request) -> Response:
         q = read_query(EFFECTIVE_PARAMS, request.query_params)
+        require_org(request, q["org"])
         subject = Subject(q["org"], q["agent"], team=q.get("team"), user=q.get("user"))
         policy = self.s.require_limiter().policy
-        return json_response(policy.resolve(subject).to_dict())
+        doc = policy.resolve(subject).to_dict()
+        # which limits come from an override says each limit's origin ("override vN...")
+        doc["overrides_version"] = policy.overrides.version if policy.overrides else 0
+        return json_response(doc)
 
     async def usage(self, request: Request) -> Response:
         from .reports import usage_report
 
+        org = request.query_params.get("org")
+        if org is not None:
+            require_org(request, org)
         doc = await usage_report(self.s, request.query_params)
         return json_response(doc)
 
@@ -294,6 +311,7 @@ class Api:
     async def metrics(self, request: Request) -> Response:
         from .metrics import CONTENT_TYPE
 
+        require_org(request)  # the metrics cover every org
         await self.s.refresh_gauges()
         return Response(self.s.metrics.render(), media_type=CONTENT_TYPE)
 

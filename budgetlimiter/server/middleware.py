@@ -100,6 +100,8 @@ class Gate:
                     return
                 assert token is not None
                 token_name = token.name
+                # for the handlers' org and admin checks (auth.py)
+                scope.setdefault("state", {})["token"] = token
             handler = self.hot.routes.get(path) if self.hot is not None and \
                 method == "POST" else None
             if handler is not None:

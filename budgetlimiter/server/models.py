@@ -329,6 +329,9 @@ class EffectivePolicyOut(BaseModel):
     subject: SubjectOut
     timezone: str
     scopes: list[EffectiveScopeOut]
+    overrides_version: int = Field(0, description="The version of the runtime overrides in "
+                                   "force (0: none); a limit set by one has the origin "
+                                   "`override vN.limits[i]`.")
 
 
 class BudgetForecastOut(BaseModel):

@@ -7,7 +7,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from . import admin_models as am
 from . import models as m
+from .admin import AUDIT_PARAMS, UNSET_PARAMS, VERSIONS_PARAMS
 from .params import (
     CHECK_PARAMS,
     EFFECTIVE_PARAMS,
@@ -20,11 +22,13 @@ from .params import (
 from .problems import PROBLEM_MEDIA_TYPE
 
 _REQUESTS: list[type[BaseModel]] = [m.CheckRequest, m.CommitRequest, m.ReleaseRequest,
-                                    m.RecordRequest, m.BatchRequest]
+                                    m.RecordRequest, m.BatchRequest, am.OverrideIn,
+                                    am.RollbackIn]
 _RESPONSES: list[type[BaseModel]] = [m.DecisionOut, m.DecisionMinimalOut, m.SettleOut,
                                      m.BatchOut, m.BatchMinimalOut, m.ScopeStatusOut,
                                      m.UsageOut, m.EffectivePolicyOut, m.UiTreeOut, m.HealthOut,
-                                     m.ReadyOut, m.ProblemOut, m.ForecastOut]
+                                     m.ReadyOut, m.ProblemOut, m.ForecastOut, am.LimitsOut,
+                                     am.VersionsOut, am.AuditLogOut, am.ChangeOut]
 _REF = "#/components/schemas/{model}"
 
 
@@ -106,6 +110,58 @@ _CHECK_EXTRA = {
     },
 }
 _ORG_MISMATCH = {"409": _problem("`org_mismatch`: the request names two different orgs.")}
+_SCOPE_PARAM = {"name": "scope", "in": "path", "required": True,
+                "description": "The scope text, URL-encoded (e.g. org%3Aacme%2Fteam%3Aeng). "
+                + SCOPE_HELP, "schema": SCOPE_SCHEMA}
+_CHANGE_RESPONSES = {
+    "200": {**_json(am.ChangeOut, "Stored as a new version, published, audited."),
+            "headers": {"ETag": {"schema": {"type": "string"}}}},
+    "403": _problem("`forbidden`: changing limits needs an admin token (of the scope's org "
+                    "if restricted)."),
+    "404": _problem("`not_found`: the policy cannot resolve the scope (undeclared org), or "
+                    "there is no such limit, rate or override to remove."),
+    "412": _problem("`precondition_failed`: `If-Match` names an ETag the scope no longer "
+                    "has (a concurrent change); nothing was written."),
+    "default": _PROBLEM,
+}
+_IF_MATCH = ("Send `If-Match: <ETag from GET>` to change only what you read: a concurrent "
+             "change answers 412 and nothing is written. ")
+
+
+def _admin_paths() -> dict[str, Any]:
+    """The admin API: runtime overrides, their versions, rollback, the audit log."""
+    return {
+        "/v1/limits/{scope}": {
+            "parameters": [_SCOPE_PARAM],
+            "get": {"operationId": "getLimits", "summary": "A scope's override and effective "
+                    "limits (file and override), with its ETag.",
+                    "responses": {"200": {**_json(am.LimitsOut, "OK"), "headers": {
+                        "ETag": {"schema": {"type": "string"}}}},
+                        "404": _CHANGE_RESPONSES["404"], "default": _PROBLEM}},
+            "put": {"operationId": "putLimits", "summary": "Set a scope's override "
+                    "(admin token).", "description": _IF_MATCH + "Entries have the policy "
+                    "file's fields; an invalid one is a 422 naming the field, with the policy "
+                    "loader's message.",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": _ref(am.OverrideIn)}}},
+                    "responses": _CHANGE_RESPONSES},
+            "delete": {"operationId": "deleteLimits", "summary": "Remove one limit or rate "
+                       "of a scope (`metric` with `period` or `per`), or its whole override "
+                       "(admin token).", "description": _IF_MATCH,
+                       "parameters": _params(UNSET_PARAMS), "responses": _CHANGE_RESPONSES},
+        },
+        "/v1/policy/versions": _get("policyVersions", "Versions of the runtime overrides, "
+                                    "newest first.", am.VersionsOut, _params(VERSIONS_PARAMS)),
+        "/v1/policy/rollback": _post("policyRollback", "Put an earlier version of the "
+                                     "overrides in force again, as a new version (admin "
+                                     "token).", am.RollbackIn, am.ChangeOut,
+                                     {"responses": {k: v for k, v in _CHANGE_RESPONSES.items()
+                                                    if k != "412"}}),
+        "/v1/audit": _get("auditLog", "The audit log: overrides, rollbacks, adjustments, "
+                          "policy reloads and token changes.", am.AuditLogOut,
+                          _params(AUDIT_PARAMS)),
+    }
+
 
 def build_openapi(version: str) -> dict[str, Any]:
     """The complete OpenAPI 3.1 document."""
@@ -144,6 +200,7 @@ def build_openapi(version: str) -> dict[str, Any]:
                           _params(USAGE_PARAMS), extra_responses=_ORG_MISMATCH),
         "/v1/policy/effective": _get("effectivePolicy", "What the policy applies to a subject.",
                                      m.EffectivePolicyOut, _params(EFFECTIVE_PARAMS)),
+        **_admin_paths(),
         "/v1/ui/tree": _get("uiTree", "The dashboard's view of one org (live counters).",
                             m.UiTreeOut, _params(TREE_PARAMS)),
         "/healthz": _get("healthz", "Liveness: the process answers.", m.HealthOut, [],

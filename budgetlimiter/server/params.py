@@ -104,6 +104,14 @@ class Param:
             except ValueError:
                 pass
             return "invalid_input", "must be a date like 2026-03-01"
+        pattern = schema.get("pattern")
+        if pattern is not None and pattern != ID_PATTERN:  # a free-form text with a pattern
+            if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", 10**9):
+                return "invalid_input", (f"must be {schema.get('minLength', 0)} to "
+                                         f"{schema.get('maxLength')} characters")
+            if re.search(pattern, value) is None:
+                return "invalid_input", f"must match {pattern}"
+            return None
         why = id_error(value)
         return None if why is None else ("invalid_id", why)
 

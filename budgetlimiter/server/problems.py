@@ -21,7 +21,9 @@ from ..errors import (
     BudgetLimiterError,
     InvalidId,
     InvalidInput,
+    NothingToRemove,
     PolicyError,
+    PreconditionFailed,
     ReservationExists,
     ReservationNotFound,
     ReservationSettled,
@@ -46,6 +48,7 @@ CODES: dict[str, tuple[int, str]] = {
     "reservation_committed": (409, "Reservation already committed"),
     "org_mismatch": (409, "The request names two different orgs"),
     "method_not_allowed": (405, "Method not allowed"),
+    "precondition_failed": (412, "The resource changed since it was read (If-Match)"),
     "payload_too_large": (413, "Request body too large"),
     "budget_exceeded": (429, "Budget exceeded"),
     "rate_limited": (429, "Rate limit exceeded"),
@@ -111,6 +114,10 @@ def from_library_error(exc: BaseException) -> Problem:
         return Problem("unknown_agent", str(exc))
     if isinstance(exc, InvalidId):
         return Problem("invalid_id", str(exc))
+    if isinstance(exc, PreconditionFailed):
+        return Problem("precondition_failed", str(exc))
+    if isinstance(exc, NothingToRemove):
+        return Problem("not_found", str(exc))
     if isinstance(exc, (InvalidInput, PolicyError)):
         return Problem("invalid_input", str(exc))
     if isinstance(exc, BackendUnavailable):

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..subject import Scope as BudgetScope
+from .auth import require_org
 from .forecasts import limit_forecast
 from .handlers import endpoint, json_response
 from .params import TREE_PARAMS, read_query
@@ -38,7 +39,9 @@ _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
            "dashboard-format.js": "text/javascript; charset=utf-8",
            "dashboard-charts.js": "text/javascript; charset=utf-8",
            "dashboard-tree.js": "text/javascript; charset=utf-8",
-           "dashboard.css": "text/css; charset=utf-8"}
+           "dashboard.css": "text/css; charset=utf-8",
+           "admin.js": "text/javascript; charset=utf-8",
+           "admin.css": "text/css; charset=utf-8"}
 _DIGITS = re.compile(r"(\d+)")
 _PAGE = re.compile(r"^/ui(?:/|/org/[^/]+/?)?$")
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -140,6 +143,7 @@ async def tree(request: Request) -> Response:
     delivery states."""
     server: Server = request.app.state.server
     org = read_query(TREE_PARAMS, request.query_params)["org"]
+    require_org(request, org)
     scopes = await org_scopes(server, org)
     results = await asyncio.gather(*(server.forecasts.scope(s) for s in scopes))
     nodes: list[dict[str, Any]] = []

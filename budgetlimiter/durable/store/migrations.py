@@ -77,11 +77,31 @@ def _adjustment_requested(conn: Connection) -> None:
     conn.execute(text("UPDATE bl_adjustments SET requested = amount"))
 
 
+def _overrides_and_audit(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.override_versions, schema.audit],
+                               checkfirst=True)
+    # The audit log is append-only in the database itself, not only in the code.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(
+            "CREATE OR REPLACE FUNCTION bl_audit_append_only() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'bl_audit is append-only'; END $$ LANGUAGE plpgsql"))
+        conn.execute(text(
+            "CREATE TRIGGER bl_audit_append_only BEFORE UPDATE OR DELETE ON bl_audit "
+            "FOR EACH ROW EXECUTE FUNCTION bl_audit_append_only()"))
+    else:
+        for op in ("UPDATE", "DELETE"):
+            conn.execute(text(
+                f"CREATE TRIGGER bl_audit_no_{op.lower()} BEFORE {op} ON bl_audit "
+                "BEGIN SELECT RAISE(ABORT, 'bl_audit is append-only'); END"))
+
+
 #: Every migration, in order; versions are 1, 2, 3, ...
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the tables", _create_tables),
     Migration(2, "adjustments keep the requested amount next to the applied one",
               _adjustment_requested),
+    Migration(3, "runtime limit overrides (versions) and the append-only audit log",
+              _overrides_and_audit),
 )
 
 #: Opens a connection in a write transaction that holds the migration lock.

@@ -142,6 +142,41 @@ adjustments = Table(
     Index("ix_bl_adjustments_scope_day", "scope", "metric", "day"),
 )
 
+#: Versions of the runtime limit overrides (added by migration 3): each row is the complete
+#: override set of that version (:class:`~budgetlimiter.policy.overrides.OverrideSet` JSON);
+#: the highest version is in force. Rows are never changed (a rollback adds a version).
+override_versions = Table(
+    "bl_override_versions",
+    metadata,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("doc", Text, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("scope", Text, nullable=False),  # "" for a rollback
+    Column("who", Text, nullable=False),
+    Column("why", Text, nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+)
+
+#: The audit log (added by migration 3), append-only (triggers refuse UPDATE and DELETE):
+#: who changed what, when and why, with the state before and after (JSON).
+audit = Table(
+    "bl_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("who", Text, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("org", Text, nullable=False),  # "" when not about one org
+    Column("scope", Text, nullable=False),
+    Column("before", Text, nullable=False),
+    Column("after", Text, nullable=False),
+    Column("why", Text, nullable=False),
+    Column("version", BigInteger, nullable=True),
+    Index("ix_bl_audit_org_at", "org", "at_ms"),
+    Index("ix_bl_audit_at", "at_ms"),
+)
+
 #: The tables migration 1 creates (everything but the version table; ``adjustments`` in its
 #: version-1 shape, see :mod:`budgetlimiter.durable.store.migrations`).
 V1_TABLES: tuple[Table, ...] = (

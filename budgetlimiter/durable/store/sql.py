@@ -27,6 +27,7 @@ from sqlalchemy.pool import StaticPool
 
 from ...errors import AdjustmentConflict
 from . import migrations, schema
+from .admin import AuditEntry, insert_audit
 from .records import Adjustment, AlertEvent, Delivery, UsageRow
 
 __all__ = ["FlushOutcome", "Store"]
@@ -91,7 +92,7 @@ class Store:
         self.schema = schema
         self._engine = self._make_engine(u.render_as_string(hide_password=False))
         self._keys = {name: _lock_key(f"budgetlimiter:{name}:{schema or ''}")
-                      for name in ("migrate", "policy")}
+                      for name in ("migrate", "policy", "overrides")}
 
     def _make_engine(self, url: str) -> Engine:
         if self.dialect == "postgresql":
@@ -372,7 +373,7 @@ class Store:
                                .where(_P.c.in_force).limit(1)).first()
         return None if row is None else (row.id, row.source, row.text)
 
-    def add_adjustment(self, adj: Adjustment) -> str:
+    def add_adjustment(self, adj: Adjustment, audit: AuditEntry | None = None) -> str:
         """Record an adjustment (idempotent by id; an id is generated if ``adj.id`` is
         empty); return its id.
 
@@ -386,7 +387,10 @@ class Store:
                 amount=adj.amount, requested=adj.requested, day=adj.day, who=adj.who,
                 why=adj.why, at_ms=adj.at_ms,
             ).on_conflict_do_nothing(index_elements=[_A.c.id]).returning(_A.c.id))
-            if res.first() is None:
+            inserted = res.first() is not None
+            if inserted and audit is not None:  # audited with the row, or not at all
+                insert_audit(conn, audit, adj.at_ms)
+            if not inserted:
                 old = conn.execute(select(_A).where(_A.c.id == adj_id)).one()._mapping
                 if (old["org"], old["scope"], old["metric"], old["amount"], old["requested"]
                         ) != (adj.org, adj.scope, adj.metric, adj.amount, adj.requested):
@@ -413,6 +417,11 @@ class Store:
     def reading(self) -> AbstractContextManager[Connection]:
         """A connection in a read transaction (for :mod:`budgetlimiter.durable.store.reports`)."""
         return self._read()
+
+    def writing(self, lock: str) -> AbstractContextManager[Connection]:
+        """A connection in a write transaction holding the named lock (``"overrides"``; for
+        :mod:`budgetlimiter.durable.store.admin`): writers of one lock run one at a time."""
+        return self._write(lock)
 
 
 def _now_ms() -> int:
