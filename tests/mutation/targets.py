@@ -1,20 +1,22 @@
 """What is mutated, and which tests judge each file.
 
-Rows: the Lua rules run on the real redis-server rows (``redis-sync``: the product's target,
-and faster than fakeredis's Lua through lupa), the planning code on the in-process rows
-(``memory-sync``); the client axis is left out (both clients send the same script calls,
-planned by the same code). Tests outside the table (the model-based test on ``memory://``,
-direct script tests) run as they are. Slow, timing-sensitive tests (chaos, concurrency) are
-not in any selection: a mutant must be judged by the same deterministic tests every time.
+Rows: one row of the test table (:data:`ROWS`). Tests outside the table (the model-based
+test on ``memory://``, direct script tests) run as they are. Slow, timing-sensitive tests
+(chaos, concurrency) are not in any selection: a mutant must be judged by the same
+deterministic tests every time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-#: rows of the table per kind of file (pytest -k expressions on the test ids)
-LUA_ROWS = "not memory-sync and not memory-asyncio and not redis-asyncio"
-PY_ROWS = "not redis-sync and not redis-asyncio and not memory-asyncio"
+#: the one row of the test table a mutant is judged on (parametrized fixture -> value; tests
+#: without the fixture run as they are). Both kinds of file run on the real redis-server
+#: (faster than fakeredis's Lua through lupa, and memory:// runs the same scripts), the sync
+#: client (both clients send the same calls, planned by the same engine) and SQLite (the SQL
+#: store is not mutated; PostgreSQL adds a schema per test and nothing the rules can see).
+ROWS = {"backend_url": "redis", "client_kind": "sync", "store_url": "sqlite"}
+LUA_ROWS = PY_ROWS = ROWS
 
 MODEL = "tests/test_properties.py::test_hot_path_matches_a_simple_model"
 
@@ -71,7 +73,7 @@ class Target:
 
     path: str
     tests: tuple[str, ...]
-    rows: str
+    rows: dict[str, str]
     #: Python files: the functions mutated (None: the whole file); Lua files: None
     functions: frozenset[str] | None = None
     #: modules the fork server imports once before any mutant runs. A Python target's own

@@ -3,9 +3,10 @@ selection in a forked child (about 2.5 s of interpreter and import start-up save
 
 Started by the runner inside the temporary copy of the tree (``python -m
 tests.mutation.zygote MODULE...``). Protocol, one JSON object per line: the server says
-``{"ready": seconds}``; the runner sends ``{"args": [...], "log": path}``; the server answers
-``{"pid": n}`` (the child leads its own process group, so the runner can kill it and the
-redis-servers it started) and then ``{"rc": code}`` (negative: killed by that signal).
+``{"ready": seconds}``; the runner sends ``{"args": [...], "log": path, "env": {...}}``
+(``env``: set in the child); the server answers ``{"pid": n}`` (the child leads its own
+process group, so the runner can kill it and the redis-servers it started) and then
+``{"rc": code}`` (negative: killed by that signal).
 
 Children write no bytecode (a mutated module must never be read back from a stale ``.pyc``),
 run with ``--assert=plain`` (the test modules may be imported before pytest could rewrite
@@ -36,6 +37,7 @@ def main(modules: list[str]) -> int:
         req = json.loads(line)
         pid = os.fork()
         if pid == 0:  # the child: never returns
+            os.environ.update(req.get("env", {}))
             _child(req["args"], req["log"])
         _send({"pid": pid})
         _, status = os.waitpid(pid, 0)
@@ -54,6 +56,10 @@ def _child(args: list[str], log: str) -> None:
         import pytest
 
         code = int(pytest.main(args))
+    except BaseException:  # said in the log, then the exit code 3
+        import traceback
+
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
