@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .mutants import Mutant, lua_mutants, py_mutants
-from .results import Store, counts, format_counts, key
+from .results import Store, counts, cpu_minutes, format_counts, key
 from .targets import TARGETS, Target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,10 @@ def read_equivalents(path: Path = EQUIVALENT) -> dict[tuple[str, str], str]:
     return out
 
 
+#: CPU seconds of every pytest child of this run (baselines and mutants)
+CPU = [0.0]
+
+
 @dataclass
 class Result:
     mutant: Mutant
@@ -82,6 +86,8 @@ class Zygote:
             [sys.executable, "-m", "tests.mutation.zygote", *modules], cwd=copy, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = float(str(self._read(120)["ready"]))
+        #: CPU seconds of the children run so far
+        self.cpu = 0.0
 
     def _read(self, timeout: float | None) -> dict[str, object]:
         assert self.proc.stdout is not None
@@ -103,12 +109,15 @@ class Zygote:
         self.proc.stdin.flush()
         pid = int(str(self._read(30)["pid"]))
         try:
-            return int(str(self._read(timeout)["rc"]))
+            done = self._read(timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)  # the child and the redis-servers it started
-            self._read(30)
+            done = self._read(30)
+            self.cpu += float(str(done.get("cpu", 0)))
             return None
+        self.cpu += float(str(done.get("cpu", 0)))
+        return int(str(done["rc"]))
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -162,8 +171,12 @@ def _in_functions(source: str) -> list[tuple[int, int]]:
 
 
 def run_target(target: Target, mutants: list[Mutant], copy: Path, seed: int,
-               done: int, total: int, report: list[Result], store: Store) -> None:
-    tests = [t for t in target.tests if (copy / t.split("::")[0]).exists()]
+               done: int, total: int, report: list[Result], store: Store,
+               only_tests: list[str] | None = None) -> None:
+    """Run ``mutants`` of ``target``. ``only_tests`` (a quick check of new tests): those
+    instead of the target's; then only kills are recorded (passing a part of the tests is no
+    survival)."""
+    tests = [t for t in only_tests or target.tests if (copy / t.split("::")[0]).exists()]
     missing = sorted(set(target.tests) - set(tests))
     args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "tests.mutation.plugin",
             "--assert=plain", f"--hypothesis-seed={seed}", *tests]
@@ -188,6 +201,7 @@ def run_target(target: Target, mutants: list[Mutant], copy: Path, seed: int,
         t0 = time.monotonic()
         rc = zygote.run(args, logs / "baseline.log", 1800, env)
         base = time.monotonic() - t0
+        CPU[0] += zygote.cpu
         if rc != 0:
             text = (logs / "baseline.log").read_text(errors="replace")[-3000:]
             raise SystemExit(f"baseline run of {target.path}'s tests failed (rc {rc}):\n{text}")
@@ -213,7 +227,7 @@ def run_target(target: Target, mutants: list[Mutant], copy: Path, seed: int,
                                         "rows": target.rows,
                                         "order": {n: r for r, n in enumerate(ranked)}}))
             (logs / "result.json").unlink(missing_ok=True)
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), zygote.cpu
             rc = 0
             if keep:
                 path.write_text(m.apply(original), encoding="utf-8")
@@ -232,9 +246,13 @@ def run_target(target: Target, mutants: list[Mutant], copy: Path, seed: int,
                 res = Result(m, "killed", took, _first_failure(logs))
                 kills[res.killed_by] += 1
             report.append(res)
-            store.record(m, res.status, took, res.killed_by if res.status == "killed" else "")
+            cpu = zygote.cpu - cpu0
+            if res.status == "killed" or not only_tests:
+                store.record(m, res.status, took, res.killed_by, cpu)
             mark = {"killed": "killed  ", "survived": "SURVIVED", "timeout": "timeout "}
-            print(f"  [{i:4}/{total}] {mark[res.status]} {m.id} {m.mutation} ({took:.1f}s)"
+            CPU[0] += cpu
+            print(f"  [{i:4}/{total}] {mark[res.status]} {m.id} {m.mutation} "
+                  f"({took:.1f} s, CPU {cpu:.1f} s)"
                   + (f" by {res.killed_by}" if res.status == "killed" else ""), flush=True)
     finally:
         zygote.close()
@@ -259,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--survivors", action="store_true",
                     help="only the mutants whose latest result (RESULTS/status.json) is "
                     "survived or timeout")
+    ap.add_argument("--tests", nargs="+", metavar="TEST",
+                    help="judge by these tests instead of the file's (to see whether new tests "
+                    "kill a mutant; a survival is then not recorded)")
+    ap.add_argument("--resume", action="store_true",
+                    help="only the mutants with no result yet (continue a stopped run)")
     ap.add_argument("--limit", type=int, metavar="N", help="a random sample of N mutants")
     ap.add_argument("--seed", type=int, help="sampling and hypothesis seed (default: 0, or "
                     "a random one with --limit; printed either way)")
@@ -293,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     equivalent_keys = {f"{a} | {b}" for a, b in equivalents}
     if opts.counts:
         print(format_counts(counts(generated, equivalent_keys, store)))
+        print(f"CPU of the latest results: {cpu_minutes(generated, store):.1f} min")
         return 0
 
     chosen = generated
@@ -301,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                                            for a in opts.at)]
     if opts.survivors:
         chosen = [m for m in chosen if store.latest(m) in ("survived", "timeout")]
+    if opts.resume:
+        chosen = [m for m in chosen if store.latest(m) == "not run"]
     if opts.retry:
         again = set()
         for line in Path(opts.retry).read_text().splitlines():
@@ -322,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     print("reproduce: python -m tests.mutation --seed", seed,
           *(f"--only {p}" for p in opts.only or ()), *(f"--at {a}" for a in opts.at or ()),
           *(("--survivors",) if opts.survivors else ()),
+          *(("--resume",) if opts.resume else ()),
           *((f"--limit {opts.limit}",) if opts.limit else ()), flush=True)
     if opts.list:
         for m in chosen:
@@ -337,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in targets:
             ms = [m for m in chosen if m.path == t.path]
             if ms:
-                run_target(t, ms, copy, seed, done, len(chosen), report, store)
+                run_target(t, ms, copy, seed, done, len(chosen), report, store, opts.tests)
                 done += len(ms)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
@@ -352,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
 
     status = Counter(r.status for r in report)
     minutes = (time.monotonic() - started) / 60
-    print(f"\n{len(report)} mutants run in {minutes:.1f} min: {status['killed']} killed, "
+    print(f"\n{len(report)} mutants run in {minutes:.1f} min ({CPU[0] / 60:.1f} min of CPU in "
+          f"the test processes): {status['killed']} killed, "
           f"{status['timeout']} timeout, {status['survived']} survived; "
           f"{len(skipped)} equivalent (listed, not run)")
     print(f"\nlatest result of every mutant of {'these files' if opts.only else 'the tree'} "

@@ -14,6 +14,7 @@ The kill history that orders each target's tests (most kills first) is derived f
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections import Counter
@@ -40,16 +41,18 @@ class Store:
         if self.path.exists():
             self.status = json.loads(self.path.read_text(encoding="utf-8"))
 
-    def record(self, m: Mutant, status: str, seconds: float, killed_by: str) -> None:
-        self.status[key(m)] = {"status": status, "seconds": round(seconds, 2),
-                               "killed_by": killed_by}
-        self.save()
-
-    def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status, indent=0, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path)
+    def record(self, m: Mutant, status: str, seconds: float, killed_by: str,
+               cpu: float = 0.0) -> None:
+        """Store one result (read, update, write under a lock: two runs may share the file)."""
+        with open(self.dir / "status.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self.status = json.loads(self.path.read_text(encoding="utf-8"))
+            self.status[key(m)] = {"status": status, "seconds": round(seconds, 2),
+                                   "cpu": round(cpu, 2), "killed_by": killed_by}
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.status, indent=0, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
 
     def latest(self, m: Mutant) -> str:
         entry = self.status.get(key(m))
@@ -73,6 +76,11 @@ def counts(mutants: list[Mutant], equivalent: set[str], store: Store) -> dict[st
         out.setdefault(m.path, Counter())[status] += 1
         out.setdefault("total", Counter())[status] += 1
     return out
+
+
+def cpu_minutes(mutants: list[Mutant], store: Store) -> float:
+    """CPU minutes the latest results of ``mutants`` took (what a full run costs one core)."""
+    return sum(float(store.status.get(key(m), {}).get("cpu", 0)) for m in mutants) / 60
 
 
 def format_counts(table: dict[str, Counter[str]]) -> str:

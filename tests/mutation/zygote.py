@@ -6,7 +6,8 @@ tests.mutation.zygote MODULE...``). Protocol, one JSON object per line: the serv
 ``{"ready": seconds}``; the runner sends ``{"args": [...], "log": path, "env": {...}}``
 (``env``: set in the child); the server answers ``{"pid": n}`` (the child leads its own
 process group, so the runner can kill it and the redis-servers it started) and then
-``{"rc": code}`` (negative: killed by that signal).
+``{"rc": code, "cpu": seconds}`` (negative: killed by that signal; the CPU time of the
+child and its waited-for children).
 
 Children write no bytecode (a mutated module must never be read back from a stale ``.pyc``),
 run with ``--assert=plain`` (the test modules may be imported before pytest could rewrite
@@ -40,8 +41,11 @@ def main(modules: list[str]) -> int:
             os.environ.update(req.get("env", {}))
             _child(req["args"], req["log"])
         _send({"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        _send({"rc": os.waitstatus_to_exitcode(status)})
+        _, status, usage = os.wait4(pid, 0)
+        # CPU of the child and of what it waited for (its redis-servers): the cost of a mutant
+        # whatever else the machine is doing
+        _send({"rc": os.waitstatus_to_exitcode(status),
+               "cpu": round(usage.ru_utime + usage.ru_stime, 3)})
     return 0
 
 
