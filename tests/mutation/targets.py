@@ -22,9 +22,9 @@ MODEL = "tests/test_properties.py::test_hot_path_matches_a_simple_model"
 
 #: tests of check.lua (admission, sweep, rollover, rates) and of its planning
 CHECK_TESTS = (
-    "tests/test_rollover_periods.py",
-    "tests/test_rate_burst.py",
-    "tests/test_expiry_sweep_paths.py",
+    "tests/test_rollover_model.py",
+    "tests/test_gcra_burst.py",
+    "tests/test_sweep_paths.py",
     "tests/test_key_expiry.py",
     "tests/test_hot_path.py",
     "tests/test_held_counter.py",
@@ -33,14 +33,16 @@ CHECK_TESTS = (
     "tests/test_deny_cache.py",
     "tests/test_leases.py",
     "tests/test_scripts.py",
+    "tests/test_limit_status.py",
+    "tests/test_edges_keep_limits.py",
+    "tests/test_lease_handback.py",
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
 SETTLE_TESTS = (
-    "tests/test_rollover_periods.py",
-    "tests/test_settle_outcomes.py",
+    "tests/test_rollover_model.py",
     "tests/test_key_expiry.py",
-    "tests/test_expiry_sweep_paths.py",
+    "tests/test_sweep_paths.py",
     "tests/test_hot_path.py",
     "tests/test_held_counter.py",
     "tests/test_alerts_e2e.py",
@@ -48,6 +50,7 @@ SETTLE_TESTS = (
     "tests/test_lease_edges.py",
     "tests/test_lease_handback.py",
     "tests/test_edges_keep_limits.py",
+    "tests/test_limit_status.py",
     MODEL,
 )
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments
@@ -103,7 +106,7 @@ TARGETS: dict[str, Target] = {t.path: t for t in (
     _lua("lua/flush.lua", DURABLE_TESTS),
     _lua("lua/ack.lua", DURABLE_TESTS),
     _lua("lua/rebuild.lua", DURABLE_TESTS),
-    Target("budgetlimiter/engine/planner.py", (*CHECK_TESTS, "tests/test_settle_outcomes.py"),
+    Target("budgetlimiter/engine/planner.py", CHECK_TESTS,
            PY_ROWS, frozenset({"_check_args", "_template", "plan_check", "plan_lines"}),
            _THIRD_PARTY),
     Target("budgetlimiter/engine/settle_plan.py", SETTLE_TESTS, PY_ROWS, None, _THIRD_PARTY),
