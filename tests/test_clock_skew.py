@@ -9,6 +9,8 @@ from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
 from budgetlimiter.engine import transport as engine_module
 from budgetlimiter.engine.transport import system_clock_ms
 
+from .frozen_redis import freeze_redis_time
+
 TEN = """
 reservation_ttl_seconds: 600
 pricing: {m: {input_per_million: "1", output_per_million: "3"}}
@@ -78,17 +80,9 @@ def test_an_injected_clock_is_trusted_unless_a_tolerance_is_given(backend_url):
         sim.close()
 
 
-# Redis's TIME cannot be set, so the exact arithmetic of the correction is shown on memory://:
-# fakeredis answers TIME from its module's ``time.time``, which these tests fix.
+# Redis's TIME cannot be set, so the exact arithmetic of the correction is shown on memory://
+# with Redis's clock fixed (see tests/frozen_redis.py).
 REDIS_S = 1_773_140_400  # a whole second of Redis's clock (2026-03-10 11:00:00 UTC)
-
-
-def _redis_time_at(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    from types import SimpleNamespace
-
-    from fakeredis.commands_mixins import server_mixin
-
-    monkeypatch.setattr(server_mixin, "time", SimpleNamespace(time=lambda: seconds))
 
 
 def _memory_limiter(client_ms: int, skew_s: float = 1.0) -> BudgetLimiter:
@@ -100,7 +94,7 @@ def _memory_limiter(client_ms: int, skew_s: float = 1.0) -> BudgetLimiter:
 
 def test_a_corrected_clock_is_redis_time_to_the_millisecond(monkeypatch):
     # Redis says 11:00:00.999000 (microseconds 999000: 999 ms, not 998 nor 1000 nor 0)
-    _redis_time_at(monkeypatch, REDIS_S + 0.999)
+    freeze_redis_time(monkeypatch, REDIS_S + 0.999)
     client_ms = REDIS_S * 1000 - 600_000  # ten minutes behind, frozen
     bl = _memory_limiter(client_ms)
     try:
@@ -114,7 +108,7 @@ def test_a_corrected_clock_is_redis_time_to_the_millisecond(monkeypatch):
 @pytest.mark.parametrize(("behind_ms", "corrected"), [(1000, False), (1001, True)])
 def test_a_clock_off_by_exactly_the_tolerance_is_trusted_and_one_ms_more_is_corrected(
         monkeypatch, behind_ms, corrected):
-    _redis_time_at(monkeypatch, REDIS_S + 0.5)
+    freeze_redis_time(monkeypatch, REDIS_S + 0.5)
     bl = _memory_limiter(REDIS_S * 1000 + 500 - behind_ms, skew_s=1.0)
     try:
         assert bl.check(ALICE, Usage(1, 0)).allowed

@@ -30,6 +30,7 @@ CHECK_TESTS = (
     "tests/test_held_counter.py",
     "tests/test_period_boundaries.py",
     "tests/test_clock_skew.py",
+    "tests/test_ttl_floor.py",
     "tests/test_deny_cache.py",
     "tests/test_leases.py",
     "tests/test_scripts.py",
@@ -51,6 +52,7 @@ SETTLE_TESTS = (
     "tests/test_lease_handback.py",
     "tests/test_edges_keep_limits.py",
     "tests/test_limit_status.py",
+    "tests/test_ttl_floor.py",
     MODEL,
 )
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments

@@ -1,0 +1,46 @@
+"""A counter lives until its period's end plus the retention, and at least one second: a
+counter created in the last second of its period (with no retention) gets exactly 1000 ms,
+never less (Redis would drop it before the reply is read) and never more.
+
+Shown on memory:// with Redis's clock fixed (tests/frozen_redis.py), where a TTL can be read
+to the millisecond; on a real redis-server it shrinks while the test reads it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.backends import connect_sync
+
+from .frozen_redis import freeze_redis_time
+
+NO_RETENTION = """
+timezone: UTC
+retention_seconds: 0
+pricing: {m: {input_per_million: "1", output_per_million: "3"}}
+orgs: {acme: {limits: [{metric: invocations, amount: 10, period: day}]}}
+"""
+ALICE = Subject("acme", "m", user="alice")
+MIDNIGHT_MS = int(datetime(2026, 3, 11, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(("before_end_ms", "ttl_ms"),
+                         [(999, 1000), (1, 1000), (1000, 1000), (1001, 1001), (60_000, 60_000)])
+def test_a_counter_lives_to_its_period_end_and_at_least_one_second(
+        monkeypatch, before_end_ms, ttl_ms):
+    now_ms = MIDNIGHT_MS - before_end_ms
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(NO_RETENTION), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        assert bl.check(ALICE, Usage(1, 0)).allowed
+        counters = list(raw.scan_iter(match=bl.keys.counter_pattern("acme")))
+        assert len(counters) == 1
+        assert raw.pttl(counters[0]) == ttl_ms
+    finally:
+        raw.close()
+        bl.close()
