@@ -31,6 +31,7 @@ CHECK_TESTS = (
     "tests/test_period_boundaries.py",
     "tests/test_clock_skew.py",
     "tests/test_ttl_floor.py",
+    "tests/test_reservation_ttl.py",
     "tests/test_deny_cache.py",
     "tests/test_leases.py",
     "tests/test_scripts.py",
