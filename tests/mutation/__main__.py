@@ -101,23 +101,29 @@ class Zygote:
         obj: dict[str, object] = json.loads(line)
         return obj
 
-    def run(self, args: list[str], log: Path, timeout: float,
-            env: dict[str, str]) -> int | None:
-        """The child's exit code, or None when it ran out of time (it is killed)."""
+    def run(self, args: list[str], log: Path, timeout: float, env: dict[str, str],
+            cpu_limit: int | None = None) -> int | None:
+        """The child's exit code, or None when it ran out of time (it is killed): more than
+        ``cpu_limit`` CPU seconds, or ``timeout`` seconds of wall time (a safety net: on a
+        loaded machine a niced child may wait long for a core)."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"args": args, "log": str(log), "env": env}) + "\n")
+        self.proc.stdin.write(json.dumps({"args": args, "log": str(log), "env": env,
+                                          "cpu_limit": cpu_limit}) + "\n")
         self.proc.stdin.flush()
-        pid = int(str(self._read(30)["pid"]))
+        pid = int(str(self._read(600)["pid"]))
         try:
             done = self._read(timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)  # the child and the redis-servers it started
-            done = self._read(30)
+            done = self._read(600)
             self.cpu += float(str(done.get("cpu", 0)))
             return None
         self.cpu += float(str(done.get("cpu", 0)))
-        return int(str(done["rc"]))
+        rc = int(str(done["rc"]))
+        if cpu_limit and rc in (-signal.SIGXCPU, -signal.SIGKILL):
+            return None  # over its CPU limit
+        return rc
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -209,10 +215,12 @@ def run_target(target: Target, mutants: list[Mutant], copy: Path, seed: int,
         wanted = _reach_key(target)
         reaching = [n for n, r in recorded.items() if _reaches(r["reach"], wanted)]
         seconds = {n: float(r["seconds"]) for n, r in recorded.items()}
-        timeout = max(30.0, 4 * base)
-        print(f"  imports {zygote.ready:.1f} s once; unmutated run {base:.1f} s "
+        cpu_limit = int(max(30.0, 4 * zygote.cpu))
+        timeout = max(900.0, 20 * base)
+        print(f"  imports {zygote.ready:.1f} s once; unmutated run {base:.1f} s, "
+              f"CPU {zygote.cpu:.1f} s "
               f"({len(recorded)} tests, {len(reaching)} reach the file: "
-              f"{sum(seconds[n] for n in reaching):.1f} s); timeout per mutant {timeout:.0f} s",
+              f"{sum(seconds[n] for n in reaching):.1f} s); limit per mutant {cpu_limit} s of CPU",
               flush=True)
         path = copy / target.path
         original = path.read_text(encoding="utf-8")
@@ -232,7 +240,7 @@ def run_target(target: Target, mutants: list[Mutant], copy: Path, seed: int,
             if keep:
                 path.write_text(m.apply(original), encoding="utf-8")
                 try:
-                    rc = zygote.run(args, logs / "mutant.log", timeout, env)
+                    rc = zygote.run(args, logs / "mutant.log", timeout, env, cpu_limit)
                 finally:
                     path.write_text(original, encoding="utf-8")
             took = time.monotonic() - t0

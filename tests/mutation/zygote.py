@@ -3,11 +3,11 @@ selection in a forked child (about 2.5 s of interpreter and import start-up save
 
 Started by the runner inside the temporary copy of the tree (``python -m
 tests.mutation.zygote MODULE...``). Protocol, one JSON object per line: the server says
-``{"ready": seconds}``; the runner sends ``{"args": [...], "log": path, "env": {...}}``
-(``env``: set in the child); the server answers ``{"pid": n}`` (the child leads its own
-process group, so the runner can kill it and the redis-servers it started) and then
-``{"rc": code, "cpu": seconds}`` (negative: killed by that signal; the CPU time of the
-child and its waited-for children).
+``{"ready": seconds}``; the runner sends ``{"args": [...], "log": path, "env": {...},
+"cpu_limit": s}`` (``env``: set in the child; ``cpu_limit``: CPU seconds before the child is
+killed); the server answers ``{"pid": n}`` (the child leads its own process group, so the
+runner can kill it and the redis-servers it started) and then ``{"rc": code, "cpu": seconds}``
+(negative: killed by that signal; the CPU time of the child and its waited-for children).
 
 Children write no bytecode (a mutated module must never be read back from a stale ``.pyc``),
 run with ``--assert=plain`` (the test modules may be imported before pytest could rewrite
@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import sys
 import time
 
@@ -39,7 +40,7 @@ def main(modules: list[str]) -> int:
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.environ.update(req.get("env", {}))
-            _child(req["args"], req["log"])
+            _child(req["args"], req["log"], req.get("cpu_limit"))
         _send({"pid": pid})
         _, status, usage = os.wait4(pid, 0)
         # CPU of the child and of what it waited for (its redis-servers): the cost of a mutant
@@ -49,10 +50,12 @@ def main(modules: list[str]) -> int:
     return 0
 
 
-def _child(args: list[str], log: str) -> None:
+def _child(args: list[str], log: str, cpu_limit: int | None) -> None:
     code = 3
     try:
         os.setsid()
+        if cpu_limit:  # a time limit that a loaded machine cannot trip: CPU seconds
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, cpu_limit + 5))
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
