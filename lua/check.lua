@@ -11,7 +11,9 @@
 -- ARGV[1]  now (ms)              ARGV[2] reservation expiry (ms, absolute)
 -- ARGV[3]  reservation key TTL (ms; expiry + settle-marker retention)
 -- ARGV[4]  1 dry run, 0 check, 2 check under a caller's reservation id (refused when that
---          id is in use)     ARGV[5] reservation key prefix P:{org}:r:
+--          id is in use); a check adds 4 to run the sampled expiry sweep (the caller picks
+--          about one check in eight: tests force either path)
+--          ARGV[5] reservation key prefix P:{org}:r:
 -- ARGV[6]  plan head and body (without the state letter), stored as 'R' .. ARGV[6]
 -- ARGV[7]  nc: number of budget entries    ARGV[8] ng: number of rate entries
 -- ARGV[9]  clock tolerance (ms; -1 trusts ARGV[1]): see script_now in lib.lua. Expiry and
@@ -27,7 +29,7 @@
 -- An admitted check reads only "held": its used is -1 and its reserved is used + reserved
 -- (this reservation included). Refusals and status reads report both.
 -- {-2, Redis time (ms)} when the caller's clock is off by more than ARGV[9]: nothing changed.
--- {-5} when ARGV[4] is 2 and the reservation id is in use: nothing changed.
+-- {-5} when ARGV[4] is 2 or 6 and the reservation id is in use: nothing changed.
 
 local now, redis_ms = script_now(tonumber(ARGV[1]), tonumber(ARGV[9]))
 if not now then
@@ -37,26 +39,27 @@ local expires = 0
 if ARGV[2] ~= '0' then
   expires = tonumber(ARGV[2]) - tonumber(ARGV[1]) + now
 end
-local dry = ARGV[4] == '1'
+local mode = tonumber(ARGV[4])
+local dry = mode == 1
 local nc = tonumber(ARGV[7])
 local ng = tonumber(ARGV[8])
 local rkey = KEYS[2]
 -- a caller's id that is already a reservation (live, expired or settled) is refused: reserving
 -- again under it would overwrite the first reservation, whose estimate would never come back
-if ARGV[4] == '2' and redis.call('EXISTS', rkey) == 1 then
+if mode % 4 == 2 and redis.call('EXISTS', rkey) == 1 then
   return {-5}
 end
 local ro = 9 + 8 * nc  -- where the rate entries start
 
 -- The expiry sweep costs about a fifth of this script, so it runs on about one check in eight
--- (picked from the random reservation id and the clock), on every status read, before any
+-- (picked by the caller, ARGV[4] >= 4), on every status read, before any
 -- refusal by a budget and before a carry is computed: an expired reservation can then never
 -- cause a refusal or shrink a carry (no under-grant), and the set of live reservations stays
 -- bounded.
 local swept = dry
 if dry then
   sweep(KEYS[1], ARGV[5], now, true)
-elseif (string.byte(rkey, -1) + now) % 8 == 0 then
+elseif mode >= 4 then
   sweep(KEYS[1], ARGV[5], now, false)
 end
 

@@ -5,6 +5,8 @@
 -- Reservation plan format (a string value under P:{org}:r:<id>):
 --   <state>|<expiry ms>|<ledger key>\n  then one line per entry:
 --   c\t<counter key>\t<metric code>\t<estimate>\t<limit>\t<carry>\t<thresholds csv>\t<expire-at ms>\n
+--   (<carry>: 0 for rollover reset; for accumulate -1|<cap, -1 none>|<previous period's
+--   counter key>, or a bare -1 in plans written before the carry could be computed on settle)
 --   g\t<rate key>\t<metric code>\t<estimate>\t<interval us>\n
 -- state: R live reservation, X expired (already refunded), D settled: 'Dc' committed (or
 -- recorded), 'Dr' released; a bare 'D' (written before the op letter existed) is either.
@@ -49,10 +51,16 @@ end
 
 -- Undo the reserved amounts of a plan (counters only; rate limits are charged at admission).
 -- Counter fields: u:<m> used, h:<m> held (used + reserved), c:<m> carry, a:<m> alerts fired.
-local function refund(body)
-  for key, m, est in string.gmatch(body, 'c\t([^\t]+)\t(%a)\t(%d+)\t[^\n]*\n') do
+-- A reservation can outlive its period's counter (a long TTL on a short period): held then
+-- comes out at exactly -est, on a counter the HINCRBY created anew, which gets the period's
+-- expiry again (plan field 7) instead of living forever.
+local function refund(body, now)
+  for key, m, est, exp in string.gmatch(body,
+      'c\t([^\t]+)\t(%a)\t(%d+)\t[^\t]*\t[^\t]*\t[^\t]*\t(%d+)\n') do
     if est ~= '0' then
-      redis.call('HINCRBY', key, 'h:' .. m, '-' .. est)
+      if redis.call('HINCRBY', key, 'h:' .. m, '-' .. est) == -est then
+        expire_at(key, exp, now)
+      end
     end
   end
 end
@@ -73,7 +81,7 @@ local function sweep(zkey, res_prefix, now, full)
       local plan = redis.call('GET', rkey)
       if plan and string.sub(plan, 1, 1) == 'R' then
         local _, body = plan_lines(plan)
-        refund(body)
+        refund(body, now)
         redis.call('SET', rkey, 'X' .. string.sub(plan, 2), 'KEEPTTL')
         swept = swept + 1
       end

@@ -80,7 +80,10 @@ if op == 'shrink' then
         keep = old
       end
       if keep < old then
-        redis.call('HINCRBY', key, 'h:' .. m, I(keep - old))
+        local h = redis.call('HINCRBY', key, 'h:' .. m, I(keep - old))
+        if h == keep - old then  -- the counter expired since: recreated, expire it again
+          expire_at(key, string.match(rest, '(%d+)%s*$'), now)
+        end
       end
       line = 'c\t' .. key .. '\t' .. m .. '\t' .. I(keep) .. rest
     end
@@ -95,15 +98,34 @@ if live then
 end
 if op == 'release' then
   if live then
-    refund(body)
+    refund(body, now)
   end
   redis.call('SET', KEYS[1], done, 'PX', ARGV[3])
   return {1, 0, 0}
 end
 
 local out = {status, 0, 0}
+-- The carry of a counter whose period has none stored yet, from the plan's <carry> field
+-- (lib.lua), when this settle judges thresholds before any check of the period computed it
+-- (thresholds are judged against limit + carry). As a check does: expired reservations of the
+-- org are refunded first, so none shrinks the carry, and the carry is stored for the period.
+local swept = false
+local function first_carry(key, m, limit, field)
+  local cap, prev = string.match(field, '^%-1|(%-?%d+)|(.+)$')
+  if not cap then
+    return 0  -- a plan written before the field named the previous period: as before
+  end
+  if not swept then
+    sweep(KEYS[2], string.match(KEYS[1], '^(.*}:)[rd]:') .. 'r:', now, true)
+    swept = true
+  end
+  local c = carry_from(prev, m, limit, tonumber(cap))
+  redis.call('HSET', key, 'c:' .. m, I(c))
+  return c
+end
+
 for key, m, est, limit, carry, ths, exp in string.gmatch(body,
-    'c\t([^\t]+)\t(%a)\t(%d+)\t(%d+)\t(%-?%d+)\t([^\t]*)\t(%d+)\n') do
+    'c\t([^\t]+)\t(%a)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t(%d+)\n') do
   local a = tonumber(actual[m])
   if a > tonumber(est) and op == 'commit' then
     out[3] = 1
@@ -114,7 +136,12 @@ for key, m, est, limit, carry, ths, exp in string.gmatch(body,
   -- held (used + reserved) moves by actual minus what this reservation still held
   local held = live and a - tonumber(est) or a
   if held ~= 0 then
-    redis.call('HINCRBY', key, 'h:' .. m, I(held))
+    -- held comes out at exactly the change when the counter expired since the check (the
+    -- reservation outlived its period's key): it is recreated, and without usage to add
+    -- (which sets the expiry below) it must get the period's expiry here
+    if redis.call('HINCRBY', key, 'h:' .. m, I(held)) == held and a == 0 then
+      expire_at(key, exp, now)
+    end
   end
   if a > 0 then
     local u = redis.call('HINCRBY', key, 'u:' .. m, I(a))
@@ -123,8 +150,9 @@ for key, m, est, limit, carry, ths, exp in string.gmatch(body,
     end
     if ths ~= '' then
       local c = tonumber(carry)
-      if c < 0 then
-        c = tonumber(redis.call('HGET', key, 'c:' .. m)) or 0
+      if c == nil or c < 0 then
+        c = tonumber(redis.call('HGET', key, 'c:' .. m))
+          or first_carry(key, m, tonumber(limit), carry)
       end
       local eff = tonumber(limit) + c
       -- highest threshold reached by committed usage

@@ -45,10 +45,11 @@ class RedisClusterNodes:
 
     def start(self) -> RedisClusterNodes:
         for _ in range(self.count):
-            port = cluster_port()
+            # each node has a directory of its own: one config file name serves all; a port
+            # (pair) taken before the node binds it is picked again
             node = RedisServer("--cluster-enabled", "yes", "--cluster-config-file",
-                               f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
-                               port=port)
+                               "nodes.conf", "--cluster-node-timeout", "2000",
+                               pick_port=cluster_port)
             self.nodes.append(node.start())
         cli = shutil.which("redis-cli")
         if cli is None:

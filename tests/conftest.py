@@ -21,13 +21,17 @@ from budgetlimiter.backends import connect_sync
 
 from .clients import CLIENT_KINDS, make_client
 from .faults import FaultyProxy
-from .servers import RedisServer, redis_required
+from .keyttl import keys_without_ttl
+from .servers import RedisServer, dead_port, redis_required
 from .sqlstores import make_store, store_url  # noqa: F401
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sync_only(reason): runs on the sync client only (the reason says why)")
+    config.addinivalue_line(
+        "markers", "keys_without_ttl(reason): the test leaves keys without a TTL on purpose "
+        "(the key-TTL check after real-Redis tests is skipped; the reason says why)")
 
 
 @pytest.hookimpl(trylast=True)  # after the backend params: ids read "memory-sync"
@@ -78,16 +82,47 @@ def fresh_redis(redis_server: RedisServer) -> RedisServer:
     return redis_server
 
 
+def check_key_ttls(server: RedisServer, request: pytest.FixtureRequest) -> None:
+    """After a real-Redis test: fail if it left a key without a TTL that is not one of the
+    structural keys (tests/keyttl.py), unless the test is marked ``keys_without_ttl``."""
+    marker = request.node.get_closest_marker("keys_without_ttl")
+    if marker is not None:
+        if not (marker.args or marker.kwargs.get("reason")):
+            raise pytest.UsageError(f"{request.node.nodeid}: keys_without_ttl needs a reason")
+        return
+    if server.proc is None or server.proc.poll() is not None:
+        return  # the test killed Redis: nothing is left to leak
+    client = server.client()
+    try:
+        leaked = keys_without_ttl(client)
+    finally:
+        client.close()
+    if leaked:
+        pytest.fail(f"keys without a TTL after the test (a key-space leak): {leaked[:20]}",
+                    pytrace=False)
+
+
 @pytest.fixture(params=[
     pytest.param("memory", marks=pytest.mark.memory, id="memory"),
     pytest.param("redis", marks=pytest.mark.redis, id="redis"),
 ])
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """The backend table: every test using it runs on memory:// and on a real redis-server."""
+def backend_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend table: every test using it runs on memory:// and on a real redis-server
+    (where, after the test, no key may be left without a TTL but the structural ones)."""
     if request.param == "memory":
-        return f"memory://{uuid.uuid4().hex}"
+        yield f"memory://{uuid.uuid4().hex}"
+        return
     server: RedisServer = request.getfixturevalue("fresh_redis")
-    return server.url
+    yield server.url
+    check_key_ttls(server, request)
+
+
+@pytest.fixture
+def dead_port_number() -> Iterator[int]:
+    """A loopback port nothing can listen on during the test (bound, never listening: a
+    connection is refused at once, and no other process's server can appear there)."""
+    with dead_port() as port:
+        yield port
 
 
 @pytest.fixture
@@ -129,11 +164,13 @@ def make_limiter(backend_url: str, clock: FakeClock,
 
 
 @pytest.fixture
-def flaky_redis(fresh_redis: RedisServer) -> Iterator[FaultyProxy]:
+def flaky_redis(fresh_redis: RedisServer,
+                request: pytest.FixtureRequest) -> Iterator[FaultyProxy]:
     """The session's redis-server behind a proxy that fails like a network on demand."""
     proxy = FaultyProxy(fresh_redis.port)
     yield proxy
     proxy.close()
+    check_key_ttls(fresh_redis, request)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ PostgreSQL is expected at 127.0.0.1:5432, database ``test``, trust auth (user ``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -75,6 +76,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Ite
     if request.param == "sqlite":
         yield SqlUrl(f"sqlite:///{os.path.join(tmp_path, 'store.db')}")
         return
+    with postgres_schema() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[SqlUrl]:
+    """A new PostgreSQL schema on the test server, dropped afterwards."""
     url = postgres_url()
     schema = f"bl_test_{uuid.uuid4().hex[:12]}"
     _admin(url, f'CREATE SCHEMA "{schema}"')

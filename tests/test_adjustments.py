@@ -29,7 +29,7 @@ from budgetlimiter.server import ServerConfig, create_app
 from budgetlimiter.server.testing import LiveServer
 from budgetlimiter.usage import Metric
 
-from .servers import RedisServer, free_port
+from .servers import RedisServer, dead_port
 
 #: adjustments and the reconciler are operator tools on the sync client
 pytestmark = pytest.mark.sync_only("the durable side (adjustments, reconciler) takes the sync "
@@ -262,13 +262,14 @@ def test_sql_failing_after_redis_names_the_id_and_the_retry_completes_it(
 
 @pytest.mark.redis
 def test_redis_down_writes_nothing(store: Store, clock: Any) -> None:
-    down = BudgetLimiter(parse_policy(POLICY), f"redis://127.0.0.1:{free_port()}/0",
-                         clock=clock, timeout=0.5)
-    try:
-        with pytest.raises(UNAVAILABLE):
-            adjust(down, store, U_BOB, -10 * USD)
-    finally:
-        down.close()
+    with dead_port() as port:
+        down = BudgetLimiter(parse_policy(POLICY), f"redis://127.0.0.1:{port}/0",
+                             clock=clock, timeout=0.5)
+        try:
+            with pytest.raises(UNAVAILABLE):
+                adjust(down, store, U_BOB, -10 * USD)
+        finally:
+            down.close()
     assert store.adjustments("acme", "2000-01-01", "2100-01-01") == []
 
 
@@ -442,8 +443,10 @@ def test_cli_adjust_errors_exit_with_one_line(cli_env: dict[str, str],
     assert exit_code("adjust", TEAM, "--metric", "total_tokens", "--amount", "-5", "--why",
                      "x") == 2
     assert "total_tokens" in capsys.readouterr().err
-    monkeypatch.setenv("BUDGETLIMITER_REDIS", f"redis://127.0.0.1:{free_port()}/0")
-    assert exit_code("adjust", U_BOB, "--metric", "cost", "--amount", "-5", "--why", "x") == 3
+    with dead_port() as port:
+        monkeypatch.setenv("BUDGETLIMITER_REDIS", f"redis://127.0.0.1:{port}/0")
+        assert exit_code("adjust", U_BOB, "--metric", "cost", "--amount", "-5", "--why",
+                         "x") == 3
     err = capsys.readouterr().err
     assert err.startswith("error: Redis unreachable") and err.count("\n") == 1
     st = Store(cli_env["BUDGETLIMITER_DB"])

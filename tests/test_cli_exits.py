@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from budgetlimiter import BudgetLimiter, load_policy
 from budgetlimiter.durable.store.sql import Store
 
 from .cli_proc import ALICE, DAN, POLICY, ROOT, Cli, child_env, one_error_line
-from .servers import free_port
+from .servers import dead_port
 
 pytestmark = pytest.mark.redis
 ALICE_SCOPE = "org:acme/team:eng/user:alice"
@@ -29,10 +30,12 @@ def cli(fresh_redis, tmp_path: Path) -> Cli:
 
 
 @pytest.fixture
-def down(tmp_path: Path) -> Cli:
-    """Settings naming a Redis that is not there (a free port nobody listens on)."""
-    return Cli(cwd=tmp_path, redis=f"redis://127.0.0.1:{free_port()}/0",
-               db=f"sqlite:///{tmp_path}/bl.db")
+def down(tmp_path: Path) -> Iterator[Cli]:
+    """Settings naming a Redis that is not there (a port held, never listening, for the
+    test: no other process's server can appear on it)."""
+    with dead_port() as port:
+        yield Cli(cwd=tmp_path, redis=f"redis://127.0.0.1:{port}/0",
+                  db=f"sqlite:///{tmp_path}/bl.db")
 
 
 @pytest.fixture

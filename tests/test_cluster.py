@@ -80,19 +80,40 @@ def test_reconciler_flushes_and_restores_on_a_cluster(limiter, cluster, make_sto
         assert org.used == 1000
 
 
+def test_org_leases_live_in_their_orgs_slot_and_split_the_work_on_a_cluster(limiter, make_store):
+    from budgetlimiter.durable.service import ReconcileService, build_sinks
+
+    subjects = [Subject(f"o{i}", "gpt", team="t", user="u") for i in range(10)]
+    for s in subjects:
+        limiter.record(s, Usage(input_tokens=1000))
+    ks = limiter.keys
+    for s in subjects:
+        assert (redis.crc.key_slot(ks.reconcile_lease(s.org).encode())
+                == redis.crc.key_slot(ks.dirty(s.org).encode())
+                == redis.crc.key_slot(ks.reconciled(s.org).encode()))
+    one = ReconcileService(limiter, make_store(), build_sinks((), None), holder="one")
+    two = ReconcileService(limiter, make_store(), build_sinks((), None), holder="two")
+    assert one.reconciler.run_once().flushes == 10
+    assert two.reconciler.run_once().elsewhere == 10  # one holds them all: no second flush
+    two.take_snapshot()  # reads the keys of 10 slots in one cluster pipeline
+    snap = two.snapshot
+    assert snap is not None and snap.error == ""
+    assert {o.holder for o in snap.orgs} == {"one"}
+    assert all(o.reconciled_ms == limiter.clock() for o in snap.orgs)
+    assert one.leases is not None and one.leases.release_all() == 10
+
+
 @pytest.mark.parametrize("dead_at", [0, 1, 3])
-def test_several_seeds_start_while_one_is_down(cluster, clock, dead_at):
+def test_several_seeds_start_while_one_is_down(cluster, clock, dead_at, dead_port_number):
     """``redis+cluster://h1:p1,h2:p2,...``: the client discovers the cluster from the first
     seed that answers, sync and asyncio, wherever the dead seed stands in the list."""
     import asyncio
 
     from budgetlimiter import AsyncBudgetLimiter
 
-    from .servers import free_port
-
     cluster.flushall()
     seeds = [f"127.0.0.1:{n.port}" for n in cluster.nodes[:3]]
-    seeds.insert(dead_at, f"127.0.0.1:{free_port()}")  # nothing listens there
+    seeds.insert(dead_at, f"127.0.0.1:{dead_port_number}")  # nothing can listen there
     url = "redis+cluster://" + ",".join(seeds) + "/0"
     s = Subject("acme", "gpt", team="eng", user="alice")
     bl = BudgetLimiter(parse_policy(DEFAULTS_ONLY), url, clock=clock, timeout=2)

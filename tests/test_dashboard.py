@@ -4,7 +4,6 @@ headless Chromium (seeded numbers, live updates, a blocked scope turns red, no c
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -16,6 +15,7 @@ import pytest
 
 from budgetlimiter import BudgetLimiter, Subject, Usage
 from budgetlimiter.server import ServerConfig, create_app, parse_tokens
+from budgetlimiter.server.models import UiTreeOut
 from budgetlimiter.server.testing import LiveServer
 
 from .servers import RedisServer
@@ -95,6 +95,8 @@ def test_ui_http_without_auth(start: Start) -> None:
         assert c.post("/ui").status_code == 405
         doc = c.get("/v1/ui/tree", params={"org": "acme"}).json()
         assert doc["org"] == "acme" and doc["store"] is False and doc["alerts"] is None
+        assert doc["timezone"] == "UTC"  # the org's zone: the page shows every time in it
+        UiTreeOut.model_validate(doc)
         by_scope = {n["scope"]: n for n in doc["scopes"]}
         assert set(by_scope) >= {"org:acme", "org:acme/team:eng", "org:acme/team:ops"}
         assert by_scope["org:acme/team:eng"]["parent"] == "org:acme"
@@ -158,7 +160,8 @@ def test_dashboard_in_chromium(start: Start) -> None:
             page.goto(f"{live.url}/ui?org=acme")
             eng = page.locator('li[data-scope="org:acme/team:eng"] > .limits .limit').first
             eng.wait_for(timeout=5000)
-            assert "1.250000" in eng.inner_text()
+            assert "$1.25" in eng.inner_text()  # cents above a dollar, exact on hover
+            assert eng.locator(".amt").first.get_attribute("title") == "$1.250000"
             assert "state-ok" in (eng.get_attribute("class") or "")
             assert "no durable store" in page.locator("#alerts").inner_text()
             assert "no durable store" in page.locator("#trend").inner_text()
@@ -170,7 +173,7 @@ def test_dashboard_in_chromium(start: Start) -> None:
             page.wait_for_function(
                 """() => { const e = document.querySelector(
                      'li[data-scope="org:acme/team:eng"] > .limits .limit .nums');
-                   return e && e.textContent.includes('2.250000'); }""", timeout=6000)
+                   return e && e.textContent.includes('$2.25'); }""", timeout=6000)
 
             # a blocked scope turns red
             spend(limiter, BOB, "0.002", "seed-3")
@@ -193,9 +196,6 @@ def test_dashboard_in_chromium(start: Start) -> None:
             page.click("#policy-form button")
             page.locator("#policy pre").wait_for(timeout=5000)
             page.screenshot(path=str(ARTIFACTS / "dashboard-blocked.png"), full_page=True)
-            if os.environ.get("BUDGETLIMITER_UPDATE_SCREENSHOT") == "1":  # README picture
-                (ROOT / "docs").mkdir(exist_ok=True)
-                page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
 
             phone = browser.new_page(viewport={"width": 390, "height": 844})
             phone.on("pageerror", lambda e: errors.append(str(e)))
@@ -223,7 +223,7 @@ def test_dashboard_token_in_chromium(start: Start, tmp_path: Path) -> None:
             page.goto(f"{live.url}/ui?org=acme&token={READ_SECRET}")
             eng = page.locator('li[data-scope="org:acme/team:eng"] .limit').first
             eng.wait_for(timeout=5000)
-            assert "0.500000" in eng.inner_text()
+            assert "$0.50" in eng.inner_text()
             assert "token=" not in page.url  # removed from the address bar
             assert page.evaluate("sessionStorage.getItem('budgetlimiter.token')") == READ_SECRET
             page.locator("#trend svg.trend").wait_for(timeout=5000)

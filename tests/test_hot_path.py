@@ -127,11 +127,16 @@ def test_sweep_runs_on_status_reads_and_on_a_sample_of_checks(make_limiter, cloc
     for _ in range(40):
         bl.check(ALICE, Usage(input_tokens=1), ttl=1)
     clock.advance(2)
-    # about one check in eight (at least one in sixteen) sweeps
-    for _ in range(200):
+    # a check sweeps when the sampler says so (about one in eight by default; here every
+    # eighth, deterministically): seven checks leave the 40 expired, the eighth refunds them
+    checks = iter(range(1, 100))
+    bl.engine.sweep_sampler = lambda: next(checks) % 8 == 0
+    rx = KeySpace().reservations_by_expiry("acme")
+    for _ in range(7):
         bl.check(ALICE, Usage(input_tokens=0), ttl=60)
-    assert raw_redis.zcount(KeySpace().reservations_by_expiry("acme"), "-inf",
-                            clock.now_ms) == 0
+    assert raw_redis.zcount(rx, "-inf", clock.now_ms) == 40
+    bl.check(ALICE, Usage(input_tokens=0), ttl=60)
+    assert raw_redis.zcount(rx, "-inf", clock.now_ms) == 0
 
 
 def test_commit_after_redis_forgot_reservation_still_counts(make_limiter, raw_redis):

@@ -127,12 +127,6 @@ def test_admitted_check_on_the_full_path_carry_reports_taken_only(make_limiter, 
     assert (refused.blocked_by.used, refused.blocked_by.reserved) == (0, 300)
 
 
-def _reservation_id(now_ms: int, swept: bool) -> str:
-    """An id whose key makes the check script run (or skip) its sampled expiry sweep: it runs
-    when the key's last byte plus the time is a multiple of 8 (see lua/check.lua)."""
-    return next(f"rid-{c}" for c in "abcdefgh" if ((ord(c) + now_ms) % 8 == 0) == swept)
-
-
 def test_admitted_check_after_an_expired_reservation_has_one_shape(make_limiter, clock):
     """An expired reservation still in ``held`` makes the fast path refuse; the full path
     sweeps it and admits. With the sampled sweep the fast path admits at once. Both answers
@@ -141,8 +135,8 @@ def test_admitted_check_after_an_expired_reservation_has_one_shape(make_limiter,
     for swept in (False, True):
         bl.check(ALICE, Usage(input_tokens=800), ttl=30)  # expires unused
         clock.advance(31)
-        rid = _reservation_id(clock(), swept)
-        d = bl.check(ALICE, Usage(input_tokens=800), reservation_id=rid)
+        bl.engine.sweep_sampler = lambda swept=swept: swept  # the sampled sweep, or not
+        d = bl.check(ALICE, Usage(input_tokens=800))
         assert d.allowed, swept
         team = team_limit(d.limits)
         assert (team.taken, team.used, team.reserved) == (800, None, None), swept

@@ -56,11 +56,11 @@ def test_fail_closed_denies_and_the_circuit_opens(server, connect):
         d = bl.check(ALICE, Usage(input_tokens=10))
         assert not d.allowed and d.degraded and d.reason == "backend_unavailable"
     assert bl.breaker.state == "open"
-    started = time.perf_counter()
+    before = bl.breaker.short_circuited
     for _ in range(100):
         assert not bl.check(ALICE).allowed
-    assert time.perf_counter() - started < 0.5  # answered without touching the network
-    assert bl.breaker.short_circuited >= 100
+    # each one answered by the open breaker, without touching the network (counted, not timed)
+    assert bl.breaker.short_circuited - before == 100
     server.start()
     await_probe(bl)
     assert bl.check(ALICE, Usage(input_tokens=10)).allowed  # the probe closes the circuit
@@ -124,8 +124,12 @@ def test_an_unresponsive_redis_never_blocks_longer_than_the_timeout(connect):
             d = bl.check(ALICE, Usage(input_tokens=1))
             worst = max(worst, time.perf_counter() - started)
             assert not d.allowed and d.degraded
-        assert worst < 0.5
-        assert len(accepted) <= 5  # the breaker stops opening new connections
+        # without a socket timeout a call would wait forever on this server: 100 x the 50 ms
+        # timeout tells the two apart and cannot trip on a loaded machine
+        assert worst < 5.0, worst
+        # it did connect (so the timeouts were real waits on a silent peer), and the breaker
+        # stopped opening new connections
+        assert 1 <= len(accepted) <= 5, len(accepted)
     finally:
         stop.set()
         t.join(2)
@@ -151,8 +155,8 @@ def test_reconciler_started_while_redis_is_down_recovers_on_its_own(make_store, 
         server.start()
         writer = BudgetLimiter(parse_policy(BASIC), server.url, clock=clock, timeout=2)
         writer.record(ALICE, Usage(input_tokens=123))
-        deadline = time.time() + 10
-        while time.time() < deadline and not store.usage_rows("acme", "2026-01-01",
+        deadline = time.monotonic() + 30  # a deadline, not a claim: passes as soon as flushed
+        while time.monotonic() < deadline and not store.usage_rows("acme", "2026-01-01",
                                                               "2026-12-31"):
             time.sleep(0.05)
         rows = store.usage_rows("acme", "2026-01-01", "2026-12-31")

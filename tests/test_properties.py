@@ -4,7 +4,6 @@ test of check / commit / release / record on ``memory://`` against a plain Pytho
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -254,11 +253,11 @@ def test_huge_integral_decimal_count_is_invalid_amount():
         Usage(input_tokens=Decimal("1E+30"))
 
 
-def test_an_absurd_cost_is_refused_quickly():
-    started = time.perf_counter()
+def test_an_absurd_cost_is_refused_before_it_is_expanded():
+    # expanding 10**999999999 to an integer would take hours and gigabytes: a refusal that
+    # does not look at the exponent first fails by the test's timeout, no clock needed
     with pytest.raises(InvalidAmount):
-        Usage(cost=Decimal("1E+150000"))
-    assert time.perf_counter() - started < 0.05
+        Usage(cost=Decimal("1E+999999999"))
 
 
 # ------------------------------------------------------------------------------ policies

@@ -208,7 +208,7 @@ def test_failover_under_load_then_restore_from_sql(sentinel_setup, tmp_path):
         redis.Redis(port=old_port).wait(1, 2000)
         killed_at = time.monotonic()
         setup.master.kill()  # SIGKILL: sentinels must elect the replica
-        deadline = killed_at + 20
+        deadline = killed_at + 40
         new_port = old_port
         promoted_after = None
         while time.monotonic() < deadline:
@@ -230,7 +230,11 @@ def test_failover_under_load_then_restore_from_sql(sentinel_setup, tmp_path):
         print(f"\nfailover: master :{old_port} killed, replica :{new_port} promoted "
               f"after {promoted_after or 0:.2f}s; decisions resumed after a gap of {gap:.2f}s "
               f"(circuit breaker trips {bl.breaker.trips})")
-        assert gap < 12.0
+        # a bound from the mechanism, not from a quiet machine: promotion after down-after
+        # (1 s), or after a failed election 2 x failover-timeout (6 s) later, then the
+        # breaker's next probe (back-off doubling to 8 s by then): about 16 s at worst, so 30
+        # (the README quotes the measured ~3.5 s, printed above)
+        assert gap < 30.0, gap
         time.sleep(0.5)  # more load on the new master
     finally:
         stop.set()

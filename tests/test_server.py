@@ -19,7 +19,7 @@ from budgetlimiter.cli.context import Context
 from budgetlimiter.cli.serve import serve
 from budgetlimiter.policy import parse_policy
 from budgetlimiter.server import ConfigError, ServerConfig, create_app, parse_tokens
-from budgetlimiter.server.testing import LiveServer, free_port
+from budgetlimiter.server.testing import LiveServer
 
 from .conftest import FakeClock
 from .servers import RedisServer
@@ -429,8 +429,8 @@ def test_policy_reload_keeps_old_policy_on_error(start: Start, policy_file: Path
     assert 'budgetlimiter_policy_reloads_total{result="error"} 2.0' in text
 
 
-def test_redis_down_readyz_503(start: Start) -> None:
-    client, _ = start(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.2,
+def test_redis_down_readyz_503(start: Start, dead_port_number: int) -> None:
+    client, _ = start(redis_url=f"redis://127.0.0.1:{dead_port_number}/0", redis_timeout=0.2,
                       ready_timeout=0.5)
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")

@@ -18,7 +18,7 @@ from budgetlimiter.durable.store.sql import Store
 from budgetlimiter.errors import BackendRejected
 
 from .clients import make_client
-from .servers import RedisServer, free_port
+from .servers import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -77,12 +77,10 @@ class TlsRedis(RedisServer):
 
     def __init__(self, certs: dict[str, Path]) -> None:
         self.certs = certs
-        super().__init__(port=free_port())
+        super().__init__()  # a free port, picked again if taken before the server binds it
 
-    def start(self) -> TlsRedis:
-        import time
-
-        cmd = [
+    def command(self) -> list[str]:
+        return [
             "redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
             "--tls-cert-file", str(self.certs["server.crt"]),
             "--tls-key-file", str(self.certs["server.key"]),
@@ -95,18 +93,9 @@ class TlsRedis(RedisServer):
             "--user", *f"admin on >{ADMIN_PASSWORD} ~* &* +@all".split(),
             "--user", *ACL_RULE.split(),
         ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.admin().ping()
-                return self
-            except redis.ConnectionError as exc:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"TLS redis-server did not start: {log}") from exc
-                time.sleep(0.05)
+
+    def probe_client(self) -> redis.Redis:
+        return self.admin()
 
     def admin(self) -> redis.Redis:
         return redis.Redis(

@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from datetime import date, timedelta
 from typing import Any
 
@@ -18,55 +17,62 @@ from .context import EXIT_INPUT, LOG_HANDLER, Context, redacted
 from .output import bar, render, sparkline
 
 
+def webhook_options(fn: Any) -> Any:
+    """``--webhook URL`` (repeatable) and ``--webhook-secret-env`` (reconcile and serve)."""
+    fn = click.option("--webhook-secret-env", default="BUDGETLIMITER_WEBHOOK_SECRET",
+                      show_default=True,
+                      help="Environment variable holding the signing secret.")(fn)
+    fn = click.option("--webhook", "webhooks", multiple=True, metavar="URL",
+                      help="Deliver alerts to this URL (repeatable).")(fn)
+    return fn
+
+
+def webhook_secret(webhooks: tuple[str, ...], secret_env: str) -> str | None:
+    """The signing secret from ``$secret_env``; exit 2 when webhooks are given without it."""
+    secret = os.environ.get(secret_env)
+    if webhooks and not secret:
+        click.echo(f"error: --webhook needs a signing secret in ${secret_env}", err=True)
+        raise SystemExit(EXIT_INPUT)
+    return secret
+
+
 @click.command()
 @click.option("--interval", type=float, default=2.0, show_default=True,
               help="Seconds between passes: the most usage Redis can lose.")
-@click.option("--once", is_flag=True, help="One pass, then exit.")
-@click.option("--webhook", "webhooks", multiple=True, metavar="URL",
-              help="Deliver alerts to this URL (repeatable).")
-@click.option("--webhook-secret-env", default="BUDGETLIMITER_WEBHOOK_SECRET",
-              show_default=True, help="Environment variable holding the signing secret.")
+@click.option("--lease", type=float, default=6.0, show_default=True,
+              help="Seconds an org lease lasts: with several reconcilers (or sidecars with "
+              "--db) each org is reconciled by one of them, taken over this long after its "
+              "holder dies (0: no leases, reconcile every org here).")
+@click.option("--once", is_flag=True, help="One pass over every org (no leases), then exit.")
+@webhook_options
 @click.pass_obj
-def reconcile(obj: Context, interval: float, once: bool, webhooks: tuple[str, ...],
-              webhook_secret_env: str) -> None:
+def reconcile(obj: Context, interval: float, lease: float, once: bool,
+              webhooks: tuple[str, ...], webhook_secret_env: str) -> None:
     """Flush usage to SQL, restore Redis after data loss, and deliver alerts."""
-    from ..durable.alerts import Deliverer, LogSink, WebhookSink
-    from ..durable.reconciler import Reconciler
+    from ..durable.service import ReconcileService, build_sinks
 
     # the loop logs what it does (INFO, through the root logger), errors included
     logging.getLogger("budgetlimiter").removeHandler(LOG_HANDLER)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    sinks: dict[str, Any] = {"log": LogSink("log")}
-    if webhooks:
-        secret = os.environ.get(webhook_secret_env)
-        if not secret:
-            click.echo(f"error: --webhook needs a signing secret in ${webhook_secret_env}",
-                       err=True)
-            raise SystemExit(EXIT_INPUT)
-        for i, url in enumerate(webhooks):
-            name = "webhook" if i == 0 else f"webhook{i + 1}"
-            sinks[name] = WebhookSink(name, url, secret)
+    sinks = build_sinks(webhooks, webhook_secret(webhooks, webhook_secret_env))
     store = obj.store()
     store_url = obj.db_url or ""
-    rec = Reconciler(obj.limiter(), store, sinks=list(sinks), policy_file=obj.policy_path)
-    deliverer = Deliverer(store, sinks)
+    service = ReconcileService(obj.limiter(), store, sinks, interval=interval,
+                               lease_s=None if once or lease <= 0 else lease,
+                               policy_file=obj.policy_path)
     if once:
-        stats = rec.run_once()
-        delivered = deliverer.run_once()
+        stats, delivered = service.run_once()
         row = {"orgs": stats.orgs, "flushes": stats.flushes, "rows": stats.rows,
                "restored": len(stats.restored), "events": stats.events,
-               "delivered": delivered.delivered}
+               "delivered": delivered}
         click.echo(render([row], obj.fmt, ", ".join(f"{k} {v}" for k, v in row.items())))
         return
-    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    worker = threading.Thread(target=deliverer.run_forever, args=(stop, 1.0), daemon=True)
-    worker.start()
+        signal.signal(sig, lambda *_: service.stop_event.set())
     click.echo(f"reconciling every {interval:g}s into {redacted(store_url)} "
-               f"(sinks: {', '.join(sinks)}); Ctrl-C flushes and stops", err=True)
-    rec.run_forever(stop, interval)
-    worker.join(10)
+               f"(sinks: {', '.join(sinks)}; holder {service.holder}); Ctrl-C flushes and "
+               "stops", err=True)
+    service.run()
 
 
 def _days(first: str | None, last: str | None) -> tuple[str, str]:

@@ -8,6 +8,7 @@ import os
 import click
 
 from .context import Context, check_redis_url, open_store
+from .durable import webhook_options
 
 
 def _fast(module: str, fast: str, fallback: str) -> str:
@@ -34,14 +35,24 @@ def _fast(module: str, fast: str, fallback: str) -> str:
               "limiter and policy (needs the envoy extra and --workers 1).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--no-reconcile", is_flag=True,
+              help="With --db: do not run the reconciler and alert deliverer in this process.")
+@click.option("--reconcile-interval", type=float, default=2.0, show_default=True,
+              help="With --db: seconds between reconcile passes (the most usage Redis can lose).")
+@click.option("--reconcile-lease", type=float, default=6.0, show_default=True,
+              help="With --db: seconds an org's reconcile lease lasts; another sidecar takes "
+              "an org over this long after its holder dies (0: no leases).")
+@webhook_options
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, ...],
           max_body: int, redis_timeout: float, watch_policy: float, grpc_port: int | None,
-          log_level: str) -> None:
+          log_level: str, no_reconcile: bool, reconcile_interval: float,
+          reconcile_lease: float, webhooks: tuple[str, ...], webhook_secret_env: str) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
-    (BUDGETLIMITER_REDIS, _DB, _POLICY).
+    (BUDGETLIMITER_REDIS, _DB, _POLICY). With --db the sidecar also reconciles usage to SQL
+    and delivers alerts (one sidecar per org at a time, by a lease in Redis).
     """
     import uvicorn
 
@@ -56,7 +67,9 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
             host=host, port=port, workers=workers,
             tokens=parse_tokens(tokens, os.environ.get("BUDGETLIMITER_TOKENS")),
             max_body=max_body, redis_timeout=redis_timeout, watch_policy=watch_policy,
-            log_level=log_level,
+            log_level=log_level, reconcile=bool(obj.db_url) and not no_reconcile,
+            reconcile_interval=reconcile_interval, reconcile_lease=reconcile_lease,
+            webhooks=webhooks, webhook_secret_env=webhook_secret_env,
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

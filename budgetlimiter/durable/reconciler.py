@@ -13,7 +13,10 @@ One pass (:meth:`Reconciler.run_once`):
    (deduplicated by their stable id) and only then deleted from the stream.
 
 Every write is idempotent, so any number of reconcilers may run against one Redis and one
-database. What Redis can lose is bounded by the flush interval.
+database. With ``leases`` (:class:`~budgetlimiter.durable.ownership.Leases`), only the holder
+of an org's lease reconciles it, so N sidecars do the work once. After each org's pass the
+time is stored in Redis (``P:{org}:rs``): every process can tell the org's reconcile lag.
+What Redis can lose is bounded by the flush interval.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +33,14 @@ from ..engine.calls import ScriptCall
 from ..engine.keys import KeySpace
 from ..engine.outage import UNAVAILABLE
 from ..usage import METRIC_BY_CODE
+from .ownership import Leases
 from .restore import earliest_day, parse_flush_record, plan_rebuild, today
 from .store.records import AlertEvent
 from .store.sql import FlushOutcome, Store
 
 log = logging.getLogger("budgetlimiter.reconciler")
+#: how long the "last reconciled" time of an org stays in Redis without a new pass
+RECONCILED_TTL_MS = 7 * 86_400_000
 
 
 @dataclass
@@ -47,6 +53,8 @@ class ReconcileStats:
     restored: list[str] = field(default_factory=list)
     events: int = 0
     conflicts: int = 0
+    #: orgs skipped because another process holds their lease
+    elsewhere: int = 0
 
     def __iadd__(self, other: ReconcileStats) -> ReconcileStats:
         self.orgs += other.orgs
@@ -55,6 +63,7 @@ class ReconcileStats:
         self.restored += other.restored
         self.events += other.events
         self.conflicts += other.conflicts
+        self.elsewhere += other.elsewhere
         return self
 
 
@@ -74,7 +83,8 @@ class Reconciler:
     """
 
     def __init__(self, limiter: Any, store: Store, *, sinks: Sequence[str] = ("log",),
-                 batch: int = 500, scan_every: int = 30, policy_file: str | None = None) -> None:
+                 batch: int = 500, scan_every: int = 30, policy_file: str | None = None,
+                 leases: Leases | None = None) -> None:
         self.limiter = limiter
         self.store = store
         #: recorded in the store (table policy_versions) as the policy in force
@@ -82,7 +92,12 @@ class Reconciler:
         self.sinks = list(sinks)
         self.batch = batch
         self.scan_every = scan_every
+        #: with leases, an org is reconciled only by the process holding its lease
+        self.leases = leases
+        #: the orgs of the last pass (what /readyz and /metrics report on)
+        self.last_orgs: list[str] = []
         self._passes = 0
+        self._policy_pending = True  # record the policy in force on the next pass
 
     @property
     def keys(self) -> KeySpace:
@@ -209,31 +224,62 @@ class Reconciler:
         text = Path(self.policy_file).read_text(encoding="utf-8")
         return self.store.record_policy(text, self.policy_file, self.limiter.clock())
 
+    def policy_changed(self) -> None:
+        """The policy was reloaded: record its text as the version in force on the next
+        pass (from the reconciler's thread, never the caller's)."""
+        self._policy_pending = True
+
     def run_once(self) -> ReconcileStats:
         """One full pass over every org that may need work."""
-        if self._passes == 0:
+        if self._policy_pending:
             self.record_policy()
+            self._policy_pending = False
         stats = ReconcileStats()
-        for org in self.discover():
+        self.last_orgs = orgs = self.discover()
+        for org in orgs:
+            # outside the try: Redis down ends the pass (run_forever waits and retries)
+            if self.leases is not None and not self.leases.hold(org):
+                stats.elsewhere += 1
+                continue
             try:
                 stats += self.reconcile_org(org)
+            except UNAVAILABLE:
+                raise
             except Exception:
                 log.exception("reconcile of org %r failed; retried next pass", org)
                 self.redis.sadd(self.keys.dirty_orgs, org)
+                continue
+            self.redis.set(self.keys.reconciled(org), self.limiter.clock(),
+                           px=RECONCILED_TTL_MS)
         self._passes += 1
         return stats
 
-    def run_forever(self, stop: threading.Event, interval: float = 2.0) -> None:
+    def run_forever(self, stop: threading.Event, interval: float = 2.0,
+                    after_pass: Callable[[], None] | None = None) -> None:
         """Run passes every ``interval`` seconds until ``stop`` is set; then one last pass,
-        so that a graceful shutdown flushes what is pending."""
+        so that a graceful shutdown flushes what is pending, and give the leases back.
+        ``after_pass`` runs after every pass, failed or not. A pass that fails (Redis or the
+        database down) is logged and tried again after ``interval``: the loop never dies."""
         while not stop.is_set():
             started = time.monotonic()
-            try:
-                self.run_once()
-            except UNAVAILABLE as exc:
-                log.warning("redis unavailable, reconciler waiting: %s", exc)
+            self._pass_logged(after_pass)
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        self._pass_logged(after_pass, final=True)
+        if self.leases is not None:
+            released = self.leases.release_all()
+            log.info("reconciler stopped; %d org leases released", released)
+
+    def _pass_logged(self, after_pass: Callable[[], None] | None, final: bool = False) -> None:
+        what = "final flush skipped" if final else "reconciler waiting"
         try:
             self.run_once()
-        except UNAVAILABLE as exc:  # pragma: no cover - shutdown during an outage
-            log.warning("final flush skipped, redis unavailable: %s", exc)
+        except UNAVAILABLE as exc:
+            log.warning("%s, redis unavailable: %s", what, exc)
+        except Exception as exc:  # the database down (discovery reads it), or a bug
+            log.warning("%s, pass failed: %s: %s", what, type(exc).__name__,
+                        " ".join(str(exc).split())[:200])
+        if after_pass is not None:
+            try:
+                after_pass()
+            except Exception as exc:
+                log.debug("after-pass hook failed: %s", exc)

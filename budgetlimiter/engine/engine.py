@@ -90,6 +90,7 @@ class Engine:
             raise ValueError(f"max_clock_skew (the clock tolerance) must be in [0.001, 3600] "
                              f"seconds, got {clock_tolerance!r}")
         self._tolerance_ms = -1 if clock_tolerance is None else int(clock_tolerance * 1000)
+        self._sweep_sampler: Callable[[], bool] | None = None
         #: sends requests through the circuit breaker; keeps the clock and its offset
         self.io = Transport(clock or transport.system_clock_ms)
         self.planners = self._planners(as_policy(policy))
@@ -106,7 +107,21 @@ class Engine:
     def _planners(self, policy: Policy) -> Planners:
         core = Core(policy, self.keys, cluster=self.cluster,
                     clock_tolerance_ms=self._tolerance_ms)
+        core.sweep_sampler = self._sweep_sampler
         return Planners(core, SettlePlanner(core))
+
+    @property
+    def sweep_sampler(self) -> Callable[[], bool] | None:
+        """Test hook: called once per check to say whether ``check.lua`` runs its sampled
+        expiry sweep (``lambda: True`` / ``lambda: False`` force one path). None, the
+        default, samples about one check in eight from the random reservation id and the
+        clock. Kept across policy changes."""
+        return self._sweep_sampler
+
+    @sweep_sampler.setter
+    def sweep_sampler(self, sampler: Callable[[], bool] | None) -> None:
+        self._sweep_sampler = sampler
+        self.planners.core.sweep_sampler = sampler
 
     @property
     def policy(self) -> Policy:

@@ -23,7 +23,12 @@ Layout (``P`` is the prefix, ``bl:v2`` by default; the ``v2`` is the layout vers
     P:{org}:epoch                                 str   the org's flush sequence as Redis knows
                                                         it (missing or behind SQL: data lost)
     P:{org}:pf                                    str   pending flush record (until acked)
+    P:{org}:lease                                 str   holder id of the process that
+                                                        reconciles the org (PX: lease length)
+    P:{org}:rs                                    str   ms of the org's last completed
+                                                        reconcile pass (lag = now - this)
     P:dirty-orgs                                  set   orgs with pending markers (non-cluster)
+    P:lease:deliver                               str   holder id of the alert deliverer
 
 ``<scope>`` is ``o``, ``o/t=<team>``, ``o/t=<team>/u=<user>``, ``o/u=<user>``, each optionally
 followed by ``/a=<agent>``.
@@ -144,6 +149,18 @@ class KeySpace:
 
     def pending_flush(self, org: str) -> str:
         return f"{self.org_base(org)}:pf"
+
+    def reconcile_lease(self, org: str) -> str:
+        """Who reconciles ``org`` now (in the org's slot, like the keys it works on)."""
+        return f"{self.org_base(org)}:lease"
+
+    def reconciled(self, org: str) -> str:
+        """When the org's last reconcile pass completed (epoch ms)."""
+        return f"{self.org_base(org)}:rs"
+
+    def deliver_lease(self) -> str:
+        """Who delivers alerts from the outbox now (one key, outside every org's slot)."""
+        return f"{self.prefix}:lease:deliver"
 
     def counter_pattern(self, org: str | None = None) -> str:
         """SCAN pattern matching the budget counters of ``org`` (of every org: None)."""

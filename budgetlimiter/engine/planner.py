@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,6 +101,10 @@ class Core:
         self._week_start = policy.week_start_index()
         self._templates: dict[Subject, _Template] = {}
         self._amounts: dict[tuple[str, Usage], Amounts] = {}
+        #: whether a check runs check.lua's sampled expiry sweep; None: about one check in
+        #: eight, picked from the reservation id and the clock. A test hook (see
+        #: :attr:`Engine.sweep_sampler <budgetlimiter.engine.engine.Engine.sweep_sampler>`).
+        self.sweep_sampler: Callable[[], bool] | None = None
 
     # amounts -------------------------------------------------------------------
     def amounts(self, subject: Subject, usage: Usage) -> Amounts:
@@ -169,7 +173,7 @@ class Core:
         lines = []
         for b in budgets:
             spec = b.spec
-            carry = "-1" if spec.rollover is Rollover.ACCUMULATE else "0"
+            carry = self._carry_field(b)
             ths = ",".join(str(t) for t in spec.thresholds)
             key = self.keys.counter(b.scopelimits.scope, b.window)
             lines.append(
@@ -177,6 +181,18 @@ class Core:
                 f"\t{carry}\t{ths}\t{b.window.end_ms + retention}\n"
             )
         return "".join(lines)
+
+    def _carry_field(self, b: _Budget) -> str:
+        """<carry> of a plan line (lua/lib.lua): ``0`` for reset; for accumulate
+        ``-1|<cap>|<previous period's counter key>``, so that a settle judging thresholds
+        before any check of the period can compute the carry as the check would."""
+        spec = b.spec
+        if spec.rollover is not Rollover.ACCUMULATE:
+            return "0"
+        scope = b.scopelimits.scope
+        prev = previous_window(b.window, self.policy.timezone_for(scope.org), self._week_start)
+        cap = -1 if spec.cap_units is None else spec.cap_units
+        return f"-1|{cap}|{self.keys.counter(scope, prev)}"
 
     def ledger(self, subject: Subject, now_ms: int) -> tuple[str, int]:
         """The subject's ledger key for the day of ``now_ms`` and when it may expire."""
@@ -256,7 +272,7 @@ class Core:
         plan_parts = []
         for b in budgets:
             spec = b.spec
-            carry = "-1" if spec.rollover is Rollover.ACCUMULATE else "0"
+            carry = self._carry_field(b)
             ths = ",".join(str(x) for x in spec.thresholds)
             key = ks.counter(b.scopelimits.scope, b.window)
             plan_parts.append((f"c\t{key}\t{spec.metric.code}\t", _METRIC_INDEX[spec.metric.value],
@@ -325,11 +341,20 @@ class Core:
         tail = t.arg_tail.copy()
         for pos, m in t.amount_slots:
             tail[pos] = vec[m]
+        # ARGV[4]: 0, or 2 under a caller's id, plus 4 to run the sampled expiry sweep on about
+        # one check in eight: the random id's last character and the clock vary the sample (a
+        # caller's ids may all end alike); a test forces it either way (sweep_sampler)
+        if dry_run:
+            mode = 1
+        else:
+            sampler = self.sweep_sampler
+            sweep = (ord(rid[-1]) + now_ms) & 7 == 0 if sampler is None else sampler()
+            mode = (0 if reservation_id is None else 2) + (4 if sweep else 0)
         args: list[str | int] = [
             now_ms,
             0 if dry_run else expires,
             ttl_ms + self.idempotency_ms,
-            1 if dry_run else (2 if reservation_id is not None else 0),
+            mode,
             self.keys.reservation_prefix(org),
             plan,
             len(t.budgets),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis.exceptions import NoScriptError, ResponseError
 
-SCRIPT_NAMES = ("check", "settle", "flush", "ack", "rebuild", "adjust")
+SCRIPT_NAMES = ("check", "settle", "flush", "ack", "rebuild", "adjust", "lease")
 
 
 def _lua_dir() -> Path:

@@ -2,8 +2,10 @@
 
 Lifespan: on startup the policy is loaded and an :class:`~budgetlimiter.aio.AsyncBudgetLimiter`
 opened (a broken policy stops the startup); ``SIGHUP`` (and, optionally, a change of the policy
-file's mtime) reloads the policy atomically; on shutdown in-flight requests finish (uvicorn
-waits for them), then the limiter and the store are closed. Reservations still open at that
+file's mtime) reloads the policy atomically; with ``config.reconcile`` the reconciler and
+the alert deliverer run on threads of their own (:mod:`.reconcile`); on shutdown in-flight
+requests finish (uvicorn waits for them), the reconciler makes a last pass and releases its
+leases, then the limiter and the store are closed. Reservations still open at that
 moment are refunded by Redis when their TTL expires.
 """
 
@@ -18,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
@@ -37,7 +39,11 @@ from .metrics import Metrics
 from .middleware import Gate
 from .openapi import build_openapi
 from .problems import Problem
+from .reconcile import close_service, export, open_service
 from .ui import mount_ui
+
+if TYPE_CHECKING:  # the durable side needs the sql extra; loaded only with --db
+    from ..durable.service import ReconcileService
 
 log = logging.getLogger("budgetlimiter.server")
 MAX_GAUGE_ORGS = 200
@@ -78,6 +84,8 @@ class Server:
         #: entered after start, exited before stop (``serve --grpc-port`` adds the gRPC
         #: service here: same process, event loop, limiter and policy)
         self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
+        #: the in-process reconciler and alert deliverer (``serve --db``), None when off
+        self.reconcile: ReconcileService | None = None
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,6 +109,8 @@ class Server:
                 log.info("SIGHUP reload unavailable (not the main thread)")
         if self.config.watch_policy > 0 and self.config.policy_path:
             self._watch = asyncio.create_task(self._watch_policy())
+        if self.config.reconcile and self.config.db_url:
+            self.reconcile = open_service(self.config, self.limiter.policy, self._clock)
         log.info("sidecar started", extra={"redis": _redact(self.config.redis_url),
                                           "auth": self.config.auth_enabled})
 
@@ -112,6 +122,8 @@ class Server:
                 await self._watch
         if self._sighup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self.reconcile is not None:  # its last flush needs Redis: before the limiter
+            await close_service(self.reconcile)
         if self.limiter is not None:
             with contextlib.suppress(Exception):
                 await self.limiter.aclose()
@@ -140,6 +152,8 @@ class Server:
                       extra={"policy": path})
             return False
         self.limiter.set_policy(new)
+        if self.reconcile is not None:
+            self.reconcile.set_policy(new)
         self._mtime = self._policy_mtime()
         self.metrics.reloads.labels("ok").inc()
         log.info("policy reloaded", extra={"policy": path})
@@ -226,7 +240,9 @@ class Server:
             except Exception as exc:
                 self.metrics.redis_errors.inc()
                 log.debug("reservation gauge skipped: %s", exc)
-        if self.config.db_url:
+        if self.reconcile is not None:  # no SQL in a scrape: the service's last snapshot
+            export(self.metrics, self.reconcile, limiter.clock() if limiter else 0)
+        elif self.config.db_url:
             from starlette.concurrency import run_in_threadpool
 
             try:

@@ -83,6 +83,15 @@ class ServerConfig:
     ready_timeout: float = 1.0
     watch_policy: float = 0.0  # seconds between policy file mtime checks; 0 = off
     log_level: str = "info"
+    #: run the reconciler and the alert deliverer in this process (needs db_url); the
+    #: ``serve`` command turns it on unless ``--no-reconcile``
+    reconcile: bool = False
+    reconcile_interval: float = 2.0
+    #: seconds an org's reconcile lease lasts (0: no leases, every org reconciled here)
+    reconcile_lease: float = 6.0
+    webhooks: tuple[str, ...] = ()
+    #: the environment variable holding the webhook signing secret (never the secret)
+    webhook_secret_env: str = "BUDGETLIMITER_WEBHOOK_SECRET"
 
     @property
     def auth_enabled(self) -> bool:
@@ -100,6 +109,10 @@ class ServerConfig:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
         if self.max_body < 1024:
             raise ConfigError(f"max body must be at least 1024 bytes, got {self.max_body}")
+        if self.reconcile_interval <= 0 or self.reconcile_lease < 0:
+            raise ConfigError("reconcile interval must be > 0 and the lease >= 0 seconds")
+        if self.reconcile and self.webhooks and not os.environ.get(self.webhook_secret_env):
+            raise ConfigError(f"--webhook needs a signing secret in ${self.webhook_secret_env}")
         return self
 
 
@@ -117,4 +130,5 @@ def load_env_config() -> ServerConfig:
     """The config a ``budgetlimiter serve`` parent put in ``BUDGETLIMITER_SERVE_CONFIG``."""
     data = json.loads(os.environ[ENV_CONFIG])
     data["tokens"] = parse_tokens(data.get("tokens", []))
+    data["webhooks"] = tuple(data.get("webhooks", ()))
     return ServerConfig(**data)

@@ -235,7 +235,13 @@ class Api:
         checks, detail = await self.s.readiness()
         ok = all(checks.values())
         self.s.metrics.ready.set(1 if ok else 0)
-        body = {"status": "ready" if ok else "not_ready", "checks": checks, "detail": detail}
+        body: dict[str, Any] = {"status": "ready" if ok else "not_ready", "checks": checks,
+                                "detail": detail}
+        if self.s.config.db_url:
+            from .reconcile import status
+
+            limiter = self.s.limiter
+            body["reconcile"] = status(self.s.reconcile, limiter.clock() if limiter else 0)
         return json_response(body, 200 if ok else 503)
 
     async def metrics(self, request: Request) -> Response:

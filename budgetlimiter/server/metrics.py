@@ -49,6 +49,18 @@ class Metrics:
         self.circuit_open = Gauge(
             "budgetlimiter_redis_circuit_open",
             "1 while the client's Redis circuit breaker is open or half-open.", registry=r)
+        self.reconcile_lag = Gauge(
+            "budgetlimiter_reconcile_lag_seconds",
+            "Seconds since the org's last completed reconcile pass (by any sidecar).",
+            ["org"], registry=r)
+        self.reconcile_lease = Gauge(
+            "budgetlimiter_reconcile_lease_holder",
+            "1 per org for the holder of its reconcile lease; held_here=1 if this process.",
+            ["org", "holder", "held_here"], registry=r)
+        self.reconcile_ok = Gauge(
+            "budgetlimiter_reconcile_ok",
+            "1 when this sidecar's last reconcile pass reached Redis and the database.",
+            registry=r)
         self.ready = Gauge("budgetlimiter_ready", "1 when the last readiness probe passed.",
                            registry=r)
 

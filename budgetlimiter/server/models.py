@@ -333,6 +333,8 @@ class UiTreeOut(BaseModel):
 
     org: str
     generated_at: float
+    timezone: str = Field(description="the org's IANA timezone: its periods, resets and "
+                          "trend days are in it, and the page shows every time in it")
     store: bool
     scopes: list[TreeNodeOut]
     top: list[LimitOut]
@@ -344,10 +346,38 @@ class HealthOut(BaseModel):
     status: str
 
 
+class ReconcileOrgOut(BaseModel):
+    """One org's reconciliation as the sidecar's last pass saw it."""
+
+    org: str
+    lease_holder: str = Field(description="Holder id (host:pid:random) of the org's reconcile "
+                              "lease; empty when nobody holds it.")
+    held_here: bool = Field(description="Whether this process holds the lease.")
+    lag_seconds: float | None = Field(description="Seconds since the org's last completed "
+                                      "reconcile pass, by any process; null: never.")
+
+
+class ReconcileOut(BaseModel):
+    """The in-process reconciler (``serve --db``): who reconciles what, how far behind."""
+
+    enabled: bool
+    holder: str = Field("", description="This process's holder id.")
+    outbox_backlog: int | None = Field(None, description="Pending alert deliveries (webhooks) "
+                                       "in the outbox; null: not known (database down).")
+    age_seconds: float | None = Field(None, description="Age of this information (refreshed "
+                                      "after every reconcile pass).")
+    orgs: list[ReconcileOrgOut] = Field(default_factory=list,
+                                        description="At most 200 orgs.")
+    detail: str = Field("", description="Why the last pass failed (Redis or the database "
+                        "down); empty when it went through.")
+
+
 class ReadyOut(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, bool]
     detail: str = ""
+    reconcile: ReconcileOut | None = Field(None, description="With --db (informative: "
+                                           "readiness does not depend on the database).")
 
 
 class ProblemOut(BaseModel):

@@ -9,7 +9,8 @@ from typing import Any
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+    """A TCP port free on 127.0.0.1 right now (another process may take it before it is
+    used: :class:`LiveServer` holds its socket instead)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -26,7 +27,11 @@ class LiveServer:
         import uvicorn
 
         self.app = app
-        self.port = free_port()
+        # bound here and handed to uvicorn: no other process can take the port between
+        # choosing it and serving on it
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
                                 access_log=False, loop=loop, http=http, ws="none",
                                 lifespan="on", timeout_graceful_shutdown=5)
@@ -36,9 +41,11 @@ class LiveServer:
 
     def _run(self) -> None:
         try:
-            self.server.run()
+            self.server.run(sockets=[self._sock])
         except SystemExit as exc:  # uvicorn exits when the lifespan startup fails
             self.exit_code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+        finally:
+            self._sock.close()  # also when uvicorn never got to serve on it
 
     @property
     def url(self) -> str:
@@ -61,6 +68,7 @@ class LiveServer:
         """Graceful stop: in-flight requests finish, then the lifespan closes the limiter."""
         self.server.should_exit = True
         self.thread.join(10)
+        self._sock.close()
 
     def __enter__(self) -> LiveServer:
         return self.start()

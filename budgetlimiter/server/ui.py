@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from decimal import Decimal
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,11 @@ MAX_SCOPES = 500
 MAX_ALERTS = 50
 TOP = 10
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8",
+           "dashboard-format.js": "text/javascript; charset=utf-8",
+           "dashboard-charts.js": "text/javascript; charset=utf-8",
+           "dashboard-tree.js": "text/javascript; charset=utf-8",
            "dashboard.css": "text/css; charset=utf-8"}
+_DIGITS = re.compile(r"(\d+)")
 _PAGE = re.compile(r"^/ui(?:/|/org/[^/]+/?)?$")
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -98,9 +103,15 @@ async def org_scopes(server: Server, org: str) -> list[BudgetScope]:
         while p is not None:
             found.add(p)
             p = _parent(p)
-    ordered = sorted(found, key=lambda s: (s.team or "", s.user or "", s.agent is not None,
-                                           s.agent or ""))
+    ordered = sorted(found, key=lambda s: (_natural(s.team), _natural(s.user),
+                                           s.agent is not None, _natural(s.agent)))
     return ordered[:MAX_SCOPES]
+
+
+def _natural(name: str | None) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that puts u2 before u10 (digit runs compare as numbers)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.casefold())
+                 for part in _DIGITS.split(name or "") if part)
 
 
 async def _alerts(server: Server, org: str) -> list[dict[str, Any]]:
@@ -124,7 +135,8 @@ async def _alerts(server: Server, org: str) -> list[dict[str, Any]]:
 
 async def tree(request: Request) -> Response:
     """``GET /v1/ui/tree?org=``: every scope of the org with its live counters, the top
-    consumers, and (with a database) the alert log with delivery states."""
+    consumers, the org's timezone (IANA name) and (with a database) the alert log with
+    delivery states."""
     server: Server = request.app.state.server
     org = read_query(TREE_PARAMS, request.query_params)["org"]
     limiter = server.require_limiter()
@@ -138,12 +150,16 @@ async def tree(request: Request) -> Response:
         nodes.append({"scope": str(sc), "level": sc.level, "team": sc.team, "user": sc.user,
                       "agent": sc.agent, "parent": str(parent) if parent else None,
                       "limits": docs})
-        top.extend(d for d in docs if d["kind"] == "budget" or d["percent"] > 0)
-    top.sort(key=lambda d: float(d["percent"]), reverse=True)
+        # consumers: limits with something used or reserved (idle budgets would fill the list)
+        top.extend(d for d in docs if Decimal(str(d["taken"])) > 0)
+    top.sort(key=lambda d: (-float(d["percent"]), _natural(d["scope"])))
     doc: dict[str, Any] = {"org": org, "generated_at": time.time(),
                            "store": bool(server.config.db_url) or server._store is not None,
                            "scopes": nodes, "top": top[:TOP], "alerts": None,
                            "alerts_error": None}
+    # the page shows every time (resets, alerts, trend days, "updated") in the org's zone,
+    # the zone its periods are calendar-aligned in, not the browser's
+    doc["timezone"] = server.require_limiter().policy.timezone_for(org).key
     if doc["store"]:
         try:
             doc["alerts"] = await _alerts(server, org)

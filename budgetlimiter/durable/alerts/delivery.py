@@ -165,13 +165,15 @@ class Deliverer:
         log.debug("alert %s delivered to sink %r (attempt %d)", eid, d.sink, attempts)
         return "delivered"
 
-    def run_forever(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+    def run_forever(self, stop: threading.Event, interval_s: float = 1.0,
+                    gate: Callable[[], bool] | None = None) -> None:
         """Deliver until ``stop`` is set: a full batch is followed at once by the next one,
         otherwise the loop waits ``interval_s`` (on ``stop``, so setting it ends the wait).
-        Errors of the outbox itself are logged and retried on the next pass."""
+        Errors of the outbox itself are logged and retried on the next pass. With ``gate``,
+        a pass runs only when it answers True (the process holds the delivery lease)."""
         while not stop.is_set():
             try:
-                stats = self.run_once()
+                stats = self.run_once() if gate is None or gate() else DeliveryStats()
             except Exception as exc:
                 log.error("alert delivery pass failed: %s", _reason(exc))
                 stats = DeliveryStats()
