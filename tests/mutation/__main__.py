@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if opts.counts:
         print(format_counts(counts(generated, equivalent_keys, store)))
         print(f"CPU of the latest results: {cpu_minutes(generated, store):.1f} min")
-        return 0
+        for loc, mutation in stale:
+            print(f"{EQUIVALENT.name}: no such mutant (the code moved?): {loc} | {mutation}")
+        return 1 if stale else 0
 
     chosen = generated
     if opts.at:

@@ -102,13 +102,14 @@ def _lua(path: str, tests: tuple[str, ...]) -> Target:
 
 
 TARGETS: dict[str, Target] = {t.path: t for t in (
-    _lua("lua/lib.lua", _union(CHECK_TESTS, SETTLE_TESTS, ("tests/test_reconciler.py",))),
+    _lua("lua/lib.lua", _union(CHECK_TESTS, SETTLE_TESTS, DURABLE_TESTS)),
     _lua("lua/check.lua", CHECK_TESTS),
     _lua("lua/settle.lua", SETTLE_TESTS),
     _lua("lua/adjust.lua", DURABLE_TESTS),
     _lua("lua/flush.lua", DURABLE_TESTS),
     _lua("lua/ack.lua", DURABLE_TESTS),
     _lua("lua/rebuild.lua", DURABLE_TESTS),
+    _lua("lua/lease.lua", ("tests/test_reconcile_lease.py", "tests/test_sidecar_reconcile.py")),
     Target("budgetlimiter/engine/planner.py", CHECK_TESTS,
            PY_ROWS, frozenset({"_check_args", "_template", "plan_check", "plan_lines"}),
            _THIRD_PARTY),
