@@ -59,6 +59,7 @@ SETTLE_TESTS = (
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments
 DURABLE_TESTS = (
     "tests/test_key_expiry.py",
+    "tests/test_restore_exact.py",
     "tests/test_reconciler.py",
     "tests/test_adjustments.py",
     "tests/test_held_counter.py",
