@@ -32,7 +32,7 @@ CHECK_TESTS = (
     "tests/test_clock_skew.py",
     "tests/test_ttl_floor.py",
     "tests/test_reservation_ttl.py",
-    "tests/test_carry_and_rate.py",
+    "tests/test_full_path.py",
     "tests/test_deny_cache.py",
     "tests/test_leases.py",
     "tests/test_scripts.py",

@@ -1,0 +1,59 @@
+"""Checks that take check.lua's full path (the one-HINCRBY path hands over when a carry is not
+computed yet for the period, or a budget does not fit): what they admit and what they report."""
+
+from __future__ import annotations
+
+from budgetlimiter import Subject, Usage
+
+ACCUMULATE_AND_RATE = """
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, rollover: accumulate, rollover_cap: 5}
+    rates:
+      - {metric: invocations, limit: 2, per: minute}
+"""
+ALICE = Subject("acme", "gpt", user="alice")
+
+
+def test_the_first_check_of_a_period_with_a_carry_and_a_fitting_rate_is_admitted(
+        make_limiter):
+    bl = make_limiter(ACCUMULATE_AND_RATE)
+    first = bl.check(ALICE, Usage())
+    assert first.allowed and first.blocked_by is None
+    assert bl.check(ALICE, Usage()).allowed  # the rate's second unit
+    third = bl.check(ALICE, Usage())  # the rate (2 a minute) is spent, the budget is not
+    assert not third.allowed and third.reason == "rate_exceeded"
+    day = next(s for s in bl.status(ALICE) if s.period == "day")
+    assert (day.used, day.reserved, day.carry) == (0, 2, 0)
+
+
+EXPIRING = """
+timezone: UTC
+reservation_ttl_seconds: 1
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day}
+"""
+
+
+def test_a_check_admitted_after_sweeping_an_expired_reservation_reports_used_and_reserved(
+        make_limiter, clock):
+    """4 used, 6 reserved by a reservation that expires, then a check of 3: the one-HINCRBY
+    path sees 13 > 10 and hands over to the full path, which sweeps the expired 6 and
+    admits; an admitted check reports what is taken: 4 used + this check's 3."""
+    bl = make_limiter(EXPIRING)
+    bl.engine.sweep_sampler = lambda: False  # no sampled sweep: the refusal path sweeps
+    d = bl.check(ALICE, Usage(invocations=4))
+    bl.commit(d.reservation, Usage(invocations=4))
+    assert bl.check(ALICE, Usage(invocations=6)).allowed
+    clock.advance(2)  # the 6 expire, still held until swept
+    late = bl.check(ALICE, Usage(invocations=3))
+    assert late.allowed
+    day = next(s for s in late.limits if s.period == "day")
+    assert (day.used, day.reserved, day.taken) == (None, None, 7)
+    assert late.remaining(day.scope, "invocations") == 3
