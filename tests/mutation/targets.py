@@ -55,6 +55,8 @@ SETTLE_TESTS = (
     "tests/test_edges_keep_limits.py",
     "tests/test_limit_status.py",
     "tests/test_ttl_floor.py",
+    "tests/test_reconciler.py",  # the ledger settle writes is what the reconciler flushes
+    "tests/test_restore_exact.py",
     MODEL,
 )
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments
