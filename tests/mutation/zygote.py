@@ -11,8 +11,7 @@ runner can kill it and the redis-servers it started) and then ``{"rc": code, "cp
 
 Children write no bytecode (a mutated module must never be read back from a stale ``.pyc``),
 run with ``--assert=plain`` (the test modules may be imported before pytest could rewrite
-them) and a hypothesis profile without example database (a mutant never replays examples
-another mutant found).
+them) and a hypothesis profile without example database and without shrinking.
 """
 
 from __future__ import annotations
@@ -28,12 +27,16 @@ import time
 def main(modules: list[str]) -> int:
     sys.dont_write_bytecode = True
     t0 = time.monotonic()
+    from hypothesis import Phase, settings
+
+    # no example database (a mutant never replays another's examples) and no shrinking: a
+    # mutant needs a failing example, not the smallest one (shrinking took minutes of CPU).
+    # Loaded before the test modules: their @settings inherit from the profile in force.
+    settings.register_profile("mutants", database=None,
+                              phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile("mutants")
     for name in modules:
         importlib.import_module(name)
-    from hypothesis import settings
-
-    settings.register_profile("mutants", database=None)
-    settings.load_profile("mutants")
     _send({"ready": round(time.monotonic() - t0, 2)})
     for line in sys.stdin:
         req = json.loads(line)
