@@ -30,7 +30,7 @@ CHECK_TESTS = (
     "tests/test_held_counter.py",
     "tests/test_period_boundaries.py",
     "tests/test_clock_skew.py",
-    "tests/test_ttl_floor.py",
+    "tests/test_exact_ttls.py",
     "tests/test_reservation_ttl.py",
     "tests/test_full_path.py",
     "tests/test_deny_cache.py",
@@ -54,7 +54,7 @@ SETTLE_TESTS = (
     "tests/test_lease_handback.py",
     "tests/test_edges_keep_limits.py",
     "tests/test_limit_status.py",
-    "tests/test_ttl_floor.py",
+    "tests/test_exact_ttls.py",
     "tests/test_reconciler.py",  # the ledger settle writes is what the reconciler flushes
     "tests/test_restore_exact.py",
     MODEL,

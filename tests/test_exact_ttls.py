@@ -1,6 +1,7 @@
-"""A counter lives until its period's end plus the retention, and at least one second: a
-counter created in the last second of its period (with no retention) gets exactly 1000 ms,
-never less (Redis would drop it before the reply is read) and never more.
+"""Keys live exactly as long as they should: a counter until its period's end plus the
+retention, and at least one second (a counter created in the last second of its period, with
+no retention, gets exactly 1000 ms: never less, Redis would drop it before the reply is read,
+and never more); a ledger until its day's end plus the retention.
 
 Shown on memory:// with Redis's clock fixed (tests/frozen_redis.py), where a TTL can be read
 to the millisecond; on a real redis-server it shrinks while the test reads it."""
@@ -41,6 +42,31 @@ def test_a_counter_lives_to_its_period_end_and_at_least_one_second(
         counters = list(raw.scan_iter(match=bl.keys.counter_pattern("acme")))
         assert len(counters) == 1
         assert raw.pttl(counters[0]) == ttl_ms
+    finally:
+        raw.close()
+        bl.close()
+
+
+RETAINED = NO_RETENTION.replace("retention_seconds: 0", "retention_seconds: 3600")
+
+
+@pytest.mark.parametrize("how", ["record", "commit"])
+def test_a_ledger_lives_to_its_day_end_plus_retention(monkeypatch, how):
+    # 12:00 UTC: the day ends in 12 h, plus 1 h of retention
+    now_ms = MIDNIGHT_MS - 12 * 3600_000
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(RETAINED), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        if how == "record":
+            bl.record(ALICE, Usage(3, 1))
+        else:
+            d = bl.check(ALICE, Usage(3, 1))
+            bl.commit(d.reservation, Usage(3, 1))
+        ledger, _ = bl.engine.planners.core.ledger(ALICE, now_ms)
+        assert raw.hgetall(ledger)  # the day's usage is in it
+        assert raw.pttl(ledger) == 13 * 3600_000
     finally:
         raw.close()
         bl.close()
