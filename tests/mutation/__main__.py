@@ -139,7 +139,7 @@ def _killed_by(log: Path) -> str:
     for line in lines:
         if line.startswith(("FAILED ", "ERROR ")):
             return line.split(" - ")[0][:160]
-    return lines[-1][:160] if lines else ""
+    return "(a failure outside the tests' own reports, e.g. at session end)"
 
 
 def _module_of(test: str) -> str:
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [TARGETS[p] for p in (opts.only or TARGETS)]
     seed = opts.seed if opts.seed is not None else (
         random.SystemRandom().randrange(2**31) if opts.limit else 0)
-    store = Store(Path(opts.results))
+    store = Store(Path(opts.results).resolve())  # the children run in the copy
     equivalents = read_equivalents()
     by_target = {t.path: generate(t) for t in targets}
     generated = [m for ms in by_target.values() for m in ms]
