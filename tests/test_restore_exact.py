@@ -93,3 +93,23 @@ def test_a_restored_counter_expires_with_its_period_plus_retention(make_store, r
             assert 13 * 3600_000 - 60_000 < pttl <= 13 * 3600_000
     finally:
         bl.close()
+
+
+def test_an_acknowledged_flush_leaves_the_org_epoch_at_its_sql_sequence(make_store,
+                                                                        redis_server, clock):
+    """The epoch is how the next flush knows Redis still holds what SQL has: after each
+    acknowledged flush it equals the org's flush sequence in SQL (1, then 2), and no pass
+    mistakes the org for one whose Redis lost data (no restore)."""
+    redis_server.restart()
+    store = make_store()
+    bl = BudgetLimiter(parse_policy(POLICY), redis_server.url, clock=clock, timeout=2)
+    rec = Reconciler(bl, store)
+    try:
+        for seq in (1, 2):
+            bl.record(ALICE, Usage(input_tokens=100))
+            stats = rec.run_once()
+            assert (stats.flushes, stats.restored) == (1, [])
+            assert store.org_seq("acme") == seq
+            assert bl.redis.get(bl.keys.epoch("acme")) == str(seq).encode()
+    finally:
+        bl.close()
