@@ -63,6 +63,7 @@ SETTLE_TESTS = (
 DURABLE_TESTS = (
     "tests/test_key_expiry.py",
     "tests/test_restore_exact.py",
+    "tests/test_ack_script.py",
     "tests/test_reconciler.py",
     "tests/test_adjustments.py",
     "tests/test_held_counter.py",
