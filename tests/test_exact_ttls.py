@@ -1,7 +1,8 @@
 """Keys live exactly as long as they should: a counter until its period's end plus the
 retention, and at least one second (a counter created in the last second of its period, with
 no retention, gets exactly 1000 ms: never less, Redis would drop it before the reply is read,
-and never more); a ledger until its day's end plus the retention.
+and never more); a ledger until its day's end plus the retention; a rate key until its next
+arrival time plus a second.
 
 Shown on memory:// with Redis's clock fixed (tests/frozen_redis.py), where a TTL can be read
 to the millisecond; on a real redis-server it shrinks while the test reads it."""
@@ -67,6 +68,31 @@ def test_a_ledger_lives_to_its_day_end_plus_retention(monkeypatch, how):
         ledger, _ = bl.engine.planners.core.ledger(ALICE, now_ms)
         assert raw.hgetall(ledger)  # the day's usage is in it
         assert raw.pttl(ledger) == 13 * 3600_000
+    finally:
+        raw.close()
+        bl.close()
+
+
+HOURLY_RATE = """
+timezone: UTC
+pricing: {m: {input_per_million: "1", output_per_million: "3"}}
+orgs: {acme: {rates: [{metric: invocations, limit: 1, per: hour}]}}
+"""
+
+
+def test_a_rate_key_lives_until_its_arrival_time_plus_one_second(monkeypatch):
+    # one call an hour: after one call the next arrival is an hour away; the key keeps it
+    # that long plus a second (3600 s + 1 s), not longer
+    now_ms = MIDNIGHT_MS - 12 * 3600_000
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(HOURLY_RATE), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        assert bl.check(ALICE, Usage(1, 0)).allowed
+        rates = [k for k in raw.scan_iter(match=f"{bl.keys.org_base('acme')}:g:*")]
+        assert len(rates) == 1
+        assert raw.pttl(rates[0]) == 3601_000
     finally:
         raw.close()
         bl.close()

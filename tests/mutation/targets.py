@@ -33,6 +33,7 @@ CHECK_TESTS = (
     "tests/test_exact_ttls.py",
     "tests/test_reservation_ttl.py",
     "tests/test_full_path.py",
+    "tests/test_rate_refill_exact.py",
     "tests/test_deny_cache.py",
     "tests/test_leases.py",
     "tests/test_scripts.py",
