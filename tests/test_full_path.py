@@ -57,3 +57,36 @@ def test_a_check_admitted_after_sweeping_an_expired_reservation_reports_used_and
     day = next(s for s in late.limits if s.period == "day")
     assert (day.used, day.reserved, day.taken) == (None, None, 7)
     assert late.remaining(day.scope, "invocations") == 3
+
+
+MONTH_AND_DAY = """
+timezone: UTC
+reservation_ttl_seconds: 1
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: month}
+    defaults:
+      user:
+        limits:
+          - {metric: invocations, amount: 100, period: day}
+"""
+
+
+def test_a_counter_created_by_the_full_path_expires_with_its_period(make_limiter, clock,
+                                                                    raw_redis):
+    """The month is full with 6 expired units when the next day begins: the first check of
+    the day hands over to the full path at the month budget (13 > 10), sweeps, admits, and
+    creates the user's counter for the new day there, which must get the day's expiry."""
+    bl = make_limiter(MONTH_AND_DAY)
+    bl.engine.sweep_sampler = lambda: False
+    d = bl.check(ALICE, Usage(invocations=4))
+    bl.commit(d.reservation, Usage(invocations=4))
+    assert bl.check(ALICE, Usage(invocations=6)).allowed  # expires in a second
+    clock.advance(86400)  # the next day (12:00): a new user counter, the same month
+    assert bl.check(ALICE, Usage(invocations=3)).allowed
+    day = next(s for s in bl.status(ALICE) if s.period == "day")
+    assert (day.used, day.reserved) == (0, 3)
+    counters = list(raw_redis.scan_iter(match=bl.keys.counter_pattern("acme")))
+    assert counters and all(raw_redis.pttl(k) > 0 for k in counters)
