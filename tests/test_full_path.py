@@ -90,3 +90,25 @@ def test_a_counter_created_by_the_full_path_expires_with_its_period(make_limiter
     assert (day.used, day.reserved) == (0, 3)
     counters = list(raw_redis.scan_iter(match=bl.keys.counter_pattern("acme")))
     assert counters and all(raw_redis.pttl(k) > 0 for k in counters)
+
+
+BIG_DAY = """
+timezone: UTC
+reservation_ttl_seconds: 1
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs: {acme: {limits: [{metric: invocations, amount: 100000, period: day}]}}
+"""
+
+
+def test_a_sampled_sweep_refunds_at_most_1000_expired_reservations(make_limiter, clock,
+                                                                   raw_redis):
+    """The sampled sweep does bounded work: of 1050 expired reservations it refunds 1000 (ten
+    rounds of 100) and leaves 50 for the next one; the check's own reservation is live."""
+    bl = make_limiter(BIG_DAY)
+    assert all(d.allowed for d in bl.check_batch([(ALICE, Usage(invocations=1))] * 1050))
+    clock.advance(2)
+    bl.engine.sweep_sampler = lambda: True
+    assert bl.check(ALICE, Usage(invocations=1)).allowed
+    assert raw_redis.zcard(bl.keys.reservations_by_expiry("acme")) == 51
+    day = bl.status(ALICE)[0]  # a status read sweeps everything
+    assert (day.used, day.reserved) == (0, 1)
