@@ -113,3 +113,15 @@ def test_an_acknowledged_flush_leaves_the_org_epoch_at_its_sql_sequence(make_sto
             assert bl.redis.get(bl.keys.epoch("acme")) == str(seq).encode()
     finally:
         bl.close()
+
+
+def test_the_first_usage_of_an_org_puts_it_in_the_global_dirty_set(fresh_redis, clock):
+    """How a reconciler finds an org it never flushed (SQL does not know it yet): the first
+    settle that makes the org dirty adds it to P:dirty-orgs; the flush takes it out."""
+    bl = BudgetLimiter(parse_policy(POLICY), fresh_redis.url, clock=clock, timeout=2)
+    try:
+        assert not bl.redis.sismember(bl.keys.dirty_orgs, "acme")
+        bl.record(ALICE, Usage(input_tokens=100))
+        assert bl.redis.smembers(bl.keys.dirty_orgs) == {b"acme"}
+    finally:
+        bl.close()
