@@ -2,9 +2,12 @@
 
 Generates mutants of ``lua/*.lua`` and of the argument planning (see
 :mod:`tests.mutation.mutants` for the operators and :mod:`tests.mutation.targets` for which
-tests judge which file), applies them one at a time to a temporary copy of the tree (the real
-files are never edited), runs the file's tests on the copy (``-x``: the first failure kills
-the mutant) and reports killed / survived / timeout. Mutants listed in
+tests judge which file, on which row of the test table), applies them one at a time to a
+temporary copy of the tree (the real files are never edited) and runs, in a forked child of
+a fork server, the file's tests that reach it (recorded by an unmutated run first; see
+:mod:`tests.mutation.plugin`), most-killing first, ``-x``: the first failure kills the mutant.
+A mutant survives only when all of them pass; one over its CPU limit is a timeout. Results go
+to ``.mutants/status.json`` (``--survivors``, ``--resume``, ``--counts``). Mutants listed in
 ``tests/mutation/equivalent.txt`` (with the reason they cannot change behaviour) are not run.
 
 Exit status 0 when every mutant run was killed (or timed out) and every equivalence entry
