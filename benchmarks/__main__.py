@@ -108,7 +108,7 @@ ENTRIES: list[Entry] = [
     # (request-time check of 4 budgets, reserve under a fresh request id); each server in
     # its own process, measured back to back in the same run (benchmarks/envoy.py)
     Entry("envoy", False, lambda c: envoy.run(c.url, c.seconds, 64),
-          lambda quick: ["envoy-bare-64", "envoy-64"]),
+          lambda quick: ["envoy-bare-64", "envoy-64", "envoy-64-pipe1"]),
     _rb("check"),
     _rb("minimal"),
     Entry("raw-sync", True, lambda c: [refs.bench_raw_sync(c.url, c.seconds)], _one("raw-sync")),

@@ -15,6 +15,7 @@ from .coalesce import Coalescer, send_pipeline
 from .engine import calls as rq
 from .engine.engine import Clock, live_scopes
 from .engine.leases import LeaseConfig
+from .forecast.flow import History, ScopeForecast, forecast_flow
 from .guard import AsyncGuard, Extractor, OnCommit
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
@@ -253,6 +254,11 @@ class AsyncBudgetLimiter(ClientSurface):
     async def scope_status(self, scope: Scope | str) -> tuple[LimitStatus, ...]:
         """See :meth:`BudgetLimiter.scope_status`."""
         return await self.run(self.engine.scope_status(scope))
+
+    async def forecast(self, scope: Scope | str,
+                       history: History | None = None) -> ScopeForecast:
+        """See :meth:`BudgetLimiter.forecast`."""
+        return await self.run(forecast_flow(self.engine, self.samples, scope, history))
 
     async def live_scopes(self, org: str | None = None, *,
                           limit: int = 100_000) -> list[Scope]:

@@ -13,6 +13,7 @@ from .backends import DEFAULT_TIMEOUT, connect_sync
 from .engine import calls as rq
 from .engine.engine import Clock, live_scopes
 from .engine.leases import LeaseConfig
+from .forecast.flow import History, ScopeForecast, forecast_flow
 from .guard import Extractor, Guard, OnCommit
 from .policy import Policy
 from .results import Decision, LimitStatus, Reservation, SettleResult
@@ -160,6 +161,13 @@ class BudgetLimiter(ClientSurface):
     def scope_status(self, scope: Scope | str) -> tuple[LimitStatus, ...]:
         """Live counters of the limits declared for one scope, e.g. ``"org:acme/team:eng"``."""
         return self.run(self.engine.scope_status(scope))
+
+    def forecast(self, scope: Scope | str, history: History | None = None) -> ScopeForecast:
+        """Live counters of ``scope`` (as :meth:`scope_status`) and where each budget is
+        heading by its period's end (see README "Forecasts and monitoring"). Each call keeps
+        the reading for the next one; ``history``: earlier readings, e.g.
+        :func:`budgetlimiter.forecast.ledger.ledger_history` from the durable store."""
+        return self.run(forecast_flow(self.engine, self.samples, scope, history))
 
     def live_scopes(self, org: str | None = None, *, limit: int = 100_000) -> list[Scope]:
         """Scopes with counters in Redis or declared in the policy, of ``org`` (of every org:

@@ -15,6 +15,7 @@ from .engine.engine import DEFAULT_CLOCK_TOLERANCE, Clock, Engine
 from .engine.keys import KeySpace
 from .engine.leases import LeaseConfig, LeaseTable
 from .engine.scripts import Registry
+from .forecast.samples import SampleBook
 from .policy import Policy
 
 #: ``max_clock_skew`` not given: check the system clock, trust an injected one
@@ -38,6 +39,8 @@ class ClientSurface:
                              leases=leases, outage_queue=outage_queue,
                              clock_tolerance=max_clock_skew)
         self._scripts = Registry.default()
+        #: recent readings of the counters this client forecast (see ``forecast``)
+        self.samples = SampleBook()
 
     @property
     def policy(self) -> Policy:

@@ -74,12 +74,16 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def fresh_redis(redis_server: RedisServer) -> RedisServer:
-    """The session's redis-server, emptied (restarted if a test killed it)."""
+def fresh_redis(redis_server: RedisServer,
+                request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """The session's redis-server, emptied (restarted if a test killed it); after the test,
+    no key may be left without a TTL but the structural ones (:func:`check_key_ttls`)."""
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
-    redis_server.client().flushall()
-    return redis_server
+    with redis_server.client() as c:
+        c.flushall()
+    yield redis_server
+    check_key_ttls(redis_server, request)
 
 
 def check_key_ttls(server: RedisServer, request: pytest.FixtureRequest) -> None:
@@ -112,9 +116,8 @@ def backend_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "memory":
         yield f"memory://{uuid.uuid4().hex}"
         return
-    server: RedisServer = request.getfixturevalue("fresh_redis")
+    server: RedisServer = request.getfixturevalue("fresh_redis")  # checks key TTLs after
     yield server.url
-    check_key_ttls(server, request)
 
 
 @pytest.fixture
@@ -164,13 +167,11 @@ def make_limiter(backend_url: str, clock: FakeClock,
 
 
 @pytest.fixture
-def flaky_redis(fresh_redis: RedisServer,
-                request: pytest.FixtureRequest) -> Iterator[FaultyProxy]:
+def flaky_redis(fresh_redis: RedisServer) -> Iterator[FaultyProxy]:
     """The session's redis-server behind a proxy that fails like a network on demand."""
     proxy = FaultyProxy(fresh_redis.port)
     yield proxy
     proxy.close()
-    check_key_ttls(fresh_redis, request)
 
 
 @pytest.fixture

@@ -157,3 +157,24 @@ def test_top_without_an_interval_shows_no_rate(cli: Cli, limiter: BudgetLimiter)
     rows = cli("--format", "json", "top", "--interval", "0").json()
     assert rows and all(r["per_min"] == "" for r in rows)
     assert cli("top", "--watch", "--interval", "0").code == 2
+
+
+# -- forecast -----------------------------------------------------------------------------
+
+def test_forecast_of_a_scope_read_once_is_unknown_with_the_reason(cli: Cli) -> None:
+    assert cli("record", *ALICE, "--input-tokens", "1000", "--request-id", "f1").code == 0
+    done = cli("--format", "json", "forecast", "org:acme/team:eng/user:alice")
+    assert done.code == 0, done.err
+    rows = done.json()
+    assert rows and all(r["projected"] is None and r["exhausts"] == "unknown" for r in rows)
+    assert all("apart" in r["why_unknown"] or "started" in r["why_unknown"] for r in rows)
+    assert rows[0]["used"] != "0.000000" or rows[0]["metric"] != "cost"
+    status = cli("--format", "json", "status", "org:acme/team:eng/user:alice").json()
+    assert {r["exhausts"] for r in status} <= {"unknown", ""}
+    top = cli("--format", "json", "top", "--org", "acme", "--interval", "0").json()
+    assert top and {r["exhausts"] for r in top} <= {"unknown", ""}
+
+
+def test_forecast_refuses_a_bad_scope(cli: Cli) -> None:
+    done = cli("forecast", "team:eng")
+    assert done.code == 2 and "scope" in one_error_line(done)

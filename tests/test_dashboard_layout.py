@@ -365,8 +365,11 @@ def test_trend_has_readable_axes_over_the_chosen_span_when_the_ledger_has_histor
                 titles = [t.text_content() for t in page.locator("#trend .axis-title").all()]
                 assert titles == ["USD per day", "days in America/New_York"], titles
                 page.select_option("#trend-gran", "month")
+                # the day chart also has >= 12 bars: wait for the month chart itself
                 page.wait_for_function(
-                    "() => document.querySelectorAll('#trend rect.tbar').length >= 12")
+                    "() => (document.querySelector('#trend .y-title') || {}).textContent"
+                    " === 'USD per month'"
+                    " && document.querySelectorAll('#trend rect.tbar').length >= 12")
                 months = [t["text"] for t in _axis(page, "#trend .x-tick")]
                 assert months[-1] == f"{today:%b %Y}", months
                 _no_sideways_scroll(page)

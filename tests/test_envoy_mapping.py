@@ -217,3 +217,25 @@ def test_the_policy_section_is_validated_and_errors_name_the_field() -> None:
     ]:
         with pytest.raises(PolicyError, match=where):
             parse_policy(text + "\n")
+
+
+def test_a_repeated_shape_reads_each_request_id_and_still_refuses_bad_ones() -> None:
+    # the second and later requests of one shape reuse the first reading (the shape cache):
+    # the id is still read and checked per request, and what disagrees is still refused
+    mapping = EnvoyMapping.model_validate({"domains": ["budget"]})
+    first = parse_request(request(descriptor(**FULL)), mapping)
+    second = parse_request(request(descriptor(**{**FULL, "request_id": "r2"})), mapping)
+    assert (first.request_id, second.request_id) == ("r1", "r2")
+    assert second.subject is first.subject and second.covers == first.covers
+    with pytest.raises(InvalidRequest, match="'request_id'"):
+        parse_request(request(descriptor(**{**FULL, "request_id": "bad\x00id"})), mapping)
+    two = parse_request(request(descriptor(**FULL), descriptor(org="acme", request_id="r1")),
+                        mapping)
+    assert two.request_id == "r1"
+    with pytest.raises(InvalidRequest, match="one request is one subject"):
+        parse_request(request(descriptor(**FULL), descriptor(org="acme", request_id="r9")),
+                      mapping)
+    hits = parse_request(request(descriptor(hits=7, **FULL)), mapping)
+    assert hits.usage != first.usage  # the amount is part of the shape
+    other = parse_request(request(descriptor(**{**FULL, "user": "bob"})), mapping)
+    assert other.subject.user == "bob"

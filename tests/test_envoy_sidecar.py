@@ -86,3 +86,69 @@ def test_serve_grpc_port_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     seen.clear()
     assert CliRunner().invoke(serve, [], obj=obj).exit_code == 0
     assert seen["app"].state.server.lifespan_hooks == []
+
+
+def test_sidecar_metrics_count_grpc_calls_decisions_and_settles(
+        fresh_redis: RedisServer, clock: FakeClock, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    app = create_app(ServerConfig(redis_url=fresh_redis.url, policy_path=str(policy),
+                                  redis_timeout=1.0), clock=clock)
+    port = free_port()
+    app.state.server.lifespan_hooks.append(sidecar_hook("127.0.0.1", port))
+    live = LiveServer(app, http="httptools").start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+            entries = {"org": "acme", "team": "eng", "user": "alice", "model": "gpt",
+                       "request_id": "metrics-1"}
+            stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                domain="budget", descriptors=[descriptor(**entries)]), timeout=10)
+            stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                domain="budget", descriptors=[descriptor(hits=700, **entries, phase="done")]),
+                timeout=10)
+            with pytest.raises(grpc.RpcError):
+                stub.ShouldRateLimit(rls_pb2.RateLimitRequest(
+                    domain="nope", descriptors=[descriptor(**entries)]), timeout=10)
+        with httpx.Client(base_url=live.url, timeout=10) as http:
+            text = http.get("/metrics").text
+    finally:
+        live.stop()
+    lines = set(text.splitlines())
+    assert 'budgetlimiter_grpc_requests_total{code="OK",method="ShouldRateLimit"} 2.0' in lines
+    assert ('budgetlimiter_grpc_requests_total{code="INVALID_ARGUMENT",method="ShouldRateLimit"}'
+            ' 1.0') in lines
+    assert 'budgetlimiter_decisions_total{kind="none",level="none",outcome="allowed"} 1.0' \
+        in lines
+    assert 'budgetlimiter_settles_total{op="commit",status="committed"} 1.0' in lines
+
+
+def test_metrics_count_a_refused_token_by_its_grpc_code() -> None:
+    import asyncio
+
+    from budgetlimiter import AsyncBudgetLimiter, parse_policy
+    from budgetlimiter.envoy import serve_grpc
+    from budgetlimiter.server import parse_tokens
+    from budgetlimiter.server.metrics import Metrics
+
+    async def scenario() -> str:
+        metrics = Metrics()
+        limiter = AsyncBudgetLimiter(parse_policy(POLICY), "memory://")
+        tokens = parse_tokens(["reader:readsecret-0123456789:read"], None)
+        service = await serve_grpc(limiter, tokens=tokens, metrics=metrics)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+                stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+                for metadata in ((), (("authorization", "Bearer readsecret-0123456789"),)):
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await stub.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="budget"),
+                                                   metadata=metadata, timeout=10)
+        finally:
+            await service.stop()
+            await limiter.aclose()
+        return metrics.render().decode()
+
+    lines = set(asyncio.run(scenario()).splitlines())
+    for code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        assert (f'budgetlimiter_grpc_requests_total{{code="{code}",method="ShouldRateLimit"}}'
+                " 1.0") in lines

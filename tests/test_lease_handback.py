@@ -321,7 +321,12 @@ def test_close_waits_for_the_timer_threads_hand_back(make_limiter, clock):
     gate.set()
     closer.join(5)
     bl._timer.join(5)
+    assert not closer.is_alive()
+    # close() never returns before the usage is in Redis (had it returned while the timer
+    # was held, it handed the lease back itself) ...
     assert not closed_first or used == 1
+    # ... and whichever sent it, it is counted once
+    assert inv(make_limiter(LEASES).status(ORG)).used == 1
 
 
 @pytest.mark.redis

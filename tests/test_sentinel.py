@@ -20,7 +20,7 @@ from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
 from budgetlimiter.durable.reconciler import Reconciler
 from budgetlimiter.durable.store.sql import Store
 
-from .servers import RedisServer, free_port, redis_server_binary
+from .servers import PortInUse, RedisServer, free_port, redis_server_binary
 
 pytestmark = pytest.mark.redis
 
@@ -70,16 +70,22 @@ class SentinelProc:
         cmd = [binary, str(self.conf)] if binary else [redis_server_binary(), str(self.conf),
                                                        "--sentinel"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = self.dir / "sentinel.log"
         deadline = time.monotonic() + 10
         while True:
-            try:
-                redis.Redis(port=self.port, socket_timeout=0.5).ping()
-                return self
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"sentinel did not start on {self.port}") from None
-                time.sleep(0.02)
+            # ready when *this* process answers: another process may have taken the port
+            # between free_port() and now (then ours exits: PortInUse, and the setup retries)
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError), \
+                    redis.Redis(port=self.port, socket_timeout=0.5) as c:
+                if int(c.info("server")["process_id"]) == self.proc.pid:
+                    return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                self.stop()
+                if "Address already in use" in text:
+                    raise PortInUse(self.port)
+                raise RuntimeError(f"sentinel did not start on {self.port}: {text[-2000:]}")
+            time.sleep(0.02)
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=1, decode_responses=True)
@@ -101,10 +107,18 @@ class SentinelSetup:
         self.sentinels: list[SentinelProc] = []
         try:
             self._wait(lambda: self._link_up(), 10, "replica did not sync")
-            self.sentinels = [SentinelProc(self.master.port) for _ in range(3)]
-            for s in self.sentinels:
-                s.know(self.sentinels, self.replica.port)
-                s.start()
+            for _ in range(5):  # new ports for all three if one was taken before it bound
+                self.sentinels = [SentinelProc(self.master.port) for _ in range(3)]
+                try:
+                    for s in self.sentinels:
+                        s.know(self.sentinels, self.replica.port)
+                        s.start()
+                    break
+                except PortInUse:
+                    for s in self.sentinels:
+                        s.stop()
+            else:
+                raise RuntimeError("sentinels found no free ports")
             self._wait(self._sentinels_ready, 15, "sentinels did not discover each other")
         except Exception:
             self.stop()

@@ -473,6 +473,7 @@ def test_graceful_stop_closes_limiter(fresh_redis: RedisServer, policy_file: Pat
         httpx.get(live.url + "/healthz", timeout=1)
 
 
+@pytest.mark.keys_without_ttl("writes a bare key to see the snapshot helper notice it")
 def test_redis_snapshot_helper_sees_changes(fresh_redis: RedisServer) -> None:
     before = snapshot(fresh_redis)
     redis.Redis(port=fresh_redis.port).set("k", "v")

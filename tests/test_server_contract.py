@@ -50,7 +50,8 @@ def test_scope_texts_the_pattern_refuses(text):
 
 def test_every_endpoint_is_in_the_document():
     paths = build_openapi("test")["paths"]
-    assert {"/v1/ui/tree", "/openapi.json", "/v1/status/{scope}"} <= set(paths)
+    assert {"/v1/ui/tree", "/openapi.json", "/v1/status/{scope}",
+            "/v1/forecast/{scope}"} <= set(paths)
     (scope,) = paths["/v1/status/{scope}"]["get"]["parameters"]
     assert scope["schema"]["pattern"] == SCOPE_PATTERN
     (http_status, prefer) = paths["/v1/check"]["post"]["parameters"]
@@ -69,6 +70,7 @@ def test_valid_per_document_is_accepted(start: Start) -> None:
     assert check(client, 1, 0, odd).json()["allowed"] is True
     scope = str(Scope("acme", "é/ü %41", "😀"))
     assert client.get("/v1/status/" + scope.replace("%", "%25")).status_code == 200
+    assert client.get("/v1/forecast/" + scope.replace("%", "%25")).status_code == 200
     assert client.get("/v1/policy/effective", params={"org": "Å", "agent": "ü"}
                       ).status_code == 200
     assert client.get("/v1/ui/tree", params={"org": "acme"}).json()["org"] == "acme"
@@ -90,6 +92,7 @@ def test_valid_per_document_is_accepted(start: Start) -> None:
      422, "invalid_input", "http_status"),
     ("GET", "/v1/status/00", {}, 422, "invalid_input", "scope"),
     ("GET", "/v1/status/org%3Aa%25zz", {}, 422, "invalid_input", "scope"),
+    ("GET", "/v1/forecast/org%3Aa%25zz", {}, 422, "invalid_input", "scope"),
     ("GET", "/v1/policy/effective", {"params": {"org": "a\x05", "agent": "x"}},
      422, "invalid_id", "org"),
     ("GET", "/v1/policy/effective", {"params": {"org": "a", "agent": "x", "team": ""}},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "system-deps"
-PACKAGES = "redis-server redis-tools chromium tmux openssl"
+PACKAGES = "redis-server redis-tools chromium tmux openssl prometheus"
 
 
 def fake_bin(tmp_path: Path, uid: int, tools: tuple[str, ...] = ()) -> Path:
@@ -56,12 +56,12 @@ def test_not_root_names_only_what_is_missing(tmp_path: Path) -> None:
     done = run(bindir)
     assert done.returncode == 2
     # redis-benchmark comes with redis-tools, as redis-cli does
-    assert "missing system packages for the tests: redis-tools tmux " in done.stderr
+    assert "missing system packages for the tests: redis-tools tmux prometheus " in done.stderr
 
 
 def test_nothing_missing_does_nothing(tmp_path: Path) -> None:
     bindir = fake_bin(tmp_path, uid=1000, tools=("redis-server", "redis-cli", "redis-benchmark",
-                                                  "chromium", "tmux", "openssl"))
+                                                  "chromium", "tmux", "openssl", "prometheus"))
     done = run(bindir)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
@@ -71,8 +71,9 @@ def test_root_runs_apt_get_update_once_then_installs_the_missing_packages(
     bindir = fake_bin(tmp_path, uid=0, tools=("openssl",))
     done = run(bindir)
     calls = (tmp_path / "apt.log").read_text().splitlines()
-    assert calls == ["update -qq", "install -y -qq redis-server redis-tools chromium tmux"]
+    assert calls == ["update -qq",
+                     "install -y -qq redis-server redis-tools chromium tmux prometheus"]
     # the fake apt-get installed nothing: the script says so rather than carrying on
     assert done.returncode == 2
-    assert "still missing after apt-get install: redis-server redis-tools chromium tmux" \
-        in done.stderr
+    assert "still missing after apt-get install: redis-server redis-tools chromium tmux " \
+        "prometheus" in done.stderr

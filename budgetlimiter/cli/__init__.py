@@ -71,6 +71,7 @@ def main(ctx: click.Context, redis_url: str | None, db_url: str | None, policy: 
 
 def _register() -> None:
     from . import durable, live, policy_cmds, settle, top
+    from . import forecast as forecast_cmd
     from . import serve as serve_cmd
 
     main.add_command(live.demo)
@@ -80,6 +81,7 @@ def _register() -> None:
     main.add_command(live.record)
     main.add_command(live.status)
     main.add_command(top.top)
+    main.add_command(forecast_cmd.forecast)
     main.add_command(live.adjust)
     main.add_command(policy_cmds.policy)
     main.add_command(durable.reconcile)

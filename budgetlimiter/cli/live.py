@@ -13,6 +13,7 @@ from ..errors import InvalidAmount
 from ..subject import Scope, Subject
 from ..usage import Metric, Usage, micros_to_usd, usd_to_micros
 from .context import EXIT_DENIED, EXIT_INPUT, EXIT_UNAVAILABLE, Context, redacted
+from .forecast import exhausts, scope_forecast
 from .output import limit_row, render
 from .policy_cmds import subject_options
 
@@ -150,6 +151,10 @@ def live_scopes(limiter: Any, prefix: Scope | None) -> list[Scope]:
     return sorted(found, key=lambda s: (s.org, s.team or "", s.user or "", s.agent or ""))
 
 
+def _pairs(result: Any) -> list[tuple[Any, Any]]:
+    return list(zip(result.limits, result.forecasts, strict=True))
+
+
 def is_under(scope: Scope, parent: Scope) -> bool:
     if scope.org != parent.org:
         return False
@@ -173,8 +178,8 @@ def status(obj: Context, scope: str, tree: bool) -> None:
     scopes = live_scopes(limiter, target) if tree else [target]
     if target not in scopes:
         scopes.insert(0, target)
-    rows = [limit_row(s, obj.fmt == "table") for sc in scopes
-            for s in limiter.scope_status(sc)]
+    rows = [limit_row(s, obj.fmt == "table", exhausts(f)) for sc in scopes
+            for s, f in _pairs(scope_forecast(obj, limiter, sc))]
     if not rows and obj.fmt == "table":
         click.echo(f"{target}: no limits apply to this scope")
         return

@@ -77,8 +77,9 @@ def render(rows: Sequence[dict[str, Any]], fmt: str, text: str | None = None) ->
     return text if text is not None else table(rows)
 
 
-def limit_row(s: Any, with_bar: bool = True) -> dict[str, Any]:
-    """One LimitStatus as a display row (money as decimal USD strings)."""
+def limit_row(s: Any, with_bar: bool = True, exhausts: str | None = None) -> dict[str, Any]:
+    """One LimitStatus as a display row (money as decimal USD strings); ``exhausts``: the
+    forecast's cell (see :func:`budgetlimiter.cli.forecast.exhausts`), no column if None."""
     d = s.to_dict()
     row = {
         "scope": d["scope"],
@@ -90,9 +91,11 @@ def limit_row(s: Any, with_bar: bool = True) -> dict[str, Any]:
         "remaining": d["remaining"],
         "percent": d["percent"],
         "resets_at": d["resets_at"],
-        "mode": d["mode"],
-        "state": d["state"],
     }
+    if exhausts is not None:
+        row["exhausts"] = exhausts
+    row["mode"] = d["mode"]
+    row["state"] = d["state"]
     if with_bar:
         row["bar"] = bar(min(1.0, s.percent / 100), 12)
     return row

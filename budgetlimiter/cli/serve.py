@@ -43,11 +43,23 @@ def _fast(module: str, fast: str, fallback: str) -> str:
               help="With --db: seconds an org's reconcile lease lasts; another sidecar takes "
               "an org over this long after its holder dies (0: no leases).")
 @webhook_options
+@click.option("--gauge-scope", "gauge_scopes", multiple=True,
+              help="A scope whose budgets always get gauges in /metrics (repeatable; other "
+              "scopes get them when blocked, forecast to exceed or over --gauge-percent).")
+@click.option("--gauge-percent", type=click.FloatRange(min=0), default=50.0,
+              show_default=True, help="Budgets used at least this much get gauges.")
+@click.option("--gauge-max", type=click.IntRange(min=0), default=200, show_default=True,
+              help="At most this many budgets get gauges (bounded label cardinality).")
+@click.option("--otel", is_flag=True, envvar="BUDGETLIMITER_OTEL",
+              help="Also export the metrics through OpenTelemetry over OTLP/HTTP (the otel "
+              "extra; OTEL_EXPORTER_OTLP_* variables configure it).")
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, ...],
           max_body: int, redis_timeout: float, watch_policy: float, grpc_port: int | None,
           log_level: str, no_reconcile: bool, reconcile_interval: float,
-          reconcile_lease: float, webhooks: tuple[str, ...], webhook_secret_env: str) -> None:
+          reconcile_lease: float, webhooks: tuple[str, ...], webhook_secret_env: str,
+          gauge_scopes: tuple[str, ...], gauge_percent: float, gauge_max: int,
+          otel: bool) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
@@ -70,6 +82,8 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
             log_level=log_level, reconcile=bool(obj.db_url) and not no_reconcile,
             reconcile_interval=reconcile_interval, reconcile_lease=reconcile_lease,
             webhooks=webhooks, webhook_secret_env=webhook_secret_env,
+            gauge_scopes=gauge_scopes, gauge_min_percent=gauge_percent,
+            gauge_max_budgets=gauge_max, otel=otel,
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

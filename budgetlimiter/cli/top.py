@@ -5,7 +5,8 @@ The rate (``per_min``) is measured, never guessed: ``top`` reads every budget tw
 between the two reads, per minute. Reservations do not count until they are committed; a
 credit or a period that ended between the two reads shows 0. With ``--watch`` each refresh
 measures over the time since the previous one. Rate limits have no ``per_min`` (their
-``used`` is the burst currently taken, not a total).
+``used`` is the burst currently taken, not a total). ``exhausts`` is the budget's forecast
+(see :mod:`budgetlimiter.cli.forecast`): each refresh of ``--watch`` adds a reading.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any
 
 import click
 
+from ..forecast import Forecast, ScopeForecast
 from ..subject import Scope
 from ..usage import Metric
 from .context import Context
+from .forecast import exhausts, scope_forecast
 from .live import live_scopes
 from .output import bar, render
 
@@ -27,14 +30,21 @@ from .output import bar, render
 Sample = dict[tuple[str, str, str], tuple[int, float]]
 
 
-def read(limiter: Any, org: str | None) -> tuple[list[Any], Sample]:
-    """Every limit of every live scope (of ``org``), and the budgets' usage at this moment."""
+def read(obj: Context, limiter: Any, org: str | None
+         ) -> tuple[list[tuple[Any, Forecast | None]], Sample]:
+    """Every limit of every live scope (of ``org``) with its forecast, and the budgets' usage
+    at this moment."""
     prefix = Scope(org) if org is not None else None
-    statuses = [s for sc in live_scopes(limiter, prefix) for s in limiter.scope_status(sc)]
+    statuses = [pair for sc in live_scopes(limiter, prefix)
+                for pair in _pairs(scope_forecast(obj, limiter, sc))]
     now = time.monotonic()
     sample = {(str(s.scope), s.metric.value, s.period): (s.used or 0, now)
-              for s in statuses if s.kind == "budget"}
+              for s, _ in statuses if s.kind == "budget"}
     return statuses, sample
+
+
+def _pairs(result: ScopeForecast) -> list[tuple[Any, Forecast | None]]:
+    return list(zip(result.limits, result.forecasts, strict=True))
 
 
 def per_minute(status: Any, before: Sample | None, after: Sample) -> tuple[str, float]:
@@ -54,15 +64,16 @@ def per_minute(status: Any, before: Sample | None, after: Sample) -> tuple[str, 
     return f"{rate:.0f}", rate
 
 
-def rows(statuses: list[Any], before: Sample | None, after: Sample, limit: int,
-         with_bar: bool) -> list[dict[str, Any]]:
+def rows(statuses: list[tuple[Any, Forecast | None]], before: Sample | None, after: Sample,
+         limit: int, with_bar: bool) -> list[dict[str, Any]]:
     out = []
-    for s in statuses:
+    for s, f in statuses:
         per_min, rate = per_minute(s, before, after)
         d = s.to_dict()
         row: dict[str, Any] = {"scope": d["scope"], "metric": d["metric"],
                                "period": d["period"], "used": d["used"], "limit": d["limit"],
-                               "percent": d["percent"], "per_min": per_min}
+                               "percent": d["percent"], "per_min": per_min,
+                               "exhausts": exhausts(f)}
         if with_bar:
             row["bar"] = bar(min(1.0, s.percent / 100), 16)
         row["state"] = d["state"]
@@ -91,12 +102,12 @@ def top(obj: Context, org: str | None, limit: int, interval: float, watch: bool,
     limiter = obj.limiter()
     before: Sample | None = None
     if interval:
-        _, before = read(limiter, org)
+        _, before = read(obj, limiter, org)
     count = 0
     while True:
         if interval:
             time.sleep(interval)
-        statuses, after = read(limiter, org)
+        statuses, after = read(obj, limiter, org)
         shown = rows(statuses, before, after, limit, obj.fmt == "table")
         if watch and obj.fmt == "table":
             click.clear()

@@ -10,7 +10,8 @@ One pass (:meth:`Reconciler.run_once`):
    Redis lost data → rebuild the counters from SQL; then move the next batch of ledger deltas
    (``lua/flush.lua``) and repeat until nothing is dirty.
 3. **Alerts**: threshold-crossing events from the org's stream are written to the outbox
-   (deduplicated by their stable id) and only then deleted from the stream.
+   (deduplicated by their stable id) and only then deleted from the stream; forecast events
+   (:mod:`budgetlimiter.durable.forecast_alerts`) go to the same outbox.
 
 Every write is idempotent, so any number of reconcilers may run against one Redis and one
 database. With ``leases`` (:class:`~budgetlimiter.durable.ownership.Leases`), only the holder
@@ -33,6 +34,7 @@ from ..engine.calls import ScriptCall
 from ..engine.keys import KeySpace
 from ..engine.outage import UNAVAILABLE
 from ..usage import METRIC_BY_CODE
+from .forecast_alerts import ForecastAlerts
 from .ownership import Leases
 from .restore import earliest_day, parse_flush_record, plan_rebuild, today
 from .store.records import AlertEvent
@@ -98,6 +100,8 @@ class Reconciler:
         self.last_orgs: list[str] = []
         self._passes = 0
         self._policy_pending = True  # record the policy in force on the next pass
+        #: ``budget.forecast_exceeded`` events, evaluated in the same passes
+        self.forecasts = ForecastAlerts(limiter, store, self.sinks)
 
     @property
     def keys(self) -> KeySpace:
@@ -150,6 +154,10 @@ class Reconciler:
         else:  # pragma: no cover - more than 1000 batches in one pass: continue next pass
             self.redis.sadd(ks.dirty_orgs, org)
         stats.events += self.drain_events(org)
+        try:
+            stats.events += self.forecasts.run_org(org)
+        except Exception:  # a forecast must never hold up flushing and threshold alerts
+            log.exception("forecast alerts of org %r failed; tried again next pass", org)
         return stats
 
     def _apply_pending(self, org: str, record: str, seq: int, stats: ReconcileStats) -> None:

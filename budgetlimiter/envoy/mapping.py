@@ -48,6 +48,13 @@ _MEMO_SIZE = 50_000
 _subjects: dict[tuple[str, str, str | None, str | None], Subject] = {}
 _usages: dict[tuple[int, int, int, int | None], Usage] = {}
 _roles_memo: dict[int, tuple[EnvoyMapping, dict[str, str]]] = {}
+#: parsed requests by shape, per mapping: a gateway sends the same few shapes (domain,
+#: descriptors, entries, hits_addend) again and again, with a fresh request id each time, so
+#: the shape without the id's value is the key and only the id is checked per call
+_SHAPES_SIZE = 10_000
+_shapes_memo: dict[int, tuple[EnvoyMapping, dict[tuple[Any, ...], tuple[Any, ...]]]] = {}
+#: closes each descriptor in a shape key (never equal to an entry's key or value, both str)
+_END = object()
 
 
 class InvalidRequest(InvalidInput):
@@ -160,20 +167,59 @@ class _Reader:
                 "metric")
         self.amounts[metric] = hits
 
-    def request_id(self, what: str) -> str | None:
-        role = "request_id"
-        value = self.values.get(role)
-        if value is None:
-            return None
-        if len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable():
-            return value  # (the common case, without the per-character check)
-        try:
-            return validate_reservation_id(value)
-        except InvalidInput as exc:
-            raise InvalidRequest(f"entry {self._key(role)!r} ({what}): {exc}") from None
 
-    def _key(self, role: str) -> str:
-        return next(k for k, r in self.roles.items() if r == role)
+
+def _request_id(value: str | None, mapping: EnvoyMapping) -> str | None:
+    if value is None:
+        return None
+    if len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable():
+        return value  # (the common case, without the per-character check)
+    try:
+        return validate_reservation_id(value)
+    except InvalidInput as exc:
+        raise InvalidRequest(f"entry {mapping.entries.request_id!r} (the request id): "
+                             f"{exc}") from None
+
+
+def _shapes(mapping: EnvoyMapping) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    hit = _shapes_memo.get(id(mapping))
+    if hit is not None and hit[0] is mapping:
+        return hit[1]
+    if len(_shapes_memo) > 64:
+        _shapes_memo.clear()
+    shapes: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    _shapes_memo[id(mapping)] = (mapping, shapes)
+    return shapes
+
+
+def _shape(request: Any, roles: dict[str, str], rid_key: str | None
+           ) -> tuple[tuple[Any, ...] | None, str | None]:
+    """The request's shape key and its request id; ``(None, None)`` when the request is too
+    large or its descriptors disagree on the id (the full reading says why)."""
+    descriptors = request.descriptors
+    if len(descriptors) > MAX_DESCRIPTORS:
+        return None, None
+    parts: list[Any] = [request.domain, request.hits_addend]
+    rid: str | None = None
+    for descriptor in descriptors:
+        entries = descriptor.entries
+        if len(entries) > MAX_ENTRIES:
+            return None, None
+        for entry in entries:
+            key = entry.key
+            if key not in roles:
+                continue  # ignored by the reading too: not part of the shape
+            value = entry.value
+            if key == rid_key:
+                if rid is not None and rid != value:
+                    return None, None
+                rid, value = value, None  # the id is not part of the shape, its place is
+            parts.append(key)
+            parts.append(value)
+        parts.append(_END)
+        parts.append(descriptor.hits_addend.value if descriptor.HasField("hits_addend")
+                     else None)
+    return tuple(parts), rid
 
 
 def parse_request(request: Any, mapping: EnvoyMapping) -> Call:
@@ -181,8 +227,25 @@ def parse_request(request: Any, mapping: EnvoyMapping) -> Call:
 
     Raises :class:`InvalidRequest` (nothing is counted) for an unknown domain, no
     descriptors, a missing org (or agent, without ``default_agent``), ids that fail
-    validation, disagreeing descriptors or an absurd ``hits_addend``.
+    validation, disagreeing descriptors or an absurd ``hits_addend``. A request of a shape
+    read before (the same entries and amounts, any request id) reuses that reading.
     """
+    shape, rid = _shape(request, _roles(mapping), mapping.entries.request_id)
+    if shape is not None:
+        shapes = _shapes(mapping)
+        known = shapes.get(shape)
+        if known is not None:
+            phase, subject, usage, covers = known
+            return Call(phase, subject, usage, _request_id(rid, mapping), covers)
+        call = _read(request, mapping)
+        if len(shapes) >= _SHAPES_SIZE:
+            shapes.clear()
+        shapes[shape] = (call.phase, call.subject, call.usage, call.covers)
+        return call
+    return _read(request, mapping)
+
+
+def _read(request: Any, mapping: EnvoyMapping) -> Call:
     if request.domain not in mapping.domains:
         raise InvalidRequest(f"unknown domain {request.domain[:80]!r}; this service accepts "
                              + ", ".join(repr(d) for d in mapping.domains))
@@ -198,7 +261,7 @@ def parse_request(request: Any, mapping: EnvoyMapping) -> Call:
     phase = _phase(reader, mapping)
     subject = _subject(reader, mapping)
     usage = _usage(reader.amounts, mapping, phase)
-    request_id = reader.request_id("the request id")
+    request_id = _request_id(reader.values.get("request_id"), mapping)
     return Call(phase, subject, usage, request_id, tuple(reader.covers))
 
 

@@ -45,6 +45,8 @@ UINT32_MAX = 2**32 - 1
 _MEMO_SIZE = 50_000
 _levels_memo: dict[Scope, tuple[str, ...]] = {}
 _names: dict[tuple[Scope, str, str], str] = {}
+_parts_memo: dict[tuple[Scope, Any, str, int], tuple[Any, Any, str]] = {}
+_covers_memo: dict[tuple[Scope, frozenset[str]], bool] = {}
 
 
 def _levels(status: LimitStatus) -> tuple[str, ...]:
@@ -99,18 +101,32 @@ def limit_name(status: LimitStatus) -> str:
     return name
 
 
-def _status(code: int, limit: LimitStatus | None, decision: Decision,
-            now_ms: int) -> Any:
+def _parts(limit: LimitStatus) -> tuple[Any, Any, str]:
+    """The limit's ``current_limit`` message, ``RateLimit-Policy`` header and quoted name:
+    the same for every call while the limit stays the same (copied into each response)."""
+    key = (limit.scope, limit.metric, limit.period, limit.limit)
+    parts = _parts_memo.get(key)
+    if parts is None:
+        name = limit_name(limit)
+        quoted = _sf_string(name)
+        parts = (_Unit(name=name, requests_per_unit=min(limit.limit, UINT32_MAX),
+                       unit=UNITS.get(limit.period, _Unit.UNKNOWN)),
+                 _header("RateLimit-Policy",
+                         f"{quoted};q={limit.limit};w={WINDOW.get(limit.period, 1)}"),
+                 quoted)
+        if len(_parts_memo) >= _MEMO_SIZE:
+            _parts_memo.clear()
+        _parts_memo[key] = parts
+    return parts
+
+
+def _status(code: int, limit: LimitStatus | None, reset: int) -> Any:
     if limit is None:
         return Response.DescriptorStatus(code=code)
     return Response.DescriptorStatus(
-        code=code,
-        current_limit=_Unit(name=limit_name(limit),
-                            requests_per_unit=min(limit.limit, UINT32_MAX),
-                            unit=UNITS.get(limit.period, _Unit.UNKNOWN)),
+        code=code, current_limit=_parts(limit)[0],
         limit_remaining=min(limit.remaining, UINT32_MAX),
-        duration_until_reset=duration_pb2.Duration(
-            seconds=until_reset(limit, decision, now_ms)))
+        duration_until_reset=duration_pb2.Duration(seconds=reset))
 
 
 def _header(key: str, value: str) -> Any:
@@ -121,15 +137,17 @@ def _sf_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def headers(decision: Decision, limit: LimitStatus | None, now_ms: int) -> list[Any]:
-    """The draft RateLimit fields of ``limit``; ``Retry-After`` on a refusal."""
+def headers(decision: Decision, limit: LimitStatus | None, now_ms: int,
+            reset: int | None = None) -> list[Any]:
+    """The draft RateLimit fields of ``limit``; ``Retry-After`` on a refusal. ``reset`` is
+    :func:`until_reset` of ``limit`` when the caller has it already."""
     out = []
     if limit is not None:
-        name = _sf_string(limit_name(limit))
-        reset = until_reset(limit, decision, now_ms)
-        out.append(_header("RateLimit-Policy",
-                           f"{name};q={limit.limit};w={WINDOW.get(limit.period, 1)}"))
-        out.append(_header("RateLimit", f"{name};r={limit.remaining};t={reset}"))
+        _, policy, quoted = _parts(limit)
+        if reset is None:
+            reset = until_reset(limit, decision, now_ms)
+        out.append(policy)
+        out.append(_header("RateLimit", f"{quoted};r={limit.remaining};t={reset}"))
     if not decision.allowed:
         retry = max(1, math.ceil(decision.retry_after or 1))
         out.append(_header("Retry-After", str(retry)))
@@ -154,27 +172,51 @@ def refusal_body(decision: Decision) -> bytes:
     return json.dumps({"error": doc}, separators=(",", ":")).encode()
 
 
+def _covers(limit: LimitStatus, levels: frozenset[str]) -> bool:
+    key = (limit.scope, levels)
+    hit = _covers_memo.get(key)
+    if hit is None:
+        hit = covered(_levels(limit), levels)
+        if len(_covers_memo) >= _MEMO_SIZE:
+            _covers_memo.clear()
+        _covers_memo[key] = hit
+    return hit
+
+
 def decision_response(decision: Decision, call: Call, now_ms: int) -> Any:
     """The ``RateLimitResponse`` of a request-time check."""
     limits = decision.limits
     blocked = decision.blocked_by
+    allowed = decision.allowed
     over, ok = Response.OVER_LIMIT, Response.OK
-    statuses = []
     nobody_covers_blocker = blocked is not None and not any(
-        covered(_levels(blocked), levels) for levels in call.covers)
+        _covers(blocked, levels) for levels in call.covers)
     whole = blocked if blocked is not None else binding(limits)
+    resets: dict[int, int] = {}  # id(limit) -> until_reset, each computed once
+    built: dict[tuple[int, int], Any] = {}  # (code, id(limit)) -> status (copied per use)
+    statuses = []
+    limit: LimitStatus | None
     for levels in call.covers:
-        if blocked is not None and (nobody_covers_blocker
-                                    or covered(_levels(blocked), levels)):
-            statuses.append(_status(over, blocked, decision, now_ms))
-            continue
-        mine = [s for s in limits if covered(_levels(s), levels)]
-        code = ok if decision.allowed else over if blocked is None else ok
-        statuses.append(_status(code, whole if len(mine) == len(limits) and blocked is None
-                                else binding(mine), decision, now_ms))
-    response = Response(overall_code=ok if decision.allowed else over, statuses=statuses,
-                        response_headers_to_add=headers(decision, whole, now_ms))
-    if not decision.allowed:
+        if blocked is not None and (nobody_covers_blocker or _covers(blocked, levels)):
+            code, limit = over, blocked
+        else:
+            mine = [s for s in limits if _covers(s, levels)]
+            code = ok if allowed else over if blocked is None else ok
+            limit = (whole if len(mine) == len(limits) and blocked is None
+                     else binding(mine))
+        status = built.get((code, id(limit)))
+        if status is None:
+            reset = 0
+            if limit is not None:
+                reset = resets.get(id(limit), -1)
+                if reset < 0:
+                    reset = resets[id(limit)] = until_reset(limit, decision, now_ms)
+            status = built[code, id(limit)] = _status(code, limit, reset)
+        statuses.append(status)
+    response = Response(overall_code=ok if allowed else over, statuses=statuses,
+                        response_headers_to_add=headers(decision, whole, now_ms,
+                                                        resets.get(id(whole))))
+    if not allowed:
         response.raw_body = refusal_body(decision)
     return response
 

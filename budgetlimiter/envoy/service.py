@@ -26,7 +26,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -41,6 +41,9 @@ from ..subject import Subject
 from ..usage import Usage
 from .mapping import Call, InvalidRequest, parse_request
 from .response import decision_response, ok_response
+
+if TYPE_CHECKING:
+    from ..server.metrics import Metrics
 
 log = logging.getLogger("budgetlimiter.envoy")
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
@@ -107,14 +110,17 @@ class RateLimitServicer:
     ``mapping`` is read from the limiter's policy (its ``envoy:`` section, defaults when
     absent) on every call unless given, so a policy reload applies to it too. ``tokens``
     (:func:`budgetlimiter.server.parse_tokens`) turn on bearer-token checks of the
-    ``authorization`` metadata; ShouldRateLimit needs a ``write`` token.
+    ``authorization`` metadata; ShouldRateLimit needs a ``write`` token. ``metrics`` (the
+    sidecar's :class:`~budgetlimiter.server.metrics.Metrics`) counts the calls by gRPC code,
+    their decisions and stream-done settles like the HTTP API's.
     """
 
     def __init__(self, limiter: AsyncBudgetLimiter, mapping: EnvoyMapping | None = None,
-                 tokens: Sequence[Token] = ()) -> None:
+                 tokens: Sequence[Token] = (), metrics: Metrics | None = None) -> None:
         self.limiter = limiter
         self.mapping = mapping
         self.tokens = tuple(tokens)
+        self.metrics = metrics
         self.retries = _Retries(limiter)
         self._seen: OrderedDict[tuple[str, str], bool] = OrderedDict()  # -> admitted
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,17 +134,33 @@ class RateLimitServicer:
     async def ShouldRateLimit(self, request: Any,
                               context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """Decide one request (or count its usage at stream end); see the module doc."""
-        await self._authorize(context)
+        code = "OK"
         try:
+            if self.tokens:  # (no coroutine per call without tokens)
+                await self._authorize(context)
             call = parse_request(request, self.current_mapping())
             if call.phase == "stream_done":
                 return await self._stream_done(call, len(request.descriptors), context)
             return await self._request_time(call)
         except InvalidInput as exc:
+            code = "INVALID_ARGUMENT"
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:1000])
         except BackendRejected as exc:
+            code = "INTERNAL"
             log.error("redis refused the service's credentials: %s", exc)
             await context.abort(grpc.StatusCode.INTERNAL, "Redis refused the credentials")
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:  # from _authorize or _stream_done: code() says which
+            code = _code_name(context)
+            raise
+        except BaseException:
+            code = "UNKNOWN"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.grpc_call("ShouldRateLimit", code)
         raise AssertionError("unreachable")  # pragma: no cover (abort raises)
 
     async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -170,6 +192,10 @@ class RateLimitServicer:
         except InvalidInput:  # refused before anything was written: the id stays free
             self._seen.pop(key, None)
             raise
+        if self.metrics is not None:
+            self.metrics.decision(decision)
+            if decision.degraded:
+                self.metrics.redis_errors.inc()
         if rid is None:
             if decision.reservation is not None:  # rates stay charged; usage comes by record
                 self._spawn(limiter.release(decision.reservation))
@@ -180,22 +206,30 @@ class RateLimitServicer:
     async def _stream_done(self, call: Call, descriptors: int,
                            context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         limiter, rid, org = self.limiter, call.request_id, call.subject.org
+        op, status = ("record" if rid is None else "commit"), ""
         try:
             if rid is None:
-                await limiter.record(call.subject, call.usage)
+                status = (await limiter.record(call.subject, call.usage)).status
             elif self._seen.get((org, rid)) is False:
                 log.info("stream done for %s/%s, refused at request time: nothing counted",
                          org, rid)
             else:
-                await limiter.commit_by_id(org, rid, call.usage, subject=call.subject)
+                status = (await limiter.commit_by_id(org, rid, call.usage,
+                                                     subject=call.subject)).status
         except ReservationSettled as exc:  # released by someone else: its usage is theirs
+            status = "settled"
             log.warning("stream done for %s/%s: %s", org, rid, exc)
         except UNAVAILABLE:  # (BackendUnavailable, an open circuit, is a ConnectionError)
             assert rid is not None  # record keeps its own outage queue and does not raise
+            if self.metrics is not None:
+                self.metrics.settles.labels(op, "queued").inc()
+                self.metrics.redis_errors.inc()
             self.retries.add(org, rid, call.subject, call.usage)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "Redis unreachable: the usage is kept in this process and "
                                 "committed when Redis is back")
+        if status and self.metrics is not None:
+            self.metrics.settles.labels(op, status).inc()
         return ok_response(descriptors)
 
     def _spawn(self, work: Any) -> None:
@@ -218,11 +252,17 @@ class RateLimitServicer:
 _DEFAULT_MAPPING = EnvoyMapping()
 
 
+def _code_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
 def add_ratelimit_servicer(server: grpc.aio.Server, limiter: AsyncBudgetLimiter,
                            mapping: EnvoyMapping | None = None,
-                           tokens: Sequence[Token] = ()) -> RateLimitServicer:
+                           tokens: Sequence[Token] = (),
+                           metrics: Metrics | None = None) -> RateLimitServicer:
     """Register the rate limit service on a grpc.aio ``server`` (not started yet)."""
-    servicer = RateLimitServicer(limiter, mapping, tokens)
+    servicer = RateLimitServicer(limiter, mapping, tokens, metrics)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
     return servicer
 

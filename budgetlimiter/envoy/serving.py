@@ -20,6 +20,7 @@ from .service import SERVICE_NAME, RateLimitServicer, add_ratelimit_servicer
 
 if TYPE_CHECKING:
     from ..server.app import Server
+    from ..server.metrics import Metrics
 
 log = logging.getLogger("budgetlimiter.envoy")
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -49,15 +50,17 @@ class GrpcService:
 
 async def serve_grpc(limiter: AsyncBudgetLimiter, *, host: str = "127.0.0.1", port: int = 0,
                      mapping: EnvoyMapping | None = None, tokens: Sequence[Token] = (),
-                     options: Sequence[tuple[str, Any]] = ()) -> GrpcService:
+                     options: Sequence[tuple[str, Any]] = (),
+                     metrics: Metrics | None = None) -> GrpcService:
     """Start the rate limit service (and the health service) on ``host:port``.
 
     Call it from the event loop that runs ``limiter``. Without ``tokens`` the service is
     open: bind it to loopback, or pass tokens like the HTTP sidecar's (``name:secret:write``
-    parsed by :func:`budgetlimiter.server.parse_tokens`).
+    parsed by :func:`budgetlimiter.server.parse_tokens`). ``metrics`` (a
+    :class:`~budgetlimiter.server.metrics.Metrics`) counts calls, decisions and settles.
     """
     server = grpc.aio.server(options=list(options))
-    servicer = add_ratelimit_servicer(server, limiter, mapping, tokens)
+    servicer = add_ratelimit_servicer(server, limiter, mapping, tokens, metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -76,12 +79,13 @@ async def serve_grpc(limiter: AsyncBudgetLimiter, *, host: str = "127.0.0.1", po
 def sidecar_hook(host: str, port: int, tokens: Sequence[Token] = ()
                  ) -> Callable[[Server], AbstractAsyncContextManager[None]]:
     """A lifespan hook for :class:`budgetlimiter.server.app.Server`: the gRPC service runs
-    in the sidecar's event loop, on its limiter (so with its policy and its reloads)."""
+    in the sidecar's event loop, on its limiter (so with its policy, its reloads and its
+    client options) and its metrics."""
 
     @contextlib.asynccontextmanager
     async def run(sidecar: Server) -> AsyncIterator[None]:
         service = await serve_grpc(sidecar.require_limiter(), host=host, port=port,
-                                   tokens=tokens)
+                                   tokens=tokens, metrics=sidecar.metrics)
         try:
             yield
         finally:

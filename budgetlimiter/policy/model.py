@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -145,6 +146,9 @@ class LimitSpec(_Model):
     thresholds: tuple[Annotated[StrictInt, Field(ge=1, le=1000)], ...] = (50, 75, 90, 100)
     rollover: Rollover = Rollover.RESET
     rollover_cap: Money | None = None
+    #: send ``budget.forecast_exceeded`` when the forecast first reaches the limit (None:
+    #: on for hard limits, off for soft ones)
+    forecast_alert: StrictBool | None = None
 
     @field_validator("amount")
     @classmethod
@@ -189,6 +193,12 @@ class LimitSpec(_Model):
         """The rollover cap as an integer (same unit as :attr:`units`), or ``None``."""
         value: int | None = self.__pydantic_private__["_cap_units"]  # type: ignore[index]
         return value
+
+    @property
+    def alerts_on_forecast(self) -> bool:
+        """Whether a forecast reaching this limit is alerted (``forecast_alert``, by default
+        on for hard limits)."""
+        return self.mode is Mode.HARD if self.forecast_alert is None else self.forecast_alert
 
     @property
     def key(self) -> tuple[Metric, PeriodKind]:

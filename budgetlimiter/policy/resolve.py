@@ -85,6 +85,7 @@ class EffectivePolicy:
                     "rollover_cap": None
                     if lim.rollover_cap is None
                     else format(lim.rollover_cap, "f"),
+                    "forecast_alert": lim.alerts_on_forecast,
                     "origin": origin,
                 }
                 for lim, origin in zip(sl.limits, sl.limit_origins, strict=True)

@@ -34,6 +34,7 @@ from ..engine.engine import Clock
 from ..engine.scripts import Registry
 from ..policy import Policy, load_policy
 from .config import ServerConfig
+from .forecasts import Forecaster
 from .handlers import Api, endpoint, request_id
 from .metrics import Metrics
 from .middleware import Gate
@@ -72,6 +73,8 @@ class Server:
                  store: Any = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        #: forecasts of this process (one set of in-process readings for every surface)
+        self.forecasts = Forecaster(self)
         self.limiter = limiter
         self._policy = policy
         self._clock = clock
@@ -86,6 +89,8 @@ class Server:
         self.lifespan_hooks: list[Callable[[Server], AbstractAsyncContextManager[None]]] = []
         #: the in-process reconciler and alert deliverer (``serve --db``), None when off
         self.reconcile: ReconcileService | None = None
+        #: the OpenTelemetry bridge when ``serve --otel`` (or an ``otel_lifespan`` hook) is on
+        self.otel: Any = None
 
     # lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,6 +116,9 @@ class Server:
             self._watch = asyncio.create_task(self._watch_policy())
         if self.config.reconcile and self.config.db_url:
             self.reconcile = open_service(self.config, self.limiter.policy, self._clock)
+            # one set of readings: the reconciler's passes (forecast alerts) read the hard
+            # budgets every few seconds, and the sidecar's forecasts use those readings too
+            self.reconcile.limiter.samples = self.limiter.samples
         log.info("sidecar started", extra={"redis": _redact(self.config.redis_url),
                                           "auth": self.config.auth_enabled})
 
@@ -222,7 +230,8 @@ class Server:
         return checks, ""
 
     async def refresh_gauges(self) -> None:
-        """Best effort: live reservations per declared org, and the alert backlog."""
+        """Best effort: live reservations per declared org, the per-budget gauges (and
+        forecasts), and the alert backlog."""
         limiter = self.limiter
         if limiter is not None:
             breaker = getattr(limiter, "breaker", None)
@@ -240,6 +249,16 @@ class Server:
             except Exception as exc:
                 self.metrics.redis_errors.inc()
                 log.debug("reservation gauge skipped: %s", exc)
+        if limiter is not None:
+            cfg = self.config
+            try:
+                snapshot = await self.forecasts.snapshot(
+                    listed=cfg.gauge_scopes, min_percent=cfg.gauge_min_percent,
+                    max_budgets=cfg.gauge_max_budgets)
+                self.metrics.budgets(snapshot)
+            except Exception as exc:
+                self.metrics.redis_errors.inc()
+                log.debug("budget gauges skipped: %s", exc)
         if self.reconcile is not None:  # no SQL in a scrape: the service's last snapshot
             export(self.metrics, self.reconcile, limiter.clock() if limiter else 0)
         elif self.config.db_url:
@@ -303,6 +322,7 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
         r("/v1/release", api.release, "POST"),
         r("/v1/record", api.record, "POST"),
         r("/v1/status/{scope:bl_any}", api.status, "GET"),
+        r("/v1/forecast/{scope:bl_any}", api.forecast, "GET"),
         r("/v1/usage", api.usage, "GET"),
         r("/v1/policy/effective", api.effective_policy, "GET"),
         r("/healthz", api.healthz, "GET"),
@@ -327,6 +347,10 @@ def create_app(config: ServerConfig | None = None, *, policy: Policy | None = No
     app.add_middleware(Gate, tokens=cfg.tokens, metrics=server.metrics)
     mount_ui(app, server)  # the /ui dashboard shell (outermost) and GET /v1/ui/tree
     app.state.server = server
+    if cfg.otel:
+        from .otel import otel_lifespan  # the optional otel extra: imported only when asked
+
+        server.lifespan_hooks.append(otel_lifespan())
     return app
 
 

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .params import scope_error
+
 TokenScope = Literal["read", "write"]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -83,6 +85,13 @@ class ServerConfig:
     ready_timeout: float = 1.0
     watch_policy: float = 0.0  # seconds between policy file mtime checks; 0 = off
     log_level: str = "info"
+    #: scopes always given per-budget gauges in /metrics (others: over gauge_min_percent,
+    #: blocked or forecast to exceed), at most gauge_max_budgets budgets in all
+    gauge_scopes: tuple[str, ...] = ()
+    gauge_min_percent: float = 50.0
+    gauge_max_budgets: int = 200
+    #: also export the metrics through OpenTelemetry (OTLP/HTTP; needs the otel extra)
+    otel: bool = False
     #: run the reconciler and the alert deliverer in this process (needs db_url); the
     #: ``serve`` command turns it on unless ``--no-reconcile``
     reconcile: bool = False
@@ -107,6 +116,12 @@ class ServerConfig:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        for text in self.gauge_scopes:
+            why = scope_error(text)
+            if why is not None:
+                raise ConfigError(f"gauge scope {text[:120]!r}: {why}")
+        if self.gauge_max_budgets < 0:
+            raise ConfigError(f"gauge max budgets must be >= 0, got {self.gauge_max_budgets}")
         if self.max_body < 1024:
             raise ConfigError(f"max body must be at least 1024 bytes, got {self.max_body}")
         if self.reconcile_interval <= 0 or self.reconcile_lease < 0:
@@ -130,5 +145,6 @@ def load_env_config() -> ServerConfig:
     """The config a ``budgetlimiter serve`` parent put in ``BUDGETLIMITER_SERVE_CONFIG``."""
     data = json.loads(os.environ[ENV_CONFIG])
     data["tokens"] = parse_tokens(data.get("tokens", []))
+    data["gauge_scopes"] = tuple(data.get("gauge_scopes", ()))
     data["webhooks"] = tuple(data.get("webhooks", ()))
     return ServerConfig(**data)

@@ -137,6 +137,21 @@ def ratelimit_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
+def path_scope(request: Request, prefix: str) -> Scope:
+    """The scope in the raw path after ``prefix`` (URL-encoded; ``/`` may be left as is)."""
+    raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    text = raw.decode("latin-1").split(prefix, 1)[-1]
+    try:
+        text = unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise Problem("invalid_input", "scope: the URL is not valid UTF-8") from None
+    why = scope_error(text)
+    if why is not None:
+        raise Problem("invalid_input", f"scope: {why}", errors=[
+            {"loc": ["path", "scope"], "msg": why, "type": "invalid_input"}])
+    return Scope.parse(text)
+
+
 class Api:
     """Endpoint implementations bound to one :class:`~budgetlimiter.server.app.Server`."""
 
@@ -202,19 +217,14 @@ class Api:
         return json_response({"decisions": [d.to_dict() for d in decisions]})
 
     async def status(self, request: Request) -> Response:
-        raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
-        text = raw.decode("latin-1").split("/v1/status/", 1)[-1]
-        try:
-            text = unquote(text, errors="strict")
-        except UnicodeDecodeError:
-            raise Problem("invalid_input", "scope: the URL is not valid UTF-8") from None
-        why = scope_error(text)
-        if why is not None:
-            raise Problem("invalid_input", f"scope: {why}", errors=[
-                {"loc": ["path", "scope"], "msg": why, "type": "invalid_input"}])
-        scope = Scope.parse(text)
+        scope = path_scope(request, "/v1/status/")
         limits = await self.s.require_limiter().scope_status(scope)
         return json_response({"scope": str(scope), "limits": [s.to_dict() for s in limits]})
+
+    async def forecast(self, request: Request) -> Response:
+        scope = path_scope(request, "/v1/forecast/")
+        result = await self.s.forecasts.scope(scope)
+        return json_response(result.to_dict())
 
     async def effective_policy(self, request: Request) -> Response:
         q = read_query(EFFECTIVE_PARAMS, request.query_params)

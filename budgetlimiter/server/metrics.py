@@ -12,9 +12,16 @@ from prometheus_client import (
 )
 
 from ..results import Decision
+from ..usage import MICROS_PER_USD
+from .forecasts import GaugeSnapshot
 
 CONTENT_TYPE = exposition.CONTENT_TYPE_LATEST
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def _unit(metric: str, units: int) -> float:
+    """A gauge value (Prometheus keeps floats): USD for cost, the count otherwise."""
+    return units / MICROS_PER_USD if metric == "cost" else float(units)
 
 
 class Metrics:
@@ -35,6 +42,11 @@ class Metrics:
         self.latency = Histogram(
             "budgetlimiter_http_request_duration_seconds", "HTTP request latency.",
             ["route", "method"], buckets=_BUCKETS, registry=r)
+        self.grpc_requests = Counter(
+            "budgetlimiter_grpc_requests",
+            "gRPC calls (Envoy's rate limit service) by method and status code.",
+            ["method", "code"], registry=r)
+        self._grpc_children: dict[tuple[str, str], Counter] = {}
         self.redis_errors = Counter(
             "budgetlimiter_redis_errors", "Redis calls that failed (unreachable or timed out).",
             registry=r)
@@ -63,6 +75,29 @@ class Metrics:
             registry=r)
         self.ready = Gauge("budgetlimiter_ready", "1 when the last readiness probe passed.",
                            registry=r)
+        # per-budget gauges, read at scrape time for a bounded set of budgets (see
+        # budgetlimiter.server.forecasts.Forecaster.snapshot); cost in USD
+        labels = ["org", "scope", "metric", "period"]
+        self.budget_used = Gauge(
+            "budgetlimiter_budget_used", "Usage of a budget in its current period (cost: USD).",
+            labels, registry=r)
+        self.budget_limit = Gauge(
+            "budgetlimiter_budget_limit", "Effective limit of a budget (cost: USD).",
+            labels, registry=r)
+        self.budget_projected = Gauge(
+            "budgetlimiter_budget_projected",
+            "Forecast usage at the end of the period (absent with too little data).",
+            labels, registry=r)
+        self.budget_blocked = Gauge(
+            "budgetlimiter_budget_blocked", "1 while the budget blocks (hard limit reached).",
+            labels, registry=r)
+        self.budget_will_exceed = Gauge(
+            "budgetlimiter_budget_forecast_exceeds",
+            "1 while the forecast reaches the limit before the period ends.", labels,
+            registry=r)
+        self.scopes_blocked = Gauge(
+            "budgetlimiter_scopes_blocked",
+            "Scopes with at least one blocking budget, per declared org.", ["org"], registry=r)
 
     def decision(self, d: Decision) -> None:
         """Count one decision."""
@@ -75,6 +110,31 @@ class Metrics:
         kind = b.kind if b is not None else "none"
         self.decisions.labels(outcome, level, kind).inc()
 
+    def budgets(self, snapshot: GaugeSnapshot) -> None:
+        """Replace the per-budget gauges by ``snapshot``'s (budgets that left it disappear)."""
+        gauges = (self.budget_used, self.budget_limit, self.budget_projected,
+                  self.budget_blocked, self.budget_will_exceed)
+        for g in gauges:
+            g.clear()
+        for b in snapshot.budgets:
+            labels = (b.org, b.scope, b.metric, b.period)
+            self.budget_used.labels(*labels).set(_unit(b.metric, b.used))
+            self.budget_limit.labels(*labels).set(_unit(b.metric, b.limit))
+            if b.projected is not None:
+                self.budget_projected.labels(*labels).set(_unit(b.metric, b.projected))
+            self.budget_blocked.labels(*labels).set(1 if b.blocked else 0)
+            self.budget_will_exceed.labels(*labels).set(1 if b.will_exceed else 0)
+        self.scopes_blocked.clear()
+        for org, count in snapshot.blocked_scopes.items():
+            self.scopes_blocked.labels(org).set(count)
+
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+    def grpc_call(self, method: str, code: str) -> None:
+        """Count one gRPC call that ended with ``code`` (``OK``, ``INVALID_ARGUMENT``...)."""
+        child = self._grpc_children.get((method, code))
+        if child is None:  # (labels() costs a lock and a lookup: the hot path skips both)
+            child = self._grpc_children[method, code] = self.grpc_requests.labels(method, code)
+        child.inc()

@@ -271,6 +271,7 @@ class EffectiveLimitOut(BaseModel):
     thresholds: list[int]
     rollover: str
     rollover_cap: str | None
+    forecast_alert: bool = Field(description="budget.forecast_exceeded is sent for it")
     origin: str
 
 
@@ -303,6 +304,52 @@ class EffectivePolicyOut(BaseModel):
     scopes: list[EffectiveScopeOut]
 
 
+class BudgetForecastOut(BaseModel):
+    """Where one budget is heading by its period's end. Amounts are decimal strings in the
+    metric's unit (USD for cost); ``projected``, ``rate_per_hour`` and ``exhausts_at`` are
+    null with too little data (``reason`` says what was missing)."""
+
+    scope: str
+    metric: str
+    period: str
+    period_id: str
+    used: str
+    limit: str
+    projected: str | None = Field(description="usage at period_end at the recent pace")
+    rate_per_hour: str | None = Field(description="the recent pace, per hour")
+    period_end: str = Field(description="ISO 8601 with offset (UTC)")
+    exhausts_at: str | None = Field(
+        description="when the limit is reached at the recent pace (now if it is used up); "
+                    "null if it lasts the period or without a forecast")
+    will_exceed: bool = Field(description="projected reaches the limit")
+    window_seconds: int = Field(description="how far back the pace was measured (0: none)")
+    points: int = Field(description="readings the forecast had")
+    reason: str | None
+
+
+class ForecastOut(BaseModel):
+    """Forecasts of the budgets declared for one scope."""
+
+    scope: str
+    forecasts: list[BudgetForecastOut]
+
+
+class LimitForecastOut(BaseModel):
+    """The dashboard's forecast of one budget (see ``BudgetForecastOut``)."""
+
+    projected: str | None
+    period_end: str
+    exhausts_at: str | None
+    will_exceed: bool
+    window_seconds: int
+
+
+class TreeLimitOut(LimitOut):
+    """A limit in the dashboard's tree, with its forecast (null for rate limits)."""
+
+    forecast: LimitForecastOut | None
+
+
 class TreeNodeOut(BaseModel):
     scope: str
     level: Literal["org", "team", "user", "agent"]
@@ -310,7 +357,7 @@ class TreeNodeOut(BaseModel):
     user: str | None
     agent: str | None
     parent: str | None
-    limits: list[LimitOut]
+    limits: list[TreeLimitOut]
 
 
 class AlertDeliveryOut(BaseModel):
@@ -337,7 +384,7 @@ class UiTreeOut(BaseModel):
                           "trend days are in it, and the page shows every time in it")
     store: bool
     scopes: list[TreeNodeOut]
-    top: list[LimitOut]
+    top: list[TreeLimitOut]
     alerts: list[AlertDeliveryOut] | None = Field(description="null without a database")
     alerts_error: str | None
 

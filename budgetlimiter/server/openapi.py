@@ -23,7 +23,7 @@ _REQUESTS: list[type[BaseModel]] = [m.CheckRequest, m.CommitRequest, m.ReleaseRe
                                     m.RecordRequest, m.BatchRequest]
 _RESPONSES: list[type[BaseModel]] = [m.DecisionOut, m.SettleOut, m.BatchOut, m.ScopeStatusOut,
                                      m.UsageOut, m.EffectivePolicyOut, m.UiTreeOut, m.HealthOut,
-                                     m.ReadyOut, m.ProblemOut]
+                                     m.ReadyOut, m.ProblemOut, m.ForecastOut]
 _REF = "#/components/schemas/{model}"
 
 
@@ -117,6 +117,11 @@ def build_openapi(version: str) -> dict[str, Any]:
                                        "description": "The scope text, URL-encoded (e.g. "
                                        "org%3Aacme%2Fteam%3Aeng). " + SCOPE_HELP,
                                        "schema": SCOPE_SCHEMA}]),
+        "/v1/forecast/{scope}": _get("scopeForecast", "Where each budget of one scope is "
+                                     "heading by its period's end.", m.ForecastOut, [{
+                                         "name": "scope", "in": "path", "required": True,
+                                         "description": "The scope text, URL-encoded. "
+                                         + SCOPE_HELP, "schema": SCOPE_SCHEMA}]),
         "/v1/usage": _get("usage", "Reports from the durable store.", m.UsageOut,
                           _params(USAGE_PARAMS), extra_responses=_ORG_MISMATCH),
         "/v1/policy/effective": _get("effectivePolicy", "What the policy applies to a subject.",

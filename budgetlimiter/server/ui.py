@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..subject import Scope as BudgetScope
+from .forecasts import limit_forecast
 from .handlers import endpoint, json_response
 from .params import TREE_PARAMS, read_query
 from .problems import Problem
@@ -139,13 +140,13 @@ async def tree(request: Request) -> Response:
     delivery states."""
     server: Server = request.app.state.server
     org = read_query(TREE_PARAMS, request.query_params)["org"]
-    limiter = server.require_limiter()
     scopes = await org_scopes(server, org)
-    statuses = await asyncio.gather(*(limiter.scope_status(s) for s in scopes))
+    results = await asyncio.gather(*(server.forecasts.scope(s) for s in scopes))
     nodes: list[dict[str, Any]] = []
     top: list[dict[str, Any]] = []
-    for sc, limits in zip(scopes, statuses, strict=True):
-        docs = [s.to_dict() for s in limits]
+    for sc, result in zip(scopes, results, strict=True):
+        docs = [{**s.to_dict(), "forecast": limit_forecast(f)}
+                for s, f in zip(result.limits, result.forecasts, strict=True)]
         parent = _parent(sc)
         nodes.append({"scope": str(sc), "level": sc.level, "team": sc.team, "user": sc.user,
                       "agent": sc.agent, "parent": str(parent) if parent else None,

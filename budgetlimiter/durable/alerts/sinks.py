@@ -25,6 +25,7 @@ from .signing import headers as signed_headers
 
 __all__ = [
     "EVENT_TYPE",
+    "FORECAST_EVENT_TYPE",
     "CallbackSink",
     "DeliveryError",
     "LogSink",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 EVENT_TYPE = "budget.threshold_crossed"
+#: the type of a forecast event (:attr:`AlertEvent.is_forecast`)
+FORECAST_EVENT_TYPE = "budget.forecast_exceeded"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MAX_RESPONSE = 64 * 1024
 
@@ -64,6 +67,17 @@ def _amount(metric: str, value: int) -> int | str:
 
 def event_payload(event: AlertEvent) -> dict[str, Any]:
     """The JSON document sent for ``event`` (cost amounts as decimal USD strings)."""
+    if event.is_forecast:
+        return {
+            "type": FORECAST_EVENT_TYPE,
+            "timestamp": _iso_utc(event.occurred_ms),
+            "data": {
+                "id": event.id, "org": event.org, "scope": event.scope,
+                "metric": event.metric, "period": event.period, "period_id": event.period_id,
+                "projected": _amount(event.metric, event.used),
+                "limit": _amount(event.metric, event.limit),
+            },
+        }
     return {
         "type": EVENT_TYPE,
         "timestamp": _iso_utc(event.occurred_ms),
@@ -179,10 +193,11 @@ class CallbackSink:
 
 
 class LogSink:
-    """Logs one structured line per event: ``budget.threshold_crossed {json payload}``.
+    """Logs one structured line per event: ``budget.threshold_crossed {json payload}`` (or
+    ``budget.forecast_exceeded``).
 
-    Crossings of 100 % or more log at WARNING, the others at INFO. The JSON escapes every
-    control character, so an id can never forge extra log lines.
+    Crossings of 100 % or more and forecasts log at WARNING, the others at INFO. The JSON
+    escapes every control character, so an id can never forge extra log lines.
     """
 
     def __init__(self, name: str = "log", logger: logging.Logger | None = None) -> None:
@@ -195,7 +210,7 @@ class LogSink:
     def deliver(self, event: AlertEvent, attempt: int) -> None:
         """Log ``event``."""
         payload = event_payload(event)
-        level = logging.WARNING if event.threshold >= 100 else logging.INFO
-        self.logger.log(level, "%s %s", EVENT_TYPE,
+        level = logging.WARNING if event.threshold >= 100 or event.is_forecast else logging.INFO
+        self.logger.log(level, "%s %s", payload["type"],
                         json.dumps(payload["data"], separators=(",", ":"), sort_keys=True),
                         extra={"alert": payload})

@@ -29,9 +29,19 @@ class UsageRow:
     cost: int = 0
 
 
+#: ``AlertEvent.threshold`` of a forecast event (a threshold crossing's is 1..1000 percent)
+FORECAST_THRESHOLD = 0
+
+
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
-    """A threshold crossing: fires once per (scope, metric, period, period id, threshold)."""
+    """A threshold crossing: fires once per (scope, metric, period, period id, threshold).
+
+    A forecast event (``threshold`` is :data:`FORECAST_THRESHOLD`: the forecast first reached
+    the limit) fires once per (scope, metric, period, period id); its ``used`` is the
+    *projected* usage at the period's end. (Kept in the same table, so that it goes through
+    the same outbox, dedupe and delivery; a restore ignores it: no threshold is at or below 0.)
+    """
 
     org: str
     scope: str        # textual scope, e.g. "org:acme/team:eng"
@@ -42,6 +52,11 @@ class AlertEvent:
     used: int
     limit: int
     occurred_ms: int
+
+    @property
+    def is_forecast(self) -> bool:
+        """A ``budget.forecast_exceeded`` event rather than a threshold crossing."""
+        return self.threshold == FORECAST_THRESHOLD
 
     @property
     def id(self) -> str:
