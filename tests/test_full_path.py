@@ -112,3 +112,27 @@ def test_a_sampled_sweep_refunds_at_most_1000_expired_reservations(make_limiter,
     assert raw_redis.zcard(bl.keys.reservations_by_expiry("acme")) == 51
     day = bl.status(ALICE)[0]  # a status read sweeps everything
     assert (day.used, day.reserved) == (0, 1)
+
+
+ZERO_COST_DAYS = """
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: cost, amount: "0.00001", period: day, rollover: accumulate,
+         rollover_cap: "0.000005"}
+"""
+
+
+def test_a_previous_day_that_holds_only_a_carry_carries_its_unused_budget(make_limiter,
+                                                                          clock):
+    """Day 1 sees only calls that cost nothing: its counter holds a carry (0) and no usage.
+    Day 2 carries day 1's unused 10 micro-USD, capped at 5: its limit is 15."""
+    bl = make_limiter(ZERO_COST_DAYS)
+    assert bl.check(ALICE, Usage(invocations=1)).allowed  # costs 0: stores day 1's carry
+    clock.advance(86400)
+    d = bl.check(ALICE, Usage(input_tokens=15))  # exactly 10 + 5
+    assert d.allowed
+    day = bl.status(ALICE)[0]
+    assert (day.carry, day.reserved) == (5, 15)
