@@ -56,6 +56,7 @@ SETTLE_TESTS = (
     "tests/test_edges_keep_limits.py",
     "tests/test_limit_status.py",
     "tests/test_exact_ttls.py",
+    "tests/test_zero_usage.py",
     "tests/test_reconciler.py",  # the ledger settle writes is what the reconciler flushes
     "tests/test_restore_exact.py",
     MODEL,
