@@ -136,3 +136,32 @@ def test_a_previous_day_that_holds_only_a_carry_carries_its_unused_budget(make_l
     assert d.allowed
     day = bl.status(ALICE)[0]
     assert (day.carry, day.reserved) == (5, 15)
+
+
+DAY_AND_RATE = """
+timezone: UTC
+reservation_ttl_seconds: 1
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day}
+    rates:
+      - {metric: invocations, limit: 2, per: minute}
+"""
+
+
+def test_a_rate_refusal_does_not_sweep_and_reports_what_is_still_held(make_limiter, clock):
+    """The sweep runs on status reads, before a refusal by a budget and before a carry: a
+    refusal by a rate limit does neither, so an expired reservation not yet swept is still
+    reported as reserved (1 expired + 1 live), and a status read then sweeps it (1)."""
+    bl = make_limiter(DAY_AND_RATE)
+    bl.engine.sweep_sampler = lambda: False
+    assert bl.check(ALICE, Usage(invocations=1)).allowed  # expires in a second
+    clock.advance(2)
+    assert bl.check(ALICE, Usage(invocations=1)).allowed  # the rate's second unit
+    refused = bl.check(ALICE, Usage(invocations=1))
+    assert not refused.allowed and refused.reason == "rate_exceeded"
+    day = next(s for s in refused.limits if s.period == "day")
+    assert (day.used, day.reserved) == (0, 2)
+    assert (bl.status(ALICE)[0].used, bl.status(ALICE)[0].reserved) == (0, 1)
