@@ -37,7 +37,7 @@ bench: venv
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks
 
-mutants: venv  # mutation testing of the rules (hours for all; see README "Development")
+mutants: venv  # mutation testing of the rules (about an hour of one core; README "Development")
 	$(BIN)/python -m tests.mutation $(MUTANTS_ARGS)
 
 clean:

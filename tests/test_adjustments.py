@@ -199,6 +199,14 @@ def test_a_credit_stops_at_zero_usage_everywhere_and_sql_keeps_what_was_applied(
     assert live(bl, U_BOB, TEAM, ORG) == before
 
 
+def test_a_credit_of_one_unit_with_nothing_used_applies_nothing(
+        bl: BudgetLimiter, store: Store) -> None:
+    # the smallest credit there is: with no usage anywhere it must not make a counter negative
+    out = adjust(bl, store, U_BOB, -1)
+    assert (out.adjustment.amount, out.adjustment.requested) == (0, -1)
+    assert live(bl, U_BOB, TEAM, ORG) == [0, 0, 0]
+
+
 # ------------------------------------------------------------------ idempotency, ordering
 
 

@@ -9,6 +9,8 @@ from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
 from budgetlimiter.engine import transport as engine_module
 from budgetlimiter.engine.transport import system_clock_ms
 
+from .frozen_redis import freeze_redis_time
+
 TEN = """
 reservation_ttl_seconds: 600
 pricing: {m: {input_per_million: "1", output_per_million: "3"}}
@@ -76,3 +78,46 @@ def test_an_injected_clock_is_trusted_unless_a_tolerance_is_given(backend_url):
         assert sim.engine.clock_offset_ms == 0 and sim.clock() == 1_700_000_000_000
     finally:
         sim.close()
+
+
+# Redis's TIME cannot be set, so the exact arithmetic of the correction is shown on memory://
+# with Redis's clock fixed (see tests/frozen_redis.py).
+REDIS_S = 1_773_140_400  # a whole second of Redis's clock (2026-03-10 11:00:00 UTC)
+
+
+def _memory_limiter(client_ms: int, skew_s: float = 1.0) -> BudgetLimiter:
+    import uuid
+
+    return BudgetLimiter(parse_policy(TEN), f"memory://{uuid.uuid4().hex}", timeout=2.0,
+                         clock=lambda: client_ms, max_clock_skew=skew_s)
+
+
+def test_a_corrected_clock_is_redis_time_to_the_millisecond(monkeypatch):
+    # Redis says 11:00:00.999000 (microseconds 999000: 999 ms, not 998 nor 1000 nor 0)
+    freeze_redis_time(monkeypatch, REDIS_S + 0.999)
+    client_ms = REDIS_S * 1000 - 600_000  # ten minutes behind, frozen
+    bl = _memory_limiter(client_ms)
+    try:
+        assert bl.check(ALICE, Usage(1, 0)).allowed
+        assert bl.engine.clock_offset_ms == 600_999
+        assert bl.clock() == REDIS_S * 1000 + 999
+    finally:
+        bl.close()
+
+
+@pytest.mark.parametrize(("behind_ms", "corrected"), [(1000, False), (1001, True)])
+def test_a_clock_off_by_exactly_the_tolerance_is_trusted_and_one_ms_more_is_corrected(
+        monkeypatch, behind_ms, corrected):
+    freeze_redis_time(monkeypatch, REDIS_S + 0.5)
+    bl = _memory_limiter(REDIS_S * 1000 + 500 - behind_ms, skew_s=1.0)
+    try:
+        assert bl.check(ALICE, Usage(1, 0)).allowed
+        assert bl.engine.clock_offset_ms == (behind_ms if corrected else 0)
+    finally:
+        bl.close()
+
+
+@pytest.mark.parametrize("skew_s", [0.0005, 0.0, -1.0, 3600.5])
+def test_a_clock_tolerance_outside_a_millisecond_to_an_hour_is_refused(skew_s):
+    with pytest.raises(ValueError, match="max_clock_skew"):
+        _memory_limiter(REDIS_S * 1000, skew_s=skew_s)

@@ -86,9 +86,10 @@ class Engine:
                  clock_tolerance: float | None = DEFAULT_CLOCK_TOLERANCE) -> None:
         self.keys = KeySpace(prefix or DEFAULT_PREFIX)
         self.cluster = cluster
-        if clock_tolerance is not None and not 0 < clock_tolerance <= 3600:
-            raise ValueError(f"clock tolerance must be in (0, 3600] seconds, got "
-                             f"{clock_tolerance!r}")
+        # whole milliseconds on the wire: below 1 ms it would become 0, which no clock meets
+        if clock_tolerance is not None and not 0.001 <= clock_tolerance <= 3600:
+            raise ValueError(f"max_clock_skew (the clock tolerance) must be in [0.001, 3600] "
+                             f"seconds, got {clock_tolerance!r}")
         self._tolerance_ms = -1 if clock_tolerance is None else int(clock_tolerance * 1000)
         self._sweep_sampler: Callable[[], bool] | None = None
         #: sends requests through the circuit breaker; keeps the clock and its offset

@@ -272,8 +272,8 @@ def lua_mutants(path: str, source: str) -> list[Mutant]:
                 # parenthesised when negative: "x - -1" is fine, "x --1" is a comment
                 add(t.start, t.end, str(v) if v >= 0 else f"({v})", "number")
         elif t.kind == "string" and t.text[1:-1] in FLAGS and t.text[0] in "'\"":
-            for v in FLAGS[t.text[1:-1]]:
-                add(t.start, t.end, t.text[0] + v + t.text[0], "flag")
+            for flag in FLAGS[t.text[1:-1]]:
+                add(t.start, t.end, t.text[0] + flag + t.text[0], "flag")
         elif t.kind == "name" and t.text in ("and", "or"):
             add(t.start, t.end, "or" if t.text == "and" else "and", "logic")
         elif (t.kind == "op" and t.text in ("+", "-") and prev is not None
@@ -394,7 +394,7 @@ def py_mutants(path: str, source: str, functions: set[str] | None = None) -> lis
                     add(a, b, str(v) if v >= 0 else f"({v})", "number")
             elif isinstance(node.value, str) and node.value in FLAGS:
                 quote = source[a]
-                for v in FLAGS[node.value]:
-                    add(a, b, quote + v + quote, "flag")
+                for flag in FLAGS[node.value]:
+                    add(a, b, quote + flag + quote, "flag")
     # a BoolOp chain contains its inner ones: keep each token once, in source order
     return _unique(sorted(out, key=lambda m: (m.start, m.end, m.replacement)), source)

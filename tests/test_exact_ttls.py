@@ -1,0 +1,98 @@
+"""Keys live exactly as long as they should: a counter until its period's end plus the
+retention, and at least one second (a counter created in the last second of its period, with
+no retention, gets exactly 1000 ms: never less, Redis would drop it before the reply is read,
+and never more); a ledger until its day's end plus the retention; a rate key until its next
+arrival time plus a second.
+
+Shown on memory:// with Redis's clock fixed (tests/frozen_redis.py), where a TTL can be read
+to the millisecond; on a real redis-server it shrinks while the test reads it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.backends import connect_sync
+
+from .frozen_redis import freeze_redis_time
+
+NO_RETENTION = """
+timezone: UTC
+retention_seconds: 0
+pricing: {m: {input_per_million: "1", output_per_million: "3"}}
+orgs: {acme: {limits: [{metric: invocations, amount: 10, period: day}]}}
+"""
+ALICE = Subject("acme", "m", user="alice")
+MIDNIGHT_MS = int(datetime(2026, 3, 11, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(("before_end_ms", "ttl_ms"),
+                         [(999, 1000), (1, 1000), (1000, 1000), (1001, 1001), (60_000, 60_000)])
+def test_a_counter_lives_to_its_period_end_and_at_least_one_second(
+        monkeypatch, before_end_ms, ttl_ms):
+    now_ms = MIDNIGHT_MS - before_end_ms
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(NO_RETENTION), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        assert bl.check(ALICE, Usage(1, 0)).allowed
+        counters = list(raw.scan_iter(match=bl.keys.counter_pattern("acme")))
+        assert len(counters) == 1
+        assert raw.pttl(counters[0]) == ttl_ms
+    finally:
+        raw.close()
+        bl.close()
+
+
+RETAINED = NO_RETENTION.replace("retention_seconds: 0", "retention_seconds: 3600")
+
+
+@pytest.mark.parametrize("how", ["record", "commit"])
+def test_a_ledger_lives_to_its_day_end_plus_retention(monkeypatch, how):
+    # 12:00 UTC: the day ends in 12 h, plus 1 h of retention
+    now_ms = MIDNIGHT_MS - 12 * 3600_000
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(RETAINED), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        if how == "record":
+            bl.record(ALICE, Usage(3, 1))
+        else:
+            d = bl.check(ALICE, Usage(3, 1))
+            bl.commit(d.reservation, Usage(3, 1))
+        ledger, _ = bl.engine.planners.core.ledger(ALICE, now_ms)
+        assert raw.hgetall(ledger)  # the day's usage is in it
+        assert raw.pttl(ledger) == 13 * 3600_000
+    finally:
+        raw.close()
+        bl.close()
+
+
+HOURLY_RATE = """
+timezone: UTC
+pricing: {m: {input_per_million: "1", output_per_million: "3"}}
+orgs: {acme: {rates: [{metric: invocations, limit: 1, per: hour}]}}
+"""
+
+
+def test_a_rate_key_lives_until_its_arrival_time_plus_one_second(monkeypatch):
+    # one call an hour: after one call the next arrival is an hour away; the key keeps it
+    # that long plus a second (3600 s + 1 s), not longer
+    now_ms = MIDNIGHT_MS - 12 * 3600_000
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(HOURLY_RATE), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        assert bl.check(ALICE, Usage(1, 0)).allowed
+        rates = [k for k in raw.scan_iter(match=f"{bl.keys.org_base('acme')}:g:*")]
+        assert len(rates) == 1
+        assert raw.pttl(rates[0]) == 3601_000
+    finally:
+        raw.close()
+        bl.close()
