@@ -60,7 +60,7 @@ def start(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[Start]:
     running: list[tuple[LiveServer, BudgetLimiter]] = []
 
     def make(**overrides: Any) -> tuple[LiveServer, BudgetLimiter]:
-        cfg = {"redis_url": fresh_redis.url, "policy_path": str(policy), "redis_timeout": 1.0,
+        cfg = {"redis_url": fresh_redis.url, "policy_path": str(policy), "redis_timeout": 5.0,
                **overrides}
         live = LiveServer(create_app(ServerConfig(**cfg))).start()
         limiter = BudgetLimiter(str(policy), fresh_redis.url)

@@ -95,7 +95,7 @@ def dashboard(fresh_redis: RedisServer, tmp_path: Path) -> Iterator[tuple[str, B
     for i, (subject, usd) in enumerate(spend):
         limiter.record(subject, Usage(cost=Decimal(usd)), request_id=f"seed-{i}")
     live = LiveServer(create_app(ServerConfig(
-        redis_url=fresh_redis.url, policy_path=str(policy), redis_timeout=1.0,
+        redis_url=fresh_redis.url, policy_path=str(policy), redis_timeout=5.0,
         db_url=f"sqlite:///{db}"))).start()
     try:
         yield live.url, limiter
