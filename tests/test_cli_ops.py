@@ -55,7 +55,7 @@ def test_status_tree_in_every_format(env, limiter):
     assert research["state"] == "ok" and research["resets_at"]
     csv_out = cli(env, "--format", "csv", "status", "org:acme/team:research").output
     assert csv_out.splitlines()[0] == (
-        "scope,metric,period,used,reserved,limit,remaining,percent,resets_at,exhausts,mode,state")
+        "scope,metric,period,used,reserved,limit,burst,remaining,percent,resets_at,exhausts,mode,state")
     assert "\x1b[" not in table.output  # plain when not a terminal
 
 

@@ -178,3 +178,47 @@ def test_forecast_of_a_scope_read_once_is_unknown_with_the_reason(cli: Cli) -> N
 def test_forecast_refuses_a_bad_scope(cli: Cli) -> None:
     done = cli("forecast", "team:eng")
     assert done.code == 2 and "scope" in one_error_line(done)
+
+
+# -- a rate's burst is a column of its own ------------------------------------------------
+BURST_POLICY = """
+version: 1
+orgs:
+  acme:
+    rates:
+      - {metric: requests, limit: 10, per: second, burst: 30}
+    limits:
+      - {metric: cost, amount: "5", period: day}
+"""
+
+
+def test_status_and_policy_show_print_a_rates_burst_next_to_its_limit(cli: Cli,
+                                                                      tmp_path: Path) -> None:
+    # a rate of 10/s with burst 30 has 30 remaining when idle: without a burst column the
+    # table read "limit 10, remaining 30"
+    (tmp_path / "burst.yaml").write_text(BURST_POLICY)
+    cli.policy = str(tmp_path / "burst.yaml")
+    rows = list(csv.DictReader(io.StringIO(cli("--format", "csv", "status", "org:acme").out)))
+    by_metric = {r["metric"]: r for r in rows}
+    assert (by_metric["invocations"]["limit"], by_metric["invocations"]["burst"],
+            by_metric["invocations"]["remaining"]) == ("10", "30", "30")
+    assert by_metric["cost"]["burst"] == ""  # a budget has none
+    shown = list(csv.DictReader(io.StringIO(
+        cli("--format", "csv", "policy", "show", "--org", "acme", "--agent", "x").out)))
+    rate = next(r for r in shown if r["kind"] == "rate")
+    assert (rate["amount"], rate["burst"], rate["period"]) == ("10", "30", "per second")
+    assert next(r for r in shown if r["kind"] == "budget")["burst"] == ""
+
+
+def test_status_says_a_used_up_budget_exhausts_now_even_with_one_reading(cli: Cli,
+                                                                          tmp_path: Path) -> None:
+    # one reading is too little for a pace ("unknown"), but a budget already used up needs
+    # none: its exhausts cell is "now"
+    (tmp_path / "burst.yaml").write_text(BURST_POLICY)
+    cli.policy = str(tmp_path / "burst.yaml")
+    assert cli("record", "--org", "acme", "--agent", "x", "--cost", "7",
+               "--request-id", "over").code == 0
+    rows = list(csv.DictReader(io.StringIO(cli("--format", "csv", "status", "org:acme").out)))
+    by_metric = {r["metric"]: r for r in rows}
+    assert (by_metric["cost"]["state"], by_metric["cost"]["exhausts"]) == ("blocked", "now")
+    assert by_metric["invocations"]["exhausts"] == ""  # a rate limit has no forecast

@@ -38,10 +38,13 @@ def scope_forecast(obj: Context, limiter: Any, scope: Scope) -> ScopeForecast:
 
 
 def exhausts(f: Forecast | None) -> str:
-    """The ``exhausts`` cell: when the budget runs out at the recent pace, ``after reset``
-    if it lasts the period, ``unknown`` with too little data, empty for a rate limit."""
+    """The ``exhausts`` cell: when the budget runs out at the recent pace, ``now`` when it is
+    used up, ``after reset`` if it lasts the period, ``unknown`` with too little data, empty
+    for a rate limit."""
     if f is None:
         return ""
+    if f.used >= f.limit:  # already used up: no pace needed to say so
+        return "now"
     if f.projected is None:
         return "unknown"
     if f.exhausts_at is None:

@@ -88,6 +88,9 @@ def limit_row(s: Any, with_bar: bool = True, exhausts: str | None = None) -> dic
         "used": d["used"],
         "reserved": d["reserved"],
         "limit": d["limit"],
+        # a rate admits up to its burst at once: without it "remaining 30 of limit 10" reads
+        # like a bug (empty for budgets)
+        "burst": "" if d.get("burst") is None else d["burst"],
         "remaining": d["remaining"],
         "percent": d["percent"],
         "resets_at": d["resets_at"],

@@ -84,11 +84,12 @@ def show(obj: Context, file: str | None, org: str, team: str | None, user: str |
     for sc in data["scopes"]:
         for lim in sc.get("limits", []):
             rows.append({"scope": sc["scope"], "kind": "budget", "metric": lim["metric"],
-                         "amount": lim["amount"], "period": lim["period"],
+                         "amount": lim["amount"], "burst": "", "period": lim["period"],
                          "mode": lim["mode"], "rollover": lim["rollover"],
                          "from": lim.get("origin", "")})
         for rate in sc.get("rates", []):
             rows.append({"scope": sc["scope"], "kind": "rate", "metric": rate["metric"],
-                         "amount": rate["limit"], "period": f"per {rate['per']}",
+                         "amount": rate["limit"], "burst": rate.get("burst", ""),
+                         "period": f"per {rate['per']}",
                          "mode": "hard", "rollover": "", "from": rate.get("origin", "")})
     click.echo(render(rows, obj.fmt))
