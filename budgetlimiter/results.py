@@ -38,6 +38,32 @@ def _text(value: Scope | Subject) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=4096)  # a limit's reset time is one object per template
+def _utc_iso(when: datetime) -> str:
+    return when.isoformat()
+
+
+def _iso(when: datetime) -> str:
+    # cached for UTC times only: equal instants in other zones compare (and hash) equal
+    # but print differently
+    return _utc_iso(when) if when.tzinfo is timezone.utc else when.isoformat()
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat()
+
+
+def ms_text(ms: int) -> str:
+    """``ms_to_datetime(ms).isoformat()`` for ``ms >= 0``, the whole seconds formatted once
+    (a reservation's expiry, in every full answer, differs only in its milliseconds)."""
+    seconds, millis = divmod(ms, 1000)
+    base = _second_text(seconds)
+    if not millis:
+        return base
+    return f"{base[:-6]}.{millis:03d}000{base[-6:]}"
+
+
 # not frozen: a frozen dataclass costs ~3x more to build, and a decision builds one per limit
 @dataclass(slots=True)
 class LimitStatus:
@@ -98,24 +124,32 @@ class LimitStatus:
         return 100.0 * self.taken / cap
 
     def to_dict(self) -> dict[str, Any]:
-        m = self.metric
+        # the sidecar's full answer builds one per limit: the properties, ``_money`` and
+        # ``isoformat`` are inlined or cached (same text as before, tested field by field)
+        taken = self.taken
+        burst = self.burst
+        cap = self.limit if burst is None else burst
+        percent = round(100.0 * taken / cap, 2) if cap > 0 else (100.0 if taken > 0 else 0.0)
+        remaining = cap - taken if cap > taken else 0
+        resets = self.resets_at
+        used, reserved = self.used, self.reserved
+        if self.metric is Metric.COST:
+            t = _usd_text
+            return {
+                "scope": _text(self.scope), "kind": self.kind, "metric": "cost",
+                "period": self.period, "mode": self.mode, "limit": t(self.limit),
+                "burst": burst, "requested": t(self.requested), "taken": t(taken),
+                "used": None if used is None else t(used),
+                "reserved": None if reserved is None else t(reserved),
+                "remaining": t(remaining), "carry": t(self.carry), "percent": percent,
+                "resets_at": _iso(resets) if resets else None, "state": self.state,
+            }
         return {
-            "scope": _text(self.scope),
-            "kind": self.kind,
-            "metric": m.value,
-            "period": self.period,
-            "mode": self.mode,
-            "limit": _money(m, self.limit),
-            "burst": self.burst,
-            "requested": _money(m, self.requested),
-            "taken": _money(m, self.taken),
-            "used": None if self.used is None else _money(m, self.used),
-            "reserved": None if self.reserved is None else _money(m, self.reserved),
-            "remaining": _money(m, self.remaining),
-            "carry": _money(m, self.carry),
-            "percent": round(self.percent, 2),
-            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
-            "state": self.state,
+            "scope": _text(self.scope), "kind": self.kind, "metric": self.metric.value,
+            "period": self.period, "mode": self.mode, "limit": self.limit, "burst": burst,
+            "requested": self.requested, "taken": taken, "used": used, "reserved": reserved,
+            "remaining": remaining, "carry": self.carry, "percent": percent,
+            "resets_at": _iso(resets) if resets else None, "state": self.state,
         }
 
 
@@ -203,7 +237,7 @@ class Decision:
             "allowed": self.allowed,
             "subject": _text(self.subject),
             "reservation_id": self.reservation.id if self.reservation else None,
-            "expires_at": self.reservation.expires_at.isoformat() if self.reservation else None,
+            "expires_at": ms_text(self.reservation.expires_ms) if self.reservation else None,
             "blocked_by": self.blocked_by.to_dict() if self.blocked_by else None,
             "retry_after": self.retry_after,
             "reason": self.reason,

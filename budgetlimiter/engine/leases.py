@@ -155,6 +155,10 @@ class LeaseTable:
         self._seq = 0
         self._returned: dict[str, _Returned] = {}
         self._no_lease_until: dict[Subject, int] = {}
+        #: slice usages by scaled amount vector: every check of a busy subject that finds its
+        #: lease empty asks for one (all but one then wait for the lease it opens), and
+        #: building a Usage converts its cost to Decimal and validates every field
+        self._slices: dict[tuple[int, ...], Usage] = {}
         self._next_maintenance = 0
         #: decisions admitted locally, leases opened, leases returned, refused slices
         self.local_admits = 0
@@ -201,11 +205,18 @@ class LeaseTable:
         if not any(vec) or any(vec[m] == 0 for m in guarded):
             return None
         k = self.config.calls
-        vec = [v * k for v in vec]
-        if max(vec) > _MAX_SLICE:
+        scaled = tuple(v * k for v in vec)
+        found = self._slices.get(scaled)
+        if found is not None:
+            return found
+        if max(scaled) > _MAX_SLICE:
             return None
-        n, i, o, _t, c = vec
-        return Usage(input_tokens=i, output_tokens=o, invocations=n, cost=micros_to_usd(c))
+        n, i, o, _t, c = scaled
+        found = Usage(input_tokens=i, output_tokens=o, invocations=n, cost=micros_to_usd(c))
+        if len(self._slices) >= 1024:
+            self._slices.clear()
+        self._slices[scaled] = found
+        return found
 
     def new_lease_id(self) -> str:
         """The reservation id of the next lease (its slice's check uses it)."""
