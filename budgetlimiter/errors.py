@@ -66,6 +66,12 @@ class BackendUnavailable(BudgetLimiterError, ConnectionError):
     """Redis could not be reached within the configured timeout."""
 
 
+class ClockSkew(BudgetLimiterError):
+    """Redis kept judging this host's clock off by more than ``max_clock_skew`` even after
+    the client learned the offset: a clock that jumps, or a process so overloaded that its
+    readings arrive late. Nothing was decided (the caller may retry); never bad input."""
+
+
 class BackendRejected(BudgetLimiterError):
     """Redis refused the client: wrong password, ACL user without the needed permissions.
 

@@ -121,3 +121,33 @@ def test_a_clock_off_by_exactly_the_tolerance_is_trusted_and_one_ms_more_is_corr
 def test_a_clock_tolerance_outside_a_millisecond_to_an_hour_is_refused(skew_s):
     with pytest.raises(ValueError, match="max_clock_skew"):
         _memory_limiter(REDIS_S * 1000, skew_s=skew_s)
+
+
+def test_a_clock_that_keeps_jumping_raises_clock_skew_and_decides_nothing(backend_url):
+    # every reading jumps another hour: each correction is stale by the next reading, so
+    # after the retries the client gives up with ClockSkew (a distinct error, never bad
+    # input) and nothing is reserved
+    from budgetlimiter import ClockSkew
+
+    jumps = iter(range(1, 1_000))
+    bad = BudgetLimiter(parse_policy(TEN), backend_url, timeout=2.0, max_clock_skew=1.0,
+                        clock=lambda: system_clock_ms() + next(jumps) * 3_600_000)
+    good = BudgetLimiter(parse_policy(TEN), backend_url, timeout=2.0)
+    try:
+        with pytest.raises(ClockSkew, match="keeps disagreeing"):
+            bad.check(ALICE, Usage(1, 0))
+        taken = good.scope_status("org:acme")[0]
+        assert (taken.used, taken.reserved) == (0, 0)
+    finally:
+        bad.close()
+        good.close()
+
+
+def test_the_sidecar_answers_clock_skew_with_503_and_retry_after():
+    # the sidecar used to map this library error to 422 invalid_input: the caller's request
+    # was fine, the decision could not be made
+    from budgetlimiter import ClockSkew
+    from budgetlimiter.server.problems import from_library_error
+
+    problem = from_library_error(ClockSkew("this host's clock keeps disagreeing with Redis's"))
+    assert (problem.status, problem.headers.get("Retry-After")) == (503, "1")

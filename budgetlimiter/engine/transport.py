@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ..errors import BackendRejected, BackendUnavailable, BudgetLimiterError
+from ..errors import BackendRejected, BackendUnavailable, ClockSkew
 from .breaker import CircuitBreaker
 from .calls import Flow, LoadScript, Pipeline, Request, ScriptCall
 from .outage import REJECTED, UNAVAILABLE
@@ -106,7 +106,7 @@ class Transport:
             reply = yield from self.send(call)
             if not skewed(reply):
                 return call, reply
-        raise BudgetLimiterError("this host's clock keeps disagreeing with Redis's")
+        raise ClockSkew("this host's clock keeps disagreeing with Redis's")
 
     def pipeline(self, calls: list[ScriptCall]) -> Flow[list[Any]]:
         """Calls in one round trip; those whose script was missing are sent again once."""

@@ -19,6 +19,7 @@ from ..errors import (
     BackendRejected,
     BackendUnavailable,
     BudgetLimiterError,
+    ClockSkew,
     InvalidId,
     InvalidInput,
     NothingToRemove,
@@ -121,6 +122,8 @@ def from_library_error(exc: BaseException) -> Problem:
     if isinstance(exc, (InvalidInput, PolicyError)):
         return Problem("invalid_input", str(exc))
     if isinstance(exc, BackendUnavailable):
+        return Problem("backend_unavailable", str(exc), headers={"Retry-After": "1"})
+    if isinstance(exc, ClockSkew):  # not the caller's fault: nothing decided, retry
         return Problem("backend_unavailable", str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, BackendRejected):
         return Problem("backend_unavailable", "redis rejected the sidecar's credentials")
