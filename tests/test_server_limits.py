@@ -111,3 +111,17 @@ def test_a_check_without_an_estimate_is_one_invocation(start: Start) -> None:
     assert (refused["blocked_by"]["requested"], refused["blocked_by"]["reserved"]) == (1, 3)
     doc = client.get("/openapi.json").json()["components"]["schemas"]
     assert "one invocation" in doc["CheckRequest"]["properties"]["estimate"]["description"]
+
+
+@pytest.mark.parametrize("path,label", [
+    ("/v1/limits/org%3Aacme%2Fteam%3Aeng", "/v1/limits/{scope}"),
+    ("/v1/forecast/org%3Aacme", "/v1/forecast/{scope}"),
+    ("/v1/status/org%3Abeta", "/v1/status/{scope}"),
+    ("/v1/audit", "/v1/audit"), ("/v1/policy/versions", "/v1/policy/versions"),
+    ("/v1/policy/rollback", "/v1/policy/rollback"), ("/v1/nope", "other")])
+def test_every_route_gets_its_own_metrics_label_and_scopes_never_become_labels(path, label):
+    # a scope in a label would be one time series per scope; the admin routes used to be
+    # counted as "other"
+    from budgetlimiter.server.middleware import route_label
+
+    assert route_label(path) == label

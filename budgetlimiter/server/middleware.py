@@ -27,15 +27,20 @@ _RID_PREFIX = os.urandom(8).hex()
 _RID_SEQ = itertools.count(1)
 _ROUTES = frozenset({"/v1/check", "/v1/commit", "/v1/release", "/v1/record", "/v1/check:batch",
                      "/v1/usage", "/v1/policy/effective", "/v1/ui/tree", "/healthz", "/readyz",
-                     "/metrics", "/openapi.json"})
+                     "/metrics", "/openapi.json", "/v1/policy/versions", "/v1/policy/rollback",
+                     "/v1/audit"})
+#: routes with a scope in the path: one label each, whatever the scope
+_SCOPED = (("/v1/status/", "/v1/status/{scope}"), ("/v1/forecast/", "/v1/forecast/{scope}"),
+           ("/v1/limits/", "/v1/limits/{scope}"))
 
 
 def route_label(path: str) -> str:
     """A low-cardinality label for a path."""
     if path in _ROUTES:
         return path
-    if path.startswith("/v1/status/"):
-        return "/v1/status/{scope}"
+    for prefix, label in _SCOPED:
+        if path.startswith(prefix):
+            return label
     return "other"
 
 
