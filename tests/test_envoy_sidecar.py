@@ -17,7 +17,7 @@ from budgetlimiter.cli.context import Context
 from budgetlimiter.cli.serve import serve
 from budgetlimiter.envoy import sidecar_hook
 from budgetlimiter.server import ServerConfig, create_app
-from budgetlimiter.server.testing import LiveServer, free_port
+from budgetlimiter.server.testing import LiveServer
 
 from .conftest import FakeClock
 from .envoy_harness import OK, descriptor
@@ -33,9 +33,10 @@ def test_grpc_and_http_share_one_limiter_and_policy(fresh_redis: RedisServer,
     policy.write_text(POLICY)
     app = create_app(ServerConfig(redis_url=fresh_redis.url, policy_path=str(policy),
                                   redis_timeout=1.0), clock=clock)
-    port = free_port()
-    app.state.server.lifespan_hooks.append(sidecar_hook("127.0.0.1", port))
+    bound: list[int] = []  # port 0: the system picks a free one, no check-then-use race
+    app.state.server.lifespan_hooks.append(sidecar_hook("127.0.0.1", 0, on_bound=bound.append))
     live = LiveServer(app, http="httptools").start()
+    port = bound[0]
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         stub = rls_pb2_grpc.RateLimitServiceStub(channel)
@@ -94,9 +95,10 @@ def test_sidecar_metrics_count_grpc_calls_decisions_and_settles(
     policy.write_text(POLICY)
     app = create_app(ServerConfig(redis_url=fresh_redis.url, policy_path=str(policy),
                                   redis_timeout=1.0), clock=clock)
-    port = free_port()
-    app.state.server.lifespan_hooks.append(sidecar_hook("127.0.0.1", port))
+    bound: list[int] = []  # port 0: the system picks a free one, no check-then-use race
+    app.state.server.lifespan_hooks.append(sidecar_hook("127.0.0.1", 0, on_bound=bound.append))
     live = LiveServer(app, http="httptools").start()
+    port = bound[0]
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = rls_pb2_grpc.RateLimitServiceStub(channel)

@@ -59,7 +59,9 @@ async def serve_grpc(limiter: AsyncBudgetLimiter, *, host: str = "127.0.0.1", po
     parsed by :func:`budgetlimiter.server.parse_tokens`). ``metrics`` (a
     :class:`~budgetlimiter.server.metrics.Metrics`) counts calls, decisions and settles.
     """
-    server = grpc.aio.server(options=list(options))
+    # without SO_REUSEPORT (grpc's default is on) a port another process holds is an error
+    # here, not two servers silently splitting the traffic
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *options])
     servicer = add_ratelimit_servicer(server, limiter, mapping, tokens, metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -76,16 +78,20 @@ async def serve_grpc(limiter: AsyncBudgetLimiter, *, host: str = "127.0.0.1", po
     return GrpcService(server, servicer, health_servicer, bound)
 
 
-def sidecar_hook(host: str, port: int, tokens: Sequence[Token] = ()
+def sidecar_hook(host: str, port: int, tokens: Sequence[Token] = (),
+                 on_bound: Callable[[int], None] | None = None
                  ) -> Callable[[Server], AbstractAsyncContextManager[None]]:
     """A lifespan hook for :class:`budgetlimiter.server.app.Server`: the gRPC service runs
     in the sidecar's event loop, on its limiter (so with its policy, its reloads and its
-    client options) and its metrics."""
+    client options) and its metrics. ``on_bound`` receives the port bound (with port 0:
+    the one the system chose)."""
 
     @contextlib.asynccontextmanager
     async def run(sidecar: Server) -> AsyncIterator[None]:
         service = await serve_grpc(sidecar.require_limiter(), host=host, port=port,
                                    tokens=tokens, metrics=sidecar.metrics)
+        if on_bound is not None:
+            on_bound(service.port)
         try:
             yield
         finally:
