@@ -256,3 +256,32 @@ def test_redis_down_fail_open_answers_ok_and_keeps_the_stream_done_usage(
             pass
         assert time.monotonic() < deadline, "the stream-done commit never landed"
         time.sleep(0.05)
+
+
+def test_a_port_another_process_listens_on_is_an_error_not_a_shared_port() -> None:
+    # grpc binds with SO_REUSEPORT by default: a second server on a taken port would start
+    # and silently take part of the traffic
+    import asyncio
+    import socket
+
+    from budgetlimiter import AsyncBudgetLimiter, parse_policy
+    from budgetlimiter.envoy import serve_grpc
+
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as a grpc server would
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+
+    async def main() -> None:
+        limiter = AsyncBudgetLimiter(parse_policy("orgs: {acme: {}}"), "memory://")
+        try:
+            with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{taken}"):
+                await serve_grpc(limiter, port=taken)
+        finally:
+            await limiter.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.close()
