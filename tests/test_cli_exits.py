@@ -95,6 +95,8 @@ def test_adjust_with_redis_down_writes_nothing_and_exits_3(down: Cli, tmp_path: 
                 "--id", "adj-down")
     assert done.code == 3
     assert one_error_line(done).startswith("error: Redis unreachable")
+    # not even the database file: Redis is asked before the store is opened (and migrated)
+    assert not (tmp_path / "bl.db").exists()
     store = Store(f"sqlite:///{tmp_path}/bl.db")
     store.migrate()
     try:

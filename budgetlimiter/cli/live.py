@@ -222,8 +222,11 @@ def adjust(obj: Context, scope: str, metric: str, amount: str, why: str,
         click.echo("error: --why must not be empty", err=True)
         sys.exit(EXIT_INPUT)
     obj.declared(target.org, target.team)
+    limiter = obj.limiter()
+    # Redis first: with it down the command exits 3 before opening (and creating) the store
+    limiter.redis.ping()
     try:
-        outcome = apply_adjustment(obj.limiter(), obj.store(), target, met, sign * units,
+        outcome = apply_adjustment(limiter, obj.store(), target, met, sign * units,
                                    who or getpass.getuser(), why,
                                    adjustment_id=adjustment_id)
     except AdjustmentIncomplete as exc:
