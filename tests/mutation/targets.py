@@ -40,6 +40,7 @@ CHECK_TESTS = (
     "tests/test_limit_status.py",
     "tests/test_edges_keep_limits.py",
     "tests/test_lease_handback.py",
+    "tests/test_sweep_lost_reservations.py",
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
@@ -59,6 +60,7 @@ SETTLE_TESTS = (
     "tests/test_zero_usage.py",
     "tests/test_reconciler.py",  # the ledger settle writes is what the reconciler flushes
     "tests/test_restore_exact.py",
+    "tests/test_stored_plans.py",
     MODEL,
 )
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments
