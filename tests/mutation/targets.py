@@ -41,6 +41,7 @@ CHECK_TESTS = (
     "tests/test_edges_keep_limits.py",
     "tests/test_lease_handback.py",
     "tests/test_sweep_lost_reservations.py",
+    "tests/test_carry_from_partial_counters.py",
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
