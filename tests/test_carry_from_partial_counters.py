@@ -80,3 +80,14 @@ def test_a_previous_day_recreated_by_a_refund_carries_at_most_its_limit(
     clock.advance(86_400)
     day = day_of(bl.status(ALICE))
     assert (day.used, day.reserved, day.carry) == (0, 0, 10)
+
+
+def test_a_previous_day_overshot_by_one_carries_nothing(make_limiter, clock):
+    """An estimate of 1 committed as 11 (an overshoot, recorded truthfully) on a limit of 10:
+    the day ends 1 over its limit, and the next day carries 0, not -1."""
+    bl = make_limiter(ACCUMULATE)
+    d = bl.check(ALICE, Usage(invocations=1))
+    bl.commit(d.reservation, Usage(invocations=11))
+    clock.advance(86_400)
+    day = day_of(bl.status(ALICE))
+    assert (day.used, day.reserved, day.carry, day.limit) == (0, 0, 0, 10)
