@@ -42,6 +42,7 @@ CHECK_TESTS = (
     "tests/test_lease_handback.py",
     "tests/test_sweep_lost_reservations.py",
     "tests/test_carry_from_partial_counters.py",
+    "tests/test_rate_zero_estimates.py",
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
