@@ -73,6 +73,7 @@ DURABLE_TESTS = (
     "tests/test_reconciler.py",
     "tests/test_adjustments.py",
     "tests/test_held_counter.py",
+    "tests/test_rebuild_script.py",
 )
 
 
