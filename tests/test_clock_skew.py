@@ -121,3 +121,17 @@ def test_a_clock_off_by_exactly_the_tolerance_is_trusted_and_one_ms_more_is_corr
 def test_a_clock_tolerance_outside_a_millisecond_to_an_hour_is_refused(skew_s):
     with pytest.raises(ValueError, match="max_clock_skew"):
         _memory_limiter(REDIS_S * 1000, skew_s=skew_s)
+
+
+def test_a_settle_that_is_the_first_call_of_a_skewed_client_is_corrected_and_applied(
+        backend_url, monkeypatch):
+    """settle.lua answers a clock off by more than the tolerance as check.lua does: the client
+    learns Redis's time and settles again (here a record, its very first call)."""
+    monkeypatch.setattr(engine_module, "system_clock_ms", lambda: system_clock_ms() - 120_000)
+    bl = BudgetLimiter(parse_policy(TEN), backend_url, timeout=2.0)
+    try:
+        assert bl.record(ALICE, Usage(1, 0)).status == "recorded"
+        assert abs(bl.engine.clock_offset_ms - 120_000) < 2000
+        assert bl.scope_status("org:acme")[0].used == 1
+    finally:
+        bl.close()

@@ -36,3 +36,16 @@ def test_a_shrunk_reservation_keeps_its_head_line_and_one_line_per_budget(
         day.replace("\tn\t4\t", "\tn\t2\t") + "\n",
         month.replace("\tc\t40\t", "\tc\t20\t") + "\n",
     ])
+
+
+def test_a_settled_reservation_is_marked_dc_when_committed_and_dr_when_released(
+        make_limiter, raw_redis):
+    """The settle markers documented in lua/lib.lua: a later settle of the same id reads them
+    (a duplicate or a conflict), also one made by the next version of the scripts."""
+    bl = make_limiter(LEASES)
+    committed, released = bl.check(ORG, ONE), bl.check(ORG, ONE)
+    bl.commit(committed.reservation, ONE)
+    bl.release(released.reservation)
+    keys = bl.engine.planners.settle.core.keys
+    assert raw_redis.get(keys.reservation("acme", committed.reservation.id)) == b"Dc"
+    assert raw_redis.get(keys.reservation("acme", released.reservation.id)) == b"Dr"

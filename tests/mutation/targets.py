@@ -43,6 +43,7 @@ CHECK_TESTS = (
     "tests/test_sweep_lost_reservations.py",
     "tests/test_carry_from_partial_counters.py",
     "tests/test_rate_zero_estimates.py",
+    "tests/test_admitted_replies.py",
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
@@ -63,6 +64,7 @@ SETTLE_TESTS = (
     "tests/test_reconciler.py",  # the ledger settle writes is what the reconciler flushes
     "tests/test_restore_exact.py",
     "tests/test_stored_plans.py",
+    "tests/test_clock_skew.py",
     MODEL,
 )
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments

@@ -1,0 +1,35 @@
+"""What an admitted check reports about each limit, on both paths of check.lua: nothing is
+blocked (the reply's blocking entry is 0 when every limit fits)."""
+
+from __future__ import annotations
+
+from budgetlimiter import Subject, Usage
+
+from .policies import BASIC
+
+ALICE = Subject("acme", "gpt", team="eng", user="alice")
+ACCUMULATE = """
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, rollover: accumulate}
+      - {metric: cost, amount: "1", period: day}
+"""
+
+
+def test_an_admitted_check_on_the_one_hincrby_path_reports_every_limit_ok(make_limiter):
+    """Reset budgets that fit: the fast path admits (used is not read: None)."""
+    bl = make_limiter(BASIC)
+    d = bl.check(ALICE, Usage(input_tokens=100))
+    assert d.allowed and d.blocked_by is None
+    assert [(s.used, s.state) for s in d.limits] == [(None, "ok")] * 3
+
+
+def test_an_admitted_check_on_the_full_path_reports_every_limit_ok(make_limiter):
+    """The first check of a period with a carry to compute takes the full path."""
+    bl = make_limiter(ACCUMULATE)
+    d = bl.check(ALICE, Usage(input_tokens=100))
+    assert d.allowed and d.blocked_by is None
+    assert [(s.taken, s.state) for s in d.limits] == [(1, "ok"), (100, "ok")]
