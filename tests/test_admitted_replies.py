@@ -33,3 +33,20 @@ def test_an_admitted_check_on_the_full_path_reports_every_limit_ok(make_limiter)
     d = bl.check(ALICE, Usage(input_tokens=100))
     assert d.allowed and d.blocked_by is None
     assert [(s.taken, s.state) for s in d.limits] == [(1, "ok"), (100, "ok")]
+
+
+def test_an_admitted_check_on_the_one_hincrby_path_reports_the_stored_carry(
+        make_limiter, clock):
+    """Day 1 uses 4 of 10 invocations; day 2's first check computes and stores the carry 6
+    (full path); the second check of day 2 is admitted on the fast path, which reads the
+    stored carry: limit 10 + 6, taken 2."""
+    bl = make_limiter(ACCUMULATE)
+    d = bl.check(ALICE, Usage(invocations=4))
+    bl.commit(d.reservation, Usage(invocations=4))
+    clock.advance(86_400)
+    assert bl.check(ALICE, Usage()).allowed
+    second = bl.check(ALICE, Usage())
+    assert second.allowed
+    day = second.limits[0]
+    assert (day.metric, day.used, day.taken, day.carry, day.limit) == (
+        "invocations", None, 2, 6, 16)

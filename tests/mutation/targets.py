@@ -44,6 +44,7 @@ CHECK_TESTS = (
     "tests/test_carry_from_partial_counters.py",
     "tests/test_rate_zero_estimates.py",
     "tests/test_admitted_replies.py",
+    "tests/test_hot_path_commands.py",
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
@@ -65,6 +66,7 @@ SETTLE_TESTS = (
     "tests/test_restore_exact.py",
     "tests/test_stored_plans.py",
     "tests/test_clock_skew.py",
+    "tests/test_settle_replies.py",
     MODEL,
 )
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments
@@ -123,7 +125,8 @@ TARGETS: dict[str, Target] = {t.path: t for t in (
     _lua("lua/flush.lua", DURABLE_TESTS),
     _lua("lua/ack.lua", DURABLE_TESTS),
     _lua("lua/rebuild.lua", DURABLE_TESTS),
-    _lua("lua/lease.lua", ("tests/test_reconcile_lease.py", "tests/test_sidecar_reconcile.py")),
+    _lua("lua/lease.lua", ("tests/test_lease_script.py", "tests/test_reconcile_lease.py",
+                              "tests/test_sidecar_reconcile.py")),
     Target("budgetlimiter/engine/planner.py", CHECK_TESTS,
            PY_ROWS, frozenset({"_check_args", "_template", "plan_check", "plan_lines"}),
            _THIRD_PARTY),
