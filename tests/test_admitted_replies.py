@@ -50,3 +50,18 @@ def test_an_admitted_check_on_the_one_hincrby_path_reports_the_stored_carry(
     day = second.limits[0]
     assert (day.metric, day.used, day.taken, day.carry, day.limit) == (
         "invocations", None, 2, 6, 16)
+
+
+def test_an_admitted_zero_cost_check_reports_nothing_taken_and_creates_no_counter(
+        make_limiter, raw_redis):
+    """A check with no tokens costs 0 on ALICE's three cost budgets: the fast path reads held
+    (absent: 0), reserves nothing and writes no counter; once they hold 100, it reads 100."""
+    bl = make_limiter(BASIC)
+    d = bl.check(ALICE, Usage())
+    assert d.allowed
+    assert [(s.taken, s.state) for s in d.limits] == [(0, "ok")] * 3
+    assert list(raw_redis.scan_iter("*:c:*")) == []
+    spent = bl.check(ALICE, Usage(input_tokens=100))
+    bl.commit(spent.reservation, Usage(input_tokens=100))
+    # on counters that exist, it reports what they hold: 100 micro-USD each
+    assert [s.taken for s in bl.check(ALICE, Usage()).limits] == [100] * 3

@@ -3,7 +3,12 @@ belongs to the commit that counted it, not to its duplicates."""
 
 from __future__ import annotations
 
-from budgetlimiter import Subject, Usage
+import pytest
+
+from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.engine.calls import ScriptCall
+from budgetlimiter.engine.scripts import Registry
+from budgetlimiter.engine.settle_plan import dirty_follow_up
 
 ALICE = Subject("acme", "gpt", user="alice")
 POLICY = """
@@ -29,3 +34,30 @@ def test_a_duplicate_of_an_overshooting_commit_reports_no_overshoot_and_counts_n
     assert (again.status, again.overshoot, again.actual) == ("duplicate", False, None)
     cost = next(s for s in bl.status(ALICE) if s.metric == "cost")
     assert (cost.used, cost.reserved) == (300, 0)
+
+
+@pytest.mark.redis
+def test_only_a_settle_that_makes_the_first_dirty_ledger_asks_for_the_cluster_follow_up(
+        fresh_redis, clock):
+    """On Redis Cluster settle.lua cannot reach the global dirty set (another slot), so its
+    reply says when the client must add the org (dirty_follow_up). A release counts nothing:
+    never; the first commit of the org: yes; a second one: no (the org is dirty already)."""
+    bl = BudgetLimiter(parse_policy(POLICY), fresh_redis.url, clock=clock, timeout=2.0)
+    r = fresh_redis.client()
+    settle = bl.engine.planners.settle
+
+    def follow_up(call: ScriptCall) -> bool:
+        source = Registry.default()[call.script].source
+        return dirty_follow_up(call, r.eval(source, len(call.keys), *call.keys, *call.args),
+                               cluster=True)
+
+    try:
+        released, first, second = (bl.check(ALICE, Usage(input_tokens=100)) for _ in "abc")
+        assert not follow_up(settle.plan_release("acme", released.reservation.id, clock()))
+        assert follow_up(settle.plan_commit(first.reservation, Usage(input_tokens=100),
+                                            clock()))
+        assert not follow_up(settle.plan_commit(second.reservation, Usage(input_tokens=100),
+                                                clock()))
+    finally:
+        r.close()
+        bl.close()
