@@ -73,6 +73,24 @@ def test_a_ledger_lives_to_its_day_end_plus_retention(monkeypatch, how):
         bl.close()
 
 
+def test_a_counter_first_written_by_a_record_lives_to_its_day_end_plus_retention(monkeypatch):
+    """A record before any check creates the day's counter from its plan line (settle.lua),
+    whose expire-at is the period's end plus the retention: 12 h + 1 h at 12:00 UTC."""
+    now_ms = MIDNIGHT_MS - 12 * 3600_000
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(RETAINED), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        bl.record(ALICE, Usage(3, 1))
+        (counter,) = raw.scan_iter(match=bl.keys.counter_pattern("acme"))
+        assert raw.hget(counter, "u:n") == b"1"
+        assert raw.pttl(counter) == 13 * 3600_000
+    finally:
+        raw.close()
+        bl.close()
+
+
 HOURLY_RATE = """
 timezone: UTC
 pricing: {m: {input_per_million: "1", output_per_million: "3"}}

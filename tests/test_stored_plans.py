@@ -49,3 +49,22 @@ def test_a_settled_reservation_is_marked_dc_when_committed_and_dr_when_released(
     keys = bl.engine.planners.settle.core.keys
     assert raw_redis.get(keys.reservation("acme", committed.reservation.id)) == b"Dc"
     assert raw_redis.get(keys.reservation("acme", released.reservation.id)) == b"Dr"
+
+
+@pytest.mark.sync_only("plans the shrink op by hand (plan_shrink)")
+def test_a_shrink_writes_nothing_to_a_budget_it_reserved_nothing_on(make_limiter, clock,
+                                                                     raw_redis):
+    """A lease of calls with no output tokens reserves 0 of a soft weekly output-token budget
+    (a hard one would not be leased): the check never creates that week's counter, and a
+    shrink (keeping 0 of 0) does not either."""
+    weekly = "{metric: output_tokens, amount: 1000, period: week, mode: soft}"
+    policy = LEASES.replace("period: month}", f"period: month}}\n      - {weekly}")
+    bl = make_limiter(policy, leases=LeaseConfig(calls=4, seconds=60))
+    d = bl.check(ORG, ONE)
+    lease = bl.leases._unsettled[d.reservation.lease]
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
+    now = clock()
+    keep = Amounts(invocations=2, input_tokens=0, output_tokens=0, total_tokens=0, cost=20)
+    planned = bl.engine.planners.settle.plan_shrink(lease.reservation, keep, now + 120_000, now)
+    assert bl.execute(planned).status == "released"
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
