@@ -73,6 +73,21 @@ def test_a_ledger_lives_to_its_day_end_plus_retention(monkeypatch, how):
         bl.close()
 
 
+def test_a_counter_first_written_by_a_check_lives_to_its_day_end_plus_retention(monkeypatch):
+    now_ms = MIDNIGHT_MS - 12 * 3600_000  # 12:00 UTC: 12 h to the day's end, plus 1 h
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(RETAINED), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        assert bl.check(ALICE, Usage(3, 1)).allowed
+        (counter,) = raw.scan_iter(match=bl.keys.counter_pattern("acme"))
+        assert raw.pttl(counter) == 13 * 3600_000
+    finally:
+        raw.close()
+        bl.close()
+
+
 def test_a_counter_first_written_by_a_record_lives_to_its_day_end_plus_retention(monkeypatch):
     """A record before any check creates the day's counter from its plan line (settle.lua),
     whose expire-at is the period's end plus the retention: 12 h + 1 h at 12:00 UTC."""

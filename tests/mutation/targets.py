@@ -45,6 +45,7 @@ CHECK_TESTS = (
     "tests/test_rate_zero_estimates.py",
     "tests/test_admitted_replies.py",
     "tests/test_hot_path_commands.py",
+    "tests/test_planner_templates.py",
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
