@@ -1,7 +1,10 @@
-"""What a settle reports beyond its status: the overshoot flag (an actual above the estimate)
-belongs to the commit that counted it, not to its duplicates."""
+"""What a settle reports beyond its status (the overshoot flag belongs to the commit that
+counted it, not to its duplicates or a release; the Cluster dirty follow-up), and how a settle
+that judges thresholds gets the period's carry."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -61,3 +64,63 @@ def test_only_a_settle_that_makes_the_first_dirty_ledger_asks_for_the_cluster_fo
     finally:
         r.close()
         bl.close()
+
+
+def test_a_release_reports_no_overshoot(make_limiter):
+    bl = make_limiter(POLICY)
+    d = bl.check(ALICE, Usage(input_tokens=100))
+    released = bl.release(d.reservation)
+    assert (released.status, released.overshoot) == ("released", False)
+
+
+ACCUMULATE = """
+timezone: UTC
+reservation_ttl_seconds: 60
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, rollover: accumulate}
+"""
+
+
+def test_a_record_that_computes_the_carry_first_refunds_expired_reservations(
+        make_limiter, clock):
+    """Day 1: 6 reserved and never settled (the caller crashed). Day 2 begins with a
+    record of 1, before any check: it computes day 2's carry as a check would, after
+    refunding the expired 6, so day 1 carries all of its 10."""
+    bl = make_limiter(ACCUMULATE)
+    bl.engine.sweep_sampler = lambda: False
+    assert bl.check(ALICE, Usage(invocations=6)).allowed
+    clock.advance(86_400)
+    assert bl.record(ALICE, Usage(invocations=1)).status == "recorded"
+    day = next(s for s in bl.status(ALICE) if s.period == "day")
+    assert (day.used, day.reserved, day.carry, day.limit) == (1, 0, 10, 20)
+
+
+@pytest.mark.redis
+def test_a_plan_from_before_the_carry_field_judges_thresholds_against_the_limit_alone(
+        fresh_redis):
+    """A record whose plan line has a bare -1 carry (written before plans named the previous
+    period; still stored in reservations across an upgrade): its carry counts as 0. Limit
+    10, thresholds 50 and 100: 5 reaches the 50 exactly (not of 11), 9 does not reach the
+    100 (of 9 it would)."""
+    r = fresh_redis.client()
+    source = Registry.default()["settle"].source
+    base = "bl:{acme}"
+    counter, ledger = f"{base}:c:o:day:2026-03-10", f"{base}:l:o/a=gpt:2026-03-10"
+    now = 1_773_144_000_000
+    plan = f"|0|{ledger}\nc\t{counter}\tn\t0\t10\t-1\t50,100\t{now + 86_400_000}\n"
+
+    def record(request_id: str, n: int) -> list[Any]:
+        keys = [f"{base}:d:{request_id}", f"{base}:rx", f"{base}:dirty", f"{base}:ev",
+                "bl:dirty-orgs"]
+        return list(r.eval(source, len(keys), *keys, now, "record", 60_000, 0, "acme", plan,
+                           now + 86_400_000, n, 0, 0, 0, 0, -1))
+
+    try:
+        assert record("a", 5)[3:] == [counter.encode(), b"n", 50, 5, 10]
+        assert record("b", 4)[3:] == []
+        assert r.hget(counter, "u:n") == b"9"
+    finally:
+        r.close()
