@@ -80,8 +80,12 @@ def test_a_counter_first_written_by_a_check_lives_to_its_day_end_plus_retention(
     bl = BudgetLimiter(parse_policy(RETAINED), url, timeout=2.0, clock=lambda: now_ms)
     raw = connect_sync(url, timeout=2.0)
     try:
-        assert bl.check(ALICE, Usage(3, 1)).allowed
+        d = bl.check(ALICE, Usage(3, 1))
         (counter,) = raw.scan_iter(match=bl.keys.counter_pattern("acme"))
+        assert raw.pttl(counter) == 13 * 3600_000
+        # its first usage (the commit) sets the expiry again, from the reservation's plan
+        raw.pexpire(counter, 1000)
+        bl.commit(d.reservation, Usage(3, 1))
         assert raw.pttl(counter) == 13 * 3600_000
     finally:
         raw.close()

@@ -165,3 +165,18 @@ def test_a_rate_refusal_does_not_sweep_and_reports_what_is_still_held(make_limit
     day = next(s for s in refused.limits if s.period == "day")
     assert (day.used, day.reserved) == (0, 2)
     assert (bl.status(ALICE)[0].used, bl.status(ALICE)[0].reserved) == (0, 1)
+
+
+def test_a_rate_refusal_with_a_stored_capped_carry_does_not_sweep(make_limiter, clock):
+    """As above with the day accumulating, capped at 0: the first check stores the carry
+    (0), so the rate refusal reads it and has no carry to compute: no sweep either."""
+    bl = make_limiter(DAY_AND_RATE.replace("period: day}",
+                                           "period: day, rollover: accumulate, rollover_cap: 0}"))
+    bl.engine.sweep_sampler = lambda: False
+    assert bl.check(ALICE, Usage(invocations=1)).allowed  # expires in a second
+    clock.advance(2)
+    assert bl.check(ALICE, Usage(invocations=1)).allowed
+    refused = bl.check(ALICE, Usage(invocations=1))
+    assert not refused.allowed and refused.reason == "rate_exceeded"
+    day = next(s for s in refused.limits if s.period == "day")
+    assert (day.used, day.reserved, day.carry) == (0, 2, 0)

@@ -124,3 +124,22 @@ def test_a_plan_from_before_the_carry_field_judges_thresholds_against_the_limit_
         assert r.hget(counter, "u:n") == b"9"
     finally:
         r.close()
+
+
+RESET = ACCUMULATE.replace(", rollover: accumulate", "").replace("amount: 10,", "amount: 10, "
+                                                                  "thresholds: [50],")
+
+
+def test_a_budget_changed_to_reset_judges_thresholds_against_its_limit_alone(make_limiter,
+                                                                            clock):
+    """Day 2 of an accumulating budget stores its carry (day 1's unused 10); the policy then
+    changes it to reset mid-day: a record of 5 reaches 50 % of 10 (the stored carry no
+    longer counts)."""
+    before = make_limiter(ACCUMULATE)
+    assert before.check(ALICE, Usage(invocations=0)).allowed  # day 1: carry 0, nothing used
+    clock.advance(86_400)
+    assert before.check(ALICE, Usage(invocations=0)).allowed  # stores day 2's carry 10
+    assert next(s for s in before.status(ALICE)).carry == 10
+    after = make_limiter(RESET)
+    recorded = after.record(ALICE, Usage(invocations=5))
+    assert [(t.threshold, t.used, t.limit) for t in recorded.thresholds] == [(50, 5, 10)]
