@@ -26,3 +26,26 @@ def test_a_check_after_the_clock_went_back_a_day_counts_on_that_day(make_limiter
     assert [(s.period, s.reserved) for s in bl.status(ALICE)] == [("day", 3)]
     clock.advance(86_400)
     assert [(s.period, s.reserved) for s in bl.status(ALICE)] == [("day", 2)]
+
+
+HOURLY = DAILY.replace("period: day", "period: hour")
+
+
+def test_a_check_in_the_next_hour_counts_on_that_hour(make_limiter, clock):
+    """The cached layout lasts until the earliest of the subject's periods ends (the hour),
+    not the day."""
+    bl = make_limiter(HOURLY)
+    assert bl.check(ALICE, Usage(invocations=2)).allowed
+    clock.advance(3600)
+    assert bl.check(ALICE, Usage(invocations=3)).allowed
+    assert [(s.period, s.reserved) for s in bl.status(ALICE)] == [("hour", 3)]
+
+
+def test_a_check_after_the_clock_went_back_an_hour_counts_on_that_hour(make_limiter, clock):
+    """The cached layout starts with the latest of the subject's periods (the hour)."""
+    bl = make_limiter(HOURLY)
+    clock.advance(3600)
+    assert bl.check(ALICE, Usage(invocations=2)).allowed
+    clock.advance(-3600)
+    assert bl.check(ALICE, Usage(invocations=3)).allowed
+    assert [(s.period, s.reserved) for s in bl.status(ALICE)] == [("hour", 3)]

@@ -143,3 +143,10 @@ def test_a_budget_changed_to_reset_judges_thresholds_against_its_limit_alone(mak
     after = make_limiter(RESET)
     recorded = after.record(ALICE, Usage(invocations=5))
     assert [(t.threshold, t.used, t.limit) for t in recorded.thresholds] == [(50, 5, 10)]
+
+
+def test_a_threshold_of_100_percent_of_101_fires_at_101_not_100(make_limiter):
+    bl = make_limiter(RESET.replace("amount: 10, thresholds: [50]",
+                                    "amount: 101, thresholds: [100]"))
+    assert bl.record(ALICE, Usage(invocations=100)).thresholds == ()
+    assert [t.threshold for t in bl.record(ALICE, Usage(invocations=1)).thresholds] == [100]
