@@ -150,3 +150,12 @@ def test_a_threshold_of_100_percent_of_101_fires_at_101_not_100(make_limiter):
                                     "amount: 101, thresholds: [100]"))
     assert bl.record(ALICE, Usage(invocations=100)).thresholds == ()
     assert [t.threshold for t in bl.record(ALICE, Usage(invocations=1)).thresholds] == [100]
+
+
+def test_a_ledger_holds_only_the_metrics_a_settle_counted(make_limiter, raw_redis):
+    """A record of one call with no tokens: 1 invocation, nothing else, in the day's ledger
+    (the reconciler flushes what is there)."""
+    bl = make_limiter(POLICY)
+    bl.record(ALICE, Usage(invocations=1))
+    (ledger,) = raw_redis.scan_iter("*:l:*")
+    assert raw_redis.hgetall(ledger) == {b"n": b"1"}
