@@ -12,6 +12,7 @@ from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
 from budgetlimiter.engine.calls import ScriptCall
 from budgetlimiter.engine.scripts import Registry
 from budgetlimiter.engine.settle_plan import dirty_follow_up
+from budgetlimiter.usage import Amounts
 
 ALICE = Subject("acme", "gpt", user="alice")
 POLICY = """
@@ -61,6 +62,23 @@ def test_only_a_settle_that_makes_the_first_dirty_ledger_asks_for_the_cluster_fo
                                             clock()))
         assert not follow_up(settle.plan_commit(second.reservation, Usage(input_tokens=100),
                                                 clock()))
+        # a flush empties the org's dirty set: the next first dirty ledger asks again, also
+        # from a commit of an expired reservation (3) and one counted from its plan (4)
+        dirty = bl.engine.planners.core.keys.dirty("acme")
+        expired = bl.check(ALICE, Usage(input_tokens=100), ttl=1)
+        clock.advance(2)
+        bl.status(ALICE)  # sweeps it
+        r.delete(dirty)
+        late = settle.plan_commit(expired.reservation, Usage(input_tokens=100), clock())
+        reply = r.eval(Registry.default()["settle"].source, len(late.keys), *late.keys,
+                       *late.args)
+        assert int(reply[0]) == 3 and dirty_follow_up(late, reply, cluster=True)
+        r.delete(dirty)
+        forgotten = settle.plan_commit_by_id("acme", "never-seen", Amounts(invocations=1),
+                                             clock(), subject=ALICE)
+        reply = r.eval(Registry.default()["settle"].source, len(forgotten.keys),
+                       *forgotten.keys, *forgotten.args)
+        assert int(reply[0]) == 4 and dirty_follow_up(forgotten, reply, cluster=True)
     finally:
         r.close()
         bl.close()
@@ -159,3 +177,23 @@ def test_a_ledger_holds_only_the_metrics_a_settle_counted(make_limiter, raw_redi
     bl.record(ALICE, Usage(invocations=1))
     (ledger,) = raw_redis.scan_iter("*:l:*")
     assert raw_redis.hgetall(ledger) == {b"n": b"1"}
+
+
+@pytest.mark.redis
+def test_a_settle_planned_for_redis_cluster_leaves_the_global_dirty_set_to_the_client(
+        fresh_redis, clock):
+    """On Redis Cluster the planner sends no KEYS[5] (P:dirty-orgs is in another slot):
+    settle.lua then counts, marks the org's ledger dirty and says so, and touches no global
+    key (shown on one node by planning as for a cluster)."""
+    bl = BudgetLimiter(parse_policy(POLICY), fresh_redis.url, clock=clock, timeout=2.0)
+    r = fresh_redis.client()
+    try:
+        bl.engine.planners.core.cluster = True
+        call = bl.engine.planners.settle.plan_record(ALICE, Usage(invocations=1), clock(), "q1")
+        assert len(call.keys) == 4
+        reply = r.eval(Registry.default()["settle"].source, 4, *call.keys, *call.args)
+        assert [int(v) for v in reply[:3]] == [1, 1, 0]
+        assert r.exists(bl.engine.planners.core.keys.dirty_orgs) == 0
+    finally:
+        r.close()
+        bl.close()
