@@ -180,3 +180,30 @@ def test_a_rate_refusal_with_a_stored_capped_carry_does_not_sweep(make_limiter, 
     assert not refused.allowed and refused.reason == "rate_exceeded"
     day = next(s for s in refused.limits if s.period == "day")
     assert (day.used, day.reserved, day.carry) == (0, 2, 0)
+
+
+DAY_AND_HOUR_CARRY = """
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: cost, amount: "0.000010", period: day, rollover: accumulate}
+      - {metric: cost, amount: "1", period: hour, rollover: accumulate}
+"""
+
+
+def test_a_zero_cost_check_on_the_full_path_fits_within_the_carry(make_limiter, clock):
+    """The day's limit is 10 micro-USD; day 2 carries day 1's unused 10 (limit 20) and has
+    used 15. A new hour's first check computes the hour's carry (the full path): a check of zero
+    cost is admitted there, 15 being under 10 + 10."""
+    bl = make_limiter(DAY_AND_HOUR_CARRY)
+    assert bl.check(ALICE, Usage()).allowed  # day 1: stores its carry (0), uses nothing
+    clock.advance(86_400)
+    spent = bl.check(ALICE, Usage(input_tokens=15))
+    bl.commit(spent.reservation, Usage(input_tokens=15))
+    clock.advance(3600)
+    d = bl.check(ALICE, Usage())
+    assert d.allowed
+    day = next(s for s in d.limits if s.period == "day")
+    assert (day.taken, day.carry, day.limit) == (15, 10, 20)
