@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
+from decimal import Decimal
 
 import pytest
 
@@ -105,6 +106,26 @@ def test_a_counter_first_written_by_a_record_lives_to_its_day_end_plus_retention
         (counter,) = raw.scan_iter(match=bl.keys.counter_pattern("acme"))
         assert raw.hget(counter, "u:n") == b"1"
         assert raw.pttl(counter) == 13 * 3600_000
+    finally:
+        raw.close()
+        bl.close()
+
+
+def test_a_ledger_first_written_by_a_commit_by_id_lives_a_day_plus_retention(monkeypatch):
+    """A commit by id alone (the sidecar's, no subject) cannot tell the ledger's day from
+    the id: its ledger lives a whole day plus the retention from now, at least to its day's
+    end plus the retention (24 h + 1 h at 12:00 UTC)."""
+    now_ms = MIDNIGHT_MS - 12 * 3600_000
+    freeze_redis_time(monkeypatch, now_ms / 1000)
+    url = f"memory://{uuid.uuid4().hex}"
+    bl = BudgetLimiter(parse_policy(RETAINED), url, timeout=2.0, clock=lambda: now_ms)
+    raw = connect_sync(url, timeout=2.0)
+    try:
+        d = bl.check(ALICE, Usage(3, 1))
+        bl.commit_by_id("acme", d.reservation.id, Usage(3, 1, cost=Decimal("0.000006")))
+        ledger, _ = bl.engine.planners.core.ledger(ALICE, now_ms)
+        assert raw.hgetall(ledger)
+        assert raw.pttl(ledger) == 25 * 3600_000
     finally:
         raw.close()
         bl.close()

@@ -207,3 +207,22 @@ def test_a_zero_cost_check_on_the_full_path_fits_within_the_carry(make_limiter, 
     assert d.allowed
     day = next(s for s in d.limits if s.period == "day")
     assert (day.taken, day.carry, day.limit) == (15, 10, 20)
+
+
+def test_an_admitted_check_on_the_full_path_creates_no_counter_it_reserves_nothing_on(
+        make_limiter, raw_redis):
+    """The first check of a day computes the day's carry (the full path); the call costs
+    nothing, so the weekly cost budget gets no counter."""
+    bl = make_limiter("""
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, rollover: accumulate}
+      - {metric: cost, amount: "1", period: week}
+""")
+    d = bl.check(ALICE, Usage())
+    assert d.allowed
+    assert [s.taken for s in d.limits] == [1, 0]
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
