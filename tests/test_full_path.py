@@ -226,3 +226,45 @@ orgs:
     assert d.allowed
     assert [s.taken for s in d.limits] == [1, 0]
     assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
+
+
+def test_a_counter_created_on_the_full_path_gets_its_period_expiry(make_limiter, raw_redis):
+    """The first check of a day computes the day's carry (the full path) and reserves 1
+    invocation on the week's counter, which it creates: it lives to the week's end (more
+    than an hour away), not the minimum second."""
+    bl = make_limiter("""
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, rollover: accumulate}
+      - {metric: invocations, amount: 50, period: week}
+""")
+    assert bl.check(ALICE, Usage()).allowed
+    (week,) = raw_redis.scan_iter("*:c:o:week:*")
+    assert raw_redis.pttl(week) > 3_600_000
+
+
+def test_a_check_admitted_after_a_sweep_leaves_an_untouched_budget_alone(make_limiter, clock,
+                                                                         raw_redis):
+    """6 of 10 invocations reserved and expired; a check of 5 calls that cost nothing does
+    not fit beside them (the fast path hands over), fits after the sweep, and the weekly
+    cost budget it reserves nothing on gets no counter."""
+    bl = make_limiter("""
+timezone: UTC
+reservation_ttl_seconds: 1
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day}
+      - {metric: cost, amount: "1", period: week}
+""")
+    bl.engine.sweep_sampler = lambda: False
+    assert bl.check(ALICE, Usage(invocations=6)).allowed
+    clock.advance(2)
+    d = bl.check(ALICE, Usage(invocations=5))
+    assert d.allowed
+    assert [s.taken for s in d.limits] == [5, 0]
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []

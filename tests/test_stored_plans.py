@@ -31,6 +31,8 @@ def test_a_shrunk_reservation_keeps_its_head_line_and_one_line_per_budget(
     now = clock()
     keep = Amounts(invocations=2, input_tokens=0, output_tokens=0, total_tokens=0, cost=20)
     bl.execute(settle.plan_shrink(lease.reservation, keep, now + 120_000, now))
+    # the key lives to the new expiry plus the settle-marker retention (idempotency: 1 h)
+    assert 3_720_000 - 60_000 < raw_redis.pttl(key) <= 3_720_000
     assert raw_redis.get(key).decode() == "".join([
         f"R|{now + 120_000}|{ledger}\n",
         day.replace("\tn\t4\t", "\tn\t2\t") + "\n",
