@@ -268,3 +268,23 @@ orgs:
     assert d.allowed
     assert [s.taken for s in d.limits] == [5, 0]
     assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
+
+
+def test_a_refused_check_leaves_no_counter_on_a_budget_it_reserved_nothing_on(make_limiter,
+                                                                            raw_redis):
+    """1 invocation a day, and a weekly cost budget the calls (no tokens) cost nothing on:
+    the second call is refused by the day, and undoing the one-HINCRBY path's reservations
+    writes nothing to the week."""
+    bl = make_limiter("""
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: cost, amount: "1", period: week}
+      - {metric: invocations, amount: 1, period: day}
+""")
+    assert bl.check(ALICE, Usage()).allowed
+    refused = bl.check(ALICE, Usage())
+    assert not refused.allowed and refused.blocked_by.period == "day"
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
