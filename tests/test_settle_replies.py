@@ -197,3 +197,20 @@ def test_a_settle_planned_for_redis_cluster_leaves_the_global_dirty_set_to_the_c
     finally:
         r.close()
         bl.close()
+
+
+def test_one_record_reports_each_crossing_with_its_own_metric_and_usage(make_limiter):
+    """5 invocations of 10 and 300 micro-USD of 600 in one record: crossings of 50 % and of
+    40 %."""
+    bl = make_limiter("""
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, thresholds: [50]}
+      - {metric: cost, amount: "0.000600", period: day, thresholds: [40]}
+""")
+    recorded = bl.record(ALICE, Usage(input_tokens=300, invocations=5))
+    assert [(t.metric.value, t.threshold, t.used, t.limit) for t in recorded.thresholds] == [
+        ("invocations", 50, 5, 10), ("cost", 40, 300, 600)]
