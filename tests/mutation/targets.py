@@ -80,6 +80,7 @@ DURABLE_TESTS = (
     "tests/test_adjustments.py",
     "tests/test_held_counter.py",
     "tests/test_rebuild_script.py",
+    "tests/test_flush_orgs.py",
 )
 
 
