@@ -81,6 +81,7 @@ DURABLE_TESTS = (
     "tests/test_held_counter.py",
     "tests/test_rebuild_script.py",
     "tests/test_flush_orgs.py",
+    "tests/test_adjust_script.py",
 )
 
 
