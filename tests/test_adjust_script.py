@@ -30,6 +30,7 @@ def test_a_debit_of_one_unit_creates_the_counter_with_its_expiry_and_a_marker(fr
     assert DAY_END - NOW - 60_000 < r.pttl(COUNTER) <= DAY_END - NOW
     assert r.hgetall(MARKER) == {b"applied": b"1", b"at": str(NOW).encode(),
                                  b"op": b"o n 1"}
+    assert 540_000 < r.pttl(MARKER) <= 600_000  # the marker TTL given
 
 
 def test_a_credit_of_one_unit_moves_used_and_held_and_keeps_the_expiry(fresh_redis):
