@@ -106,7 +106,13 @@ local function carry_from(prev_key, m, limit, cap)
   if not f[1] and not f[2] and not f[3] then
     return 0
   end
-  local unused = limit + (tonumber(f[3]) or 0) - (tonumber(f[2]) or tonumber(f[1]) or 0)
+  -- held below zero is a refund on a counter recreated after it expired or was evicted (see
+  -- refund): no usage, not negative usage, which would carry more than limit + carry
+  local held = tonumber(f[2]) or tonumber(f[1]) or 0
+  if held < 0 then
+    held = 0
+  end
+  local unused = limit + (tonumber(f[3]) or 0) - held
   if unused < 0 then
     unused = 0
   end

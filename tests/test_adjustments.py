@@ -256,6 +256,8 @@ def test_sql_failing_after_redis_names_the_id_and_the_retry_completes_it(
         adjust(bl, store, U_BOB, -11 * USD, adjustment_id=adj_id)
     retry = adjust(bl, store, U_BOB, -10 * USD, adjustment_id=adj_id)
     assert (retry.status, retry.adjustment.amount) == ("duplicate", -10 * USD)
+    # recorded with the time (and day) Redis applied it, from the marker
+    assert (retry.adjustment.at_ms, retry.adjustment.day) == (bl.clock(), "2026-03-10")
     assert store.adjustment(adj_id) == retry.adjustment
     assert live(bl, U_BOB, TEAM, ORG) == [15 * USD] * 3  # applied once
 

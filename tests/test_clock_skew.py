@@ -151,3 +151,15 @@ def test_the_sidecar_answers_clock_skew_with_503_and_retry_after():
 
     problem = from_library_error(ClockSkew("this host's clock keeps disagreeing with Redis's"))
     assert (problem.status, problem.headers.get("Retry-After")) == (503, "1")
+def test_a_settle_that_is_the_first_call_of_a_skewed_client_is_corrected_and_applied(
+        backend_url, monkeypatch):
+    """settle.lua answers a clock off by more than the tolerance as check.lua does: the client
+    learns Redis's time and settles again (here a record, its very first call)."""
+    monkeypatch.setattr(engine_module, "system_clock_ms", lambda: system_clock_ms() - 120_000)
+    bl = BudgetLimiter(parse_policy(TEN), backend_url, timeout=2.0)
+    try:
+        assert bl.record(ALICE, Usage(1, 0)).status == "recorded"
+        assert abs(bl.engine.clock_offset_ms - 120_000) < 2000
+        assert bl.scope_status("org:acme")[0].used == 1
+    finally:
+        bl.close()

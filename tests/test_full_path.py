@@ -165,3 +165,126 @@ def test_a_rate_refusal_does_not_sweep_and_reports_what_is_still_held(make_limit
     day = next(s for s in refused.limits if s.period == "day")
     assert (day.used, day.reserved) == (0, 2)
     assert (bl.status(ALICE)[0].used, bl.status(ALICE)[0].reserved) == (0, 1)
+
+
+def test_a_rate_refusal_with_a_stored_capped_carry_does_not_sweep(make_limiter, clock):
+    """As above with the day accumulating, capped at 0: the first check stores the carry
+    (0), so the rate refusal reads it and has no carry to compute: no sweep either."""
+    bl = make_limiter(DAY_AND_RATE.replace("period: day}",
+                                           "period: day, rollover: accumulate, rollover_cap: 0}"))
+    bl.engine.sweep_sampler = lambda: False
+    assert bl.check(ALICE, Usage(invocations=1)).allowed  # expires in a second
+    clock.advance(2)
+    assert bl.check(ALICE, Usage(invocations=1)).allowed
+    refused = bl.check(ALICE, Usage(invocations=1))
+    assert not refused.allowed and refused.reason == "rate_exceeded"
+    day = next(s for s in refused.limits if s.period == "day")
+    assert (day.used, day.reserved, day.carry) == (0, 2, 0)
+
+
+DAY_AND_HOUR_CARRY = """
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: cost, amount: "0.000010", period: day, rollover: accumulate}
+      - {metric: cost, amount: "1", period: hour, rollover: accumulate}
+"""
+
+
+def test_a_zero_cost_check_on_the_full_path_fits_within_the_carry(make_limiter, clock):
+    """The day's limit is 10 micro-USD; day 2 carries day 1's unused 10 (limit 20) and has
+    used 15. A new hour's first check computes the hour's carry (the full path): a check of zero
+    cost is admitted there, 15 being under 10 + 10."""
+    bl = make_limiter(DAY_AND_HOUR_CARRY)
+    assert bl.check(ALICE, Usage()).allowed  # day 1: stores its carry (0), uses nothing
+    clock.advance(86_400)
+    spent = bl.check(ALICE, Usage(input_tokens=15))
+    bl.commit(spent.reservation, Usage(input_tokens=15))
+    clock.advance(3600)
+    d = bl.check(ALICE, Usage())
+    assert d.allowed
+    day = next(s for s in d.limits if s.period == "day")
+    assert (day.taken, day.carry, day.limit) == (15, 10, 20)
+
+
+def test_an_admitted_check_on_the_full_path_creates_no_counter_it_reserves_nothing_on(
+        make_limiter, raw_redis):
+    """The first check of a day computes the day's carry (the full path); the call costs
+    nothing, so the weekly cost budget gets no counter."""
+    bl = make_limiter("""
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, rollover: accumulate}
+      - {metric: cost, amount: "1", period: week}
+""")
+    d = bl.check(ALICE, Usage())
+    assert d.allowed
+    assert [s.taken for s in d.limits] == [1, 0]
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
+
+
+def test_a_counter_created_on_the_full_path_gets_its_period_expiry(make_limiter, raw_redis):
+    """The first check of a day computes the day's carry (the full path) and reserves 1
+    invocation on the week's counter, which it creates: it lives to the week's end (more
+    than an hour away), not the minimum second."""
+    bl = make_limiter("""
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day, rollover: accumulate}
+      - {metric: invocations, amount: 50, period: week}
+""")
+    assert bl.check(ALICE, Usage()).allowed
+    (week,) = raw_redis.scan_iter("*:c:o:week:*")
+    assert raw_redis.pttl(week) > 3_600_000
+
+
+def test_a_check_admitted_after_a_sweep_leaves_an_untouched_budget_alone(make_limiter, clock,
+                                                                         raw_redis):
+    """6 of 10 invocations reserved and expired; a check of 5 calls that cost nothing does
+    not fit beside them (the fast path hands over), fits after the sweep, and the weekly
+    cost budget it reserves nothing on gets no counter."""
+    bl = make_limiter("""
+timezone: UTC
+reservation_ttl_seconds: 1
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: invocations, amount: 10, period: day}
+      - {metric: cost, amount: "1", period: week}
+""")
+    bl.engine.sweep_sampler = lambda: False
+    assert bl.check(ALICE, Usage(invocations=6)).allowed
+    clock.advance(2)
+    d = bl.check(ALICE, Usage(invocations=5))
+    assert d.allowed
+    assert [s.taken for s in d.limits] == [5, 0]
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []
+
+
+def test_a_refused_check_leaves_no_counter_on_a_budget_it_reserved_nothing_on(make_limiter,
+                                                                            raw_redis):
+    """1 invocation a day, and a weekly cost budget the calls (no tokens) cost nothing on:
+    the second call is refused by the day, and undoing the one-HINCRBY path's reservations
+    writes nothing to the week."""
+    bl = make_limiter("""
+timezone: UTC
+pricing: {gpt: {input_per_million: "1", output_per_million: "2"}}
+orgs:
+  acme:
+    limits:
+      - {metric: cost, amount: "1", period: week}
+      - {metric: invocations, amount: 1, period: day}
+""")
+    assert bl.check(ALICE, Usage()).allowed
+    refused = bl.check(ALICE, Usage())
+    assert not refused.allowed and refused.blocked_by.period == "day"
+    assert list(raw_redis.scan_iter("*:c:o:week:*")) == []

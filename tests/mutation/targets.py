@@ -40,6 +40,13 @@ CHECK_TESTS = (
     "tests/test_limit_status.py",
     "tests/test_edges_keep_limits.py",
     "tests/test_lease_handback.py",
+    "tests/test_sweep_lost_reservations.py",
+    "tests/test_carry_from_partial_counters.py",
+    "tests/test_rate_zero_estimates.py",
+    "tests/test_admitted_replies.py",
+    "tests/test_hot_path_commands.py",
+    "tests/test_planner_templates.py",
+    "tests/test_stored_plans.py",  # a soft budget left at zero is leased (hard_metrics)
     MODEL,
 )
 #: tests of settle.lua (commit, release, record, shrink, thresholds) and of its planning
@@ -59,6 +66,9 @@ SETTLE_TESTS = (
     "tests/test_zero_usage.py",
     "tests/test_reconciler.py",  # the ledger settle writes is what the reconciler flushes
     "tests/test_restore_exact.py",
+    "tests/test_stored_plans.py",
+    "tests/test_clock_skew.py",
+    "tests/test_settle_replies.py",
     MODEL,
 )
 #: tests of the reconciler's scripts (flush, ack, rebuild) and of adjustments
@@ -69,6 +79,9 @@ DURABLE_TESTS = (
     "tests/test_reconciler.py",
     "tests/test_adjustments.py",
     "tests/test_held_counter.py",
+    "tests/test_rebuild_script.py",
+    "tests/test_flush_orgs.py",
+    "tests/test_adjust_script.py",
 )
 
 
@@ -116,7 +129,8 @@ TARGETS: dict[str, Target] = {t.path: t for t in (
     _lua("lua/flush.lua", DURABLE_TESTS),
     _lua("lua/ack.lua", DURABLE_TESTS),
     _lua("lua/rebuild.lua", DURABLE_TESTS),
-    _lua("lua/lease.lua", ("tests/test_reconcile_lease.py", "tests/test_sidecar_reconcile.py")),
+    _lua("lua/lease.lua", ("tests/test_lease_script.py", "tests/test_reconcile_lease.py",
+                              "tests/test_sidecar_reconcile.py")),
     Target("budgetlimiter/engine/planner.py", CHECK_TESTS,
            PY_ROWS, frozenset({"_check_args", "_template", "plan_check", "plan_lines"}),
            _THIRD_PARTY),
