@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
-from .problems import Problem, dumps
+from .problems import Problem, dumps, problem_for
 
 if TYPE_CHECKING:
     from .app import Server
@@ -165,8 +165,6 @@ class HotPath:
     async def serve(self, handler: HotHandler, scope: Scope, receive: Receive, send: Send,
                     rid: str) -> int:
         """Answer one request; returns the HTTP status sent (499: the client went away)."""
-        from .handlers import problem_for
-
         try:
             body = await read_body(scope, receive, self.server.config.max_body)
             answer = await handler(Incoming(body, scope["headers"],

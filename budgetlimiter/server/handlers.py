@@ -13,15 +13,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..engine.outage import UNAVAILABLE
-from ..errors import BudgetLimiterError
 from ..results import Decision
 from ..subject import Scope, Subject
 from . import models as m
 from .auth import request_token, require_org, require_org_of
 from .fastpath import Answer, HotHandler, Incoming, encode, parse_json
 from .params import CHECK_PARAMS, EFFECTIVE_PARAMS, read_query, scope_error
-from .problems import Problem, dumps, from_library_error
+from .problems import Problem, dumps, problem_for
 
 if TYPE_CHECKING:
     from .app import Server
@@ -43,22 +41,6 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
-
-
-def problem_for(server: Server, exc: BaseException, rid: str) -> Problem:
-    """The problem answering a failure of a handler (Redis errors are counted and logged,
-    unexpected ones logged with their traceback)."""
-    if isinstance(exc, Problem):
-        return exc
-    if isinstance(exc, UNAVAILABLE):
-        server.metrics.redis_errors.inc()
-        log.warning("redis unavailable: %s", exc, extra={"request_id": rid})
-        return Problem("backend_unavailable", "Redis did not answer in time",
-                       headers={"Retry-After": "1"})
-    if isinstance(exc, BudgetLimiterError):
-        return from_library_error(exc)
-    log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-    return Problem("internal_error", "unexpected error; see the server log")
 
 
 def endpoint(server: Server, fn: Handler) -> Handler:

@@ -11,6 +11,7 @@ Clients branch on ``code`` (stable), never on ``title`` or ``detail`` (prose).
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.responses import Response
@@ -129,4 +130,26 @@ def from_library_error(exc: BaseException) -> Problem:
         return Problem("backend_unavailable", "redis rejected the sidecar's credentials")
     if isinstance(exc, BudgetLimiterError):
         return Problem("invalid_input", str(exc))
+    return Problem("internal_error", "unexpected error; see the server log")
+
+
+#: the sidecar's logger (the handlers' and the hot path's failures)
+_log = logging.getLogger("budgetlimiter.server")
+
+
+def problem_for(server: Any, exc: BaseException, rid: str) -> Problem:
+    """The problem answering a failure of a handler (Redis errors are counted and logged,
+    unexpected ones logged with their traceback)."""
+    if isinstance(exc, Problem):
+        return exc
+    from ..engine.outage import UNAVAILABLE
+
+    if isinstance(exc, UNAVAILABLE):
+        server.metrics.redis_errors.inc()
+        _log.warning("redis unavailable: %s", exc, extra={"request_id": rid})
+        return Problem("backend_unavailable", "Redis did not answer in time",
+                       headers={"Retry-After": "1"})
+    if isinstance(exc, BudgetLimiterError):
+        return from_library_error(exc)
+    _log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
     return Problem("internal_error", "unexpected error; see the server log")
