@@ -7,7 +7,7 @@ Starlette stack in between (error middleware, exception middleware, router, the 
 shell, the request/response wrappers) cost about a tenth of the sidecar's CPU for work these
 endpoints do not need: every failure of a handler becomes a problem document here, exactly as
 :func:`~budgetlimiter.server.handlers.endpoint` does for the other routes (both use
-:func:`~budgetlimiter.server.handlers.problem_for`).
+:func:`~budgetlimiter.server.problems.problem_for`).
 
 Parsing tries orjson first and falls back to the standard library's ``json`` on any error,
 so a body orjson refuses gets exactly the answer it always got (NaN, lone surrogates, huge
