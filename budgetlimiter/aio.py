@@ -279,9 +279,9 @@ class AsyncBudgetLimiter(ClientSurface):
         """See :meth:`BudgetLimiter.flush_local`."""
         return await self.run(self.engine.replay())
 
-    async def return_leases(self) -> None:
+    async def return_leases(self) -> int:
         """See :meth:`BudgetLimiter.return_leases`."""
-        await self.run(self.engine.return_leases())
+        return await self.run(self.engine.return_leases())
 
     def guard(self, subject: Subject, estimate: Usage | None = None, *,
               extract: Extractor | None = None, ttl: float | None = None,

@@ -185,10 +185,11 @@ class BudgetLimiter(ClientSurface):
         and by a timer). Returns how many operations reached Redis."""
         return self.run(self.engine.replay())
 
-    def return_leases(self) -> None:
+    def return_leases(self) -> int:
         """Send the usage of every lease to Redis and refund the unused slices now (also
-        what an outage kept in-process, when Redis answers)."""
-        self.run(self.engine.return_leases())
+        what an outage kept in-process, when Redis answers). Returns how many operations
+        are still kept in-process, to be replayed later (0: Redis has all the usage)."""
+        return self.run(self.engine.return_leases())
 
     def guard(self, subject: Subject, estimate: Usage | None = None, *,
               extract: Extractor | None = None, ttl: float | None = None,

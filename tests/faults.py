@@ -134,6 +134,16 @@ def await_probe(client: object, limit: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def hand_back_all(client: Any, limit: float = 10.0) -> None:
+    """``return_leases()`` until it reports nothing kept in-process: right after an outage
+    the circuit's probe (the client's timer may send it) or a replay under way can hold a
+    hand-back back, which the client queues and reports, never drops."""
+    deadline = time.monotonic() + limit
+    while (kept := client.return_leases()) != 0:
+        assert time.monotonic() < deadline, f"{kept} operations never reached Redis"
+        time.sleep(0.05)
+
+
 def own_execute(client: Any) -> Callable[[Any], Any]:
     """The client's own, unpatched ``_execute`` (through the test adapter of the asyncio
     client too): assign it back to end a fault."""

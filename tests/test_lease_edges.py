@@ -22,9 +22,8 @@ from budgetlimiter import (
     Usage,
     parse_policy,
 )
-from tests.faults import scripts_only
 
-from .faults import await_probe
+from .faults import await_probe, hand_back_all, scripts_only
 from .lease_helpers import ONE, ORG, ZERO, cost, inv, with_amount
 from .policies import LEASES, RATE_ONLY
 
@@ -151,8 +150,8 @@ def test_lease_hand_back_during_an_outage_is_replayed_once(make_flaky_limiter, f
     assert inv(observer.status(ORG)).used == 1
     flaky_redis.up()
     await_probe(bl)
-    bl.return_leases()  # Redis answers: what was kept in-process is replayed
-    bl.return_leases()  # and only once
+    hand_back_all(bl)  # Redis answers: what was kept in-process is replayed
+    assert bl.return_leases() == 0  # and only once
     status = inv(observer.status(ORG))
     assert (status.used, status.reserved) == (2, 0)
     assert bl.record(x, ONE, request_id="after").status == "recorded"  # the client is well
@@ -169,7 +168,7 @@ def test_unused_lease_returned_during_an_outage_is_refunded_by_its_ttl(
     bl.return_leases()  # the release cannot go out
     flaky_redis.up()
     await_probe(bl)
-    bl.return_leases()  # nothing was used: nothing to replay
+    assert bl.return_leases() == 0  # nothing was used: nothing to replay
     clock.advance(5)
     status = inv(make_flaky_limiter(POLICY).status(ORG))
     assert (status.used, status.reserved) == (0, 0)
@@ -192,7 +191,7 @@ def test_outage_open_lease_keeps_admitting_from_its_slice_then_policy_decides(
     bl.commit(d2.reservation, ONE)
     flaky_redis.up()
     await_probe(bl)
-    bl.return_leases()
+    hand_back_all(bl)
     status = inv(make_flaky_limiter(POLICY).status(ORG))
     assert (status.used, status.reserved) == (2, 0)
 
@@ -519,3 +518,20 @@ def test_a_retired_lease_keeps_covering_what_was_spent_under_it(make_limiter):
     a.close()
     status = inv(b.status(ORG))
     assert status.used + status.reserved == 10
+
+
+@pytest.mark.redis
+def test_return_leases_reports_the_usage_it_could_not_send(make_flaky_limiter, flaky_redis):
+    """A hand-back that cannot reach Redis is kept in-process and counted in the answer (a
+    shutdown can tell "all sent" from "kept"); once Redis answers it reaches Redis, once."""
+    bl = make_flaky_limiter(POLICY, leases=LeaseConfig(calls=4, seconds=60),
+                            timeout=FLAKY_TIMEOUT)
+    d = bl.check(ORG, ONE)
+    bl.commit(d.reservation, ONE)
+    flaky_redis.down()
+    assert bl.return_leases() == 1
+    flaky_redis.up()
+    await_probe(bl)
+    hand_back_all(bl)
+    status = inv(make_flaky_limiter(POLICY).status(ORG))
+    assert (status.used, status.reserved) == (1, 0)

@@ -355,11 +355,15 @@ class Engine:
                     self._defer(Deferred("commit", item.lease.spent_usage(),
                                          reservation=item.lease.reservation), force=True)
 
-    def return_leases(self) -> Flow[None]:
-        """Hand every lease back now, then replay what an outage queued."""
+    def return_leases(self) -> Flow[int]:
+        """Hand every lease back now, then replay what an outage queued. Returns how many
+        operations are still kept in-process (0: Redis has all the usage): a hand-back that
+        found Redis unreachable, its circuit open or another replay under way is queued,
+        never dropped, and the caller learns it here."""
         yield from self._hand_back(wait=True, force=True)
         if self.queue:
             yield from self.replay()
+        return self.queued
 
     def maintenance(self) -> Flow[None]:
         """What a client's timer runs: due lease hand-backs, and the outage queue's replay

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -58,6 +59,8 @@ log = logging.getLogger("budgetlimiter.server")
 MAX_GAUGE_ORGS = 200
 #: validated subjects (and usages) kept for reuse; a cache starts over when full
 MAX_SUBJECTS = 10_000
+#: seconds a stopping sidecar keeps trying to hand its leases back (Redis may be probing)
+HAND_BACK_PATIENCE = 5.0
 
 
 class _AnyText(Convertor[str]):
@@ -150,8 +153,7 @@ class Server:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self.limiter is not None and self.config.lease_calls:
             # leased usage reaches Redis first, so that the reconciler's last flush has it
-            with contextlib.suppress(Exception):
-                await self.limiter.return_leases()
+            await self._hand_leases_back(self.limiter)
         if self.reconcile is not None:  # its last flush needs Redis: before the limiter
             await close_service(self.reconcile)
         if self.limiter is not None:
@@ -161,6 +163,22 @@ class Server:
             with contextlib.suppress(Exception):
                 self._store.close()
         log.info("sidecar stopped; open reservations expire by their TTL")
+
+    @staticmethod
+    async def _hand_leases_back(limiter: AsyncBudgetLimiter,
+                                patience: float = HAND_BACK_PATIENCE) -> None:
+        """Hand every lease back before exit; Redis may be between an outage and its circuit's
+        probe, so keep trying a few seconds before ``aclose`` reports what stays unsent."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                if await limiter.return_leases() == 0:
+                    return
+            except Exception:  # logged; aclose() says what is lost with the process
+                log.exception("handing the leases back at exit failed")
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.1)
 
     def require_limiter(self) -> AsyncBudgetLimiter:
         if self.limiter is None:
