@@ -316,7 +316,14 @@ class AsyncBudgetLimiter(ClientSurface):
                          *(self.coalescer.in_flight() if self.coalescer is not None else ())]
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            if self.coalescer is not None:
+                self.coalescer.close()
             await self.redis.aclose()
+            # a Sentinel-managed client: the connections to the sentinels are its own
+            manager = getattr(getattr(self.redis, "connection_pool", None), "sentinel_manager",
+                              None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
 
     async def __aenter__(self) -> AsyncBudgetLimiter:
         return self

@@ -4,15 +4,22 @@ Calls made by many tasks in the same event-loop turn are written to Redis as one
 ``max_inflight`` pipelines are on the wire, new calls wait and join the next batch. At low load
 a call goes out on the next loop iteration, alone (no timer, so no added latency). Each call
 gets its own reply or its own exception.
+
+For a plain or Sentinel-managed ``redis.asyncio.Redis`` the batches go over one connection the
+coalescer drives itself (:mod:`budgetlimiter.wire`: redis-py connects it, hiredis packs and
+reads); otherwise (fakeredis, a cluster) over redis-py pipelines.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
+
+import hiredis
 
 from .engine.calls import ScriptCall
 from .engine.scripts import Registry
+from .wire import Wire, WireUnsupported, can_take_over, open_wire
 
 
 async def send_pipeline(redis: Any, scripts: Registry, calls: list[ScriptCall]) -> list[Any]:
@@ -42,6 +49,10 @@ class Coalescer:
         #: counters for metrics: pipelines sent and calls carried
         self.pipelines = 0
         self.calls = 0
+        #: the connection driven directly (None: not open yet, or redis-py's pipelines)
+        self._wire: Wire | None = None
+        self._use_wire = can_take_over(redis)
+        self._connecting = False
 
     def submit(self, call: ScriptCall) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
@@ -54,6 +65,9 @@ class Coalescer:
 
     def _drain(self) -> None:
         self._scheduled = False
+        if self._use_wire:
+            self._drain_to_wire()
+            return
         while self._queue and self._inflight < self.max_inflight:
             # Spread what is waiting over the free connections: Redis then runs one pipeline
             # while this process reads the replies of another, instead of each waiting for
@@ -63,9 +77,7 @@ class Coalescer:
             batch = self._queue[:size]
             del self._queue[:size]
             self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._track(asyncio.get_running_loop().create_task(self._send(batch)))
 
     async def _send(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
         calls = [c for c, _ in batch]
@@ -93,9 +105,64 @@ class Coalescer:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._drain)
 
-    def in_flight(self) -> list[asyncio.Task[None]]:
-        """The pipelines on the wire now."""
-        return list(self._tasks)
+    # the connection driven directly ---------------------------------------------------
+    def _drain_to_wire(self) -> None:
+        wire = self._wire
+        if wire is None or wire.closed is not None:
+            if not self._connecting:
+                self._connecting = True
+                self._track(asyncio.get_running_loop().create_task(self._connect()))
+            return
+        # (hiredis's stubs type the argument as a 1-tuple; it takes any number of arguments)
+        scripts, pack = self.scripts, cast(Any, hiredis.pack_command)
+        while self._queue and wire.busy < self.max_inflight:
+            free = self.max_inflight - wire.busy
+            size = min(self.max_batch, -(-len(self._queue) // free))
+            batch = self._queue[:size]
+            del self._queue[:size]
+            self.pipelines += 1
+            self.calls += size
+            wire.write([pack(("EVALSHA", scripts[c.script].sha, len(c.keys), *c.keys, *c.args))
+                        for c, _ in batch], [f for _, f in batch])
+
+    async def _connect(self) -> None:
+        try:
+            wire = await open_wire(self.redis)
+        except WireUnsupported:  # keep redis-py's pipelines from now on
+            self._use_wire = False
+        except BaseException as exc:  # Redis unreachable: every waiting call learns it
+            queue, self._queue = self._queue, []
+            for _, fut in queue:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            wire.on_batch_done = self._batch_done
+            self._wire = wire
+        finally:
+            self._connecting = False
+            self._batch_done(0)
+
+    def _batch_done(self, _count: int) -> None:
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def in_flight(self) -> list[asyncio.Future[Any]]:
+        """The pipelines (or calls on the driven connection) not answered yet."""
+        wire = self._wire
+        return [*self._tasks, *(wire.pending if wire is not None else ())]
+
+    def close(self) -> None:
+        """Close the driven connection (calls still on it fail with ``ConnectionError``)."""
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None
 
     async def run(self, call: ScriptCall) -> Any:
         return await self.submit(call)

@@ -4,6 +4,7 @@ from SQL whatever the promoted replica is missing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter import AsyncBudgetLimiter, BudgetLimiter, Subject, Usage, parse_policy
 from budgetlimiter.durable.reconciler import Reconciler
 from budgetlimiter.durable.store.sql import Store
 
@@ -304,3 +305,27 @@ def test_sentinel_url_options():
     assert "sentinel_password" not in kw  # the master is not given the sentinels' password
     with pytest.raises(ValueError, match="the port of 'h:notaport' in the redis"):
         _sentinel_parts("redis+sentinel://h:notaport/mymaster")
+
+
+def test_asyncio_client_follows_a_failover_on_its_own_connection(sentinel_setup):
+    """The asyncio client drives a connection Sentinel's pool opened to the master; when the
+    master dies it reconnects through the sentinels and decides on the promoted replica."""
+    setup = sentinel_setup
+    old_port = setup.master_port()
+
+    async def main() -> None:
+        bl = AsyncBudgetLimiter(parse_policy(POLICY), setup.url, timeout=0.2)
+        assert (await bl.check(ALICE, Usage(input_tokens=1))).allowed
+        assert bl.coalescer is not None and bl.coalescer._wire is not None
+        setup.master.kill()
+        deadline = time.monotonic() + 40
+        while True:
+            assert time.monotonic() < deadline, "no decision on the new master"
+            d = await bl.check(ALICE, Usage(input_tokens=1))
+            if d.allowed and not d.degraded:
+                break
+            await asyncio.sleep(0.05)
+        assert setup.master_port() != old_port
+        await bl.aclose()
+
+    asyncio.run(main())

@@ -4,6 +4,7 @@ clear error; the password never shows up in logs or reprs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 from pathlib import Path
@@ -12,7 +13,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from budgetlimiter import BudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter import AsyncBudgetLimiter, BudgetLimiter, Subject, Usage, parse_policy
 from budgetlimiter.durable.reconciler import Reconciler
 from budgetlimiter.durable.store.sql import Store
 from budgetlimiter.errors import BackendRejected
@@ -233,3 +234,24 @@ def test_a_wrong_password_is_not_an_outage_under_fail_open(tls_redis, client_kin
         assert bl.breaker.state == "closed"
     finally:
         bl.close()
+
+
+def test_asyncio_client_drives_its_own_connection_over_tls_with_the_acl_user(tls_redis):
+    """The asyncio client's coalescer takes over a connection redis-py set up (TLS, client
+    certificate, ACL user): decisions and settlements go over it."""
+    tls_redis.admin().flushall()
+
+    async def main() -> None:
+        bl = AsyncBudgetLimiter(parse_policy(POLICY), tls_redis.url(), timeout=2)
+        decisions = await asyncio.gather(*(bl.check(ALICE, Usage(input_tokens=10))
+                                           for _ in range(20)))
+        assert all(d.allowed for d in decisions)
+        assert bl.coalescer is not None and bl.coalescer._wire is not None
+        for d in decisions:
+            assert d.reservation is not None
+            assert (await bl.commit(d.reservation, Usage(input_tokens=5))).status == "committed"
+        team = next(x for x in await bl.status(ALICE) if str(x.scope) == "org:acme/team:eng")
+        assert team.used == 100
+        await bl.aclose()
+
+    asyncio.run(main())
