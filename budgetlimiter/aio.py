@@ -86,11 +86,16 @@ class AsyncBudgetLimiter(ClientSurface):
 
     async def _resume(self, flow: rq.Flow[T], request: rq.Request) -> T:
         """Execute ``request`` and go on with the flow until it ends."""
+        coalescer = self.coalescer
         while True:
             reply: Any = None
             error: BaseException | None = None
             try:
-                reply = await self._execute(request)
+                if coalescer is not None and type(request) is rq.ScriptCall:
+                    # the common case, awaited here: a coroutine less per decision
+                    reply = await coalescer.submit(request)
+                else:
+                    reply = await self._execute(request)
             except BaseException as exc:
                 error = exc
             try:

@@ -52,6 +52,10 @@ METRIC_ORDER: tuple[Metric, ...] = (
     Metric.TOTAL_TOKENS,
     Metric.COST,
 )
+#: the Amounts field of each metric (``Metric.value`` is a descriptor call on every read)
+_FIELD: dict[Metric, str] = {m: m.value for m in METRIC_ORDER}
+assert [f for f in _FIELD.values()] == ["invocations", "input_tokens", "output_tokens",
+                                        "total_tokens", "cost"]  # as_list spells this out
 
 
 def check_count(name: str, value: object) -> int:
@@ -153,10 +157,14 @@ class Amounts:
     cost: int = 0
 
     def get(self, metric: Metric) -> int:
-        return int(getattr(self, metric.value))
+        value: int = getattr(self, _FIELD[metric])
+        return value
 
     def as_list(self) -> list[int]:
-        return [self.get(m) for m in METRIC_ORDER]
+        """The amounts in :data:`METRIC_ORDER` (spelled out: a leased check reads it twice,
+        and an enum member's ``.value`` is a descriptor call)."""
+        return [self.invocations, self.input_tokens, self.output_tokens, self.total_tokens,
+                self.cost]
 
     @property
     def cost_usd(self) -> Decimal:

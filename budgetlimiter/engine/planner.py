@@ -319,9 +319,10 @@ class Core:
             raise InvalidInput(
                 f"subject must be a budgetlimiter.Subject, got {type(subject).__name__}")
         amounts = self.amounts(subject, estimate)
+        prefix = self.keys.reservation_prefix(subject.org)
         if reservation_id is None:
             rid = os.urandom(16).hex()  # key-safe as it is: no validation or encoding needed
-            rkey = self.keys.reservation_prefix(subject.org) + rid
+            rkey = prefix + rid
         else:
             rid = validate_reservation_id(reservation_id)
             rkey = self.keys.reservation(subject.org, rid)
@@ -355,7 +356,7 @@ class Core:
             0 if dry_run else expires,
             ttl_ms + self.idempotency_ms,
             mode,
-            self.keys.reservation_prefix(org),
+            prefix,
             plan,
             len(t.budgets),
             len(t.rates),

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     exposition,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from ..results import Decision
 from ..usage import MICROS_PER_USD
@@ -26,24 +28,70 @@ def _unit(metric: str, units: int) -> float:
     return units / MICROS_PER_USD if metric == "cost" else float(units)
 
 
+class HotCounts:
+    """The per-request metrics (HTTP requests and their latency, check decisions) as plain
+    dicts of counts, turned into metric families when the registry is read (``/metrics``, the
+    OpenTelemetry reader). prometheus_client's children take a lock per increment and walk
+    the buckets in Python: a few microseconds per request, a few percent of a busy
+    sidecar's CPU. Counts only grow, as a Counter's; the event loop is the only writer."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        #: per (route, method): requests per bucket (the last: above every bound), and the sum
+        self.latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        self.decisions: dict[tuple[str, str, str], int] = {}
+
+    def http(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        found = self.latency.get((route, method))
+        if found is None:
+            found = self.latency[route, method] = ([0] * (len(_BUCKETS) + 1), [0.0])
+        found[0][bisect_left(_BUCKETS, seconds)] += 1
+        found[1][0] += seconds
+
+    def decision(self, key: tuple[str, str, str]) -> None:
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+
+    def describe(self) -> list[Metric]:
+        return []  # (registered without collecting at once)
+
+    def collect(self) -> Iterator[Metric]:
+        decisions = CounterMetricFamily(
+            "budgetlimiter_decisions", "Check decisions by outcome and blocking scope level.",
+            labels=["outcome", "level", "kind"])
+        for labels, count in list(self.decisions.items()):
+            decisions.add_metric(labels, count)
+        yield decisions
+        requests = CounterMetricFamily(
+            "budgetlimiter_http_requests", "HTTP requests by route, method and status.",
+            labels=["route", "method", "status"])
+        for labels, count in list(self.requests.items()):
+            requests.add_metric(labels, count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "budgetlimiter_http_request_duration_seconds", "HTTP request latency.",
+            labels=["route", "method"])
+        for (route, method), (counts, total) in list(self.latency.items()):
+            running, buckets = 0, []
+            for bound, count in zip((*_BUCKETS, float("inf")), counts, strict=True):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            latency.add_metric([route, method], buckets, total[0])
+        yield latency
+
+
 class Metrics:
     """The sidecar's metrics, all prefixed ``budgetlimiter_``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.decisions = Counter(
-            "budgetlimiter_decisions", "Check decisions by outcome and blocking scope level.",
-            ["outcome", "level", "kind"], registry=r)
+        self.hot = HotCounts()
+        r.register(self.hot)
         self.settles = Counter(
             "budgetlimiter_settles", "Commit, release and record results.",
             ["op", "status"], registry=r)
-        self.requests = Counter(
-            "budgetlimiter_http_requests", "HTTP requests by route, method and status.",
-            ["route", "method", "status"], registry=r)
-        self.latency = Histogram(
-            "budgetlimiter_http_request_duration_seconds", "HTTP request latency.",
-            ["route", "method"], buckets=_BUCKETS, registry=r)
         self.grpc_requests = Counter(
             "budgetlimiter_grpc_requests",
             "gRPC calls (Envoy's rate limit service) by method and status code.",
@@ -121,7 +169,7 @@ class Metrics:
         b = d.blocked_by
         level = b.scope.level if b is not None else "none"
         kind = b.kind if b is not None else "none"
-        self._child(self.decisions, outcome, level, kind).inc()
+        self.hot.decision((outcome, level, kind))
 
     def settled(self, op: str, status: str) -> None:
         """Count one commit, release or record result."""
@@ -129,8 +177,7 @@ class Metrics:
 
     def http(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its latency."""
-        self._child(self.latency, route, method).observe(seconds)
-        self._child(self.requests, route, method, str(status)).inc()
+        self.hot.http(route, method, status, seconds)
 
     def budgets(self, snapshot: GaugeSnapshot) -> None:
         """Replace the per-budget gauges by ``snapshot``'s (budgets that left it disappear)."""
