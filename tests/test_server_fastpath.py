@@ -110,3 +110,26 @@ def test_openapi_describes_the_compact_answer_and_its_header() -> None:
         assert refs in ({"DecisionOut", "DecisionMinimalOut"}, {"BatchOut", "BatchMinimalOut"})
         prefer = [p for p in paths[path]["post"]["parameters"] if p["name"] == "Prefer"]
         assert "return=minimal" in prefer[0]["description"]
+
+
+def test_a_remembered_check_body_never_lets_a_look_alike_invalid_body_through(
+        client: httpx.Client) -> None:
+    """Valid check bodies are remembered by value (validated once); a body whose values
+    hash alike but are other JSON types, or that adds a field, is validated again."""
+    good = {"subject": ALICE, "estimate": {"input_tokens": 1}}
+    for _ in range(3):
+        assert client.post("/v1/check", json=good, headers=MINIMAL).json()["allowed"]
+    bad_bodies = [
+        {"subject": ALICE, "estimate": {"input_tokens": True}},   # true == 1 in Python
+        {"subject": {**ALICE, "org": None}, "estimate": {"input_tokens": 1}},
+        {"subject": ALICE, "estimate": {"input_tokens": 1}, "surprise": 1},
+        {"subject": ALICE, "estimate": None},
+    ]
+    for body in bad_bodies:
+        got = client.post("/v1/check", json=body)
+        assert got.status_code == 422, (body, got.text)
+        assert got.headers["content-type"] == "application/problem+json"
+    # the remembered body still answers, and an omitted estimate equals {} (one invocation)
+    assert client.post("/v1/check", json=good).json()["allowed"]
+    assert client.post("/v1/check", json={"subject": ALICE}).json()["allowed"]
+    assert client.post("/v1/check", json={"subject": ALICE, "estimate": {}}).json()["allowed"]
