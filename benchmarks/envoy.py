@@ -114,6 +114,9 @@ async def _load(pid: int, port: int, seconds: float, concurrency: int, result: R
     fixed = [entry(key="org", value=ORG), entry(key="team", value=TEAM),
              entry(key="user", value=USER), entry(key="model", value=AGENT)]
     ids = itertools.count()
+    # request ids unique across runs too: Redis keeps reservations of earlier runs, and a
+    # request id checked twice is refused (as the service documents)
+    tag = os.urandom(4).hex()
     errors = 0
     cpu_before, client_before = _cpu_seconds(pid), time.process_time()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -121,7 +124,7 @@ async def _load(pid: int, port: int, seconds: float, concurrency: int, result: R
 
         async def call() -> bool:
             nonlocal errors
-            rid = entry(key="request_id", value=f"{result.name}-{next(ids)}")
+            rid = entry(key="request_id", value=f"{result.name}-{tag}-{next(ids)}")
             request = rls_pb2.RateLimitRequest(domain="budgetlimiter", descriptors=[
                 ratelimit_pb2.RateLimitDescriptor(entries=[*fixed, rid])])
             try:
