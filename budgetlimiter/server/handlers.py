@@ -194,8 +194,12 @@ class Api:
             subject, usage = self._bodies.remember(key, req)
         require_org_of(incoming.token, subject.org)
         limiter = self.s.require_limiter()
-        decision = await limiter.check(subject, usage, reservation_id=req.reservation_id,
-                                       ttl=req.ttl)
+        # the engine's flow driven directly: AsyncBudgetLimiter.check also yields to the loop
+        # after a leased answer (so that a task checking in a loop cannot starve the others);
+        # a request here is a task of its own that ends with its answer, so that loop turn
+        # was pure cost on the hot path (~5 us of a leased check)
+        decision = await limiter.run(limiter.engine.check(
+            subject, usage, reservation_id=req.reservation_id, ttl=req.ttl))
         self.s.metrics.decision(decision)
         if decision.degraded:
             self.s.metrics.redis_errors.inc()
