@@ -86,16 +86,11 @@ class AsyncBudgetLimiter(ClientSurface):
 
     async def _resume(self, flow: rq.Flow[T], request: rq.Request) -> T:
         """Execute ``request`` and go on with the flow until it ends."""
-        coalescer = self.coalescer
         while True:
             reply: Any = None
             error: BaseException | None = None
             try:
-                if coalescer is not None and type(request) is rq.ScriptCall:
-                    # the common case, awaited here: a coroutine less per decision
-                    reply = await coalescer.submit(request)
-                else:
-                    reply = await self._execute(request)
+                reply = await self._execute(request)
             except BaseException as exc:
                 error = exc
             try:
@@ -112,7 +107,7 @@ class AsyncBudgetLimiter(ClientSurface):
     async def _execute(self, request: rq.Request) -> Any:
         if isinstance(request, rq.ScriptCall):
             if self.coalescer is not None:
-                return await self.coalescer.run(request)
+                return await self.coalescer.submit(request)
             return await self.redis.evalsha(self._scripts[request.script].sha,
                                             len(request.keys), *request.keys, *request.args)
         if isinstance(request, rq.Pipeline):

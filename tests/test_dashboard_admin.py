@@ -22,6 +22,8 @@ ADMIN_SECRET = "b" + "k" * 20
 
 def test_an_admin_edits_a_limit_and_reads_the_audit_log(start: Start, tmp_path: Path) -> None:
     sync_playwright = _browser()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     live, limiter = start(tokens=parse_tokens([ADMIN]), db_url=f"sqlite:///{tmp_path / 'a.db'}")
     assert limiter.check(ALICE, Usage(input_tokens=1000), dry_run=True).allowed
     errors: list[str] = []
@@ -32,7 +34,16 @@ def test_an_admin_edits_a_limit_and_reads_the_audit_log(start: Start, tmp_path: 
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"{live.url}/ui?org=acme&token={ADMIN_SECRET}")
-            page.locator("#adm-h").click()  # open the panel
+            # open the panel; a click during a layout shift (the tree renders as its data
+            # arrives, moving the panel down) can land elsewhere on a loaded machine: the
+            # panel's own open attribute says whether it took, and only then is it retried
+            for _ in range(5):
+                page.locator("#adm-h").click()
+                try:
+                    page.locator("#adm-details[open]").wait_for(timeout=2000)
+                    break
+                except PlaywrightTimeout:
+                    continue
             page.fill("#adm-scope", "org:acme/team:eng")
             page.click("text=Load limits")
             amount = page.locator("#adm-amount-0")
