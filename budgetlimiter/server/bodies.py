@@ -1,16 +1,22 @@
-"""Check bodies remembered by value: the subject and estimate of a ``POST /v1/check`` whose
-body is just ``{"subject": {...}, "estimate": {...}}`` with plain values, validated once.
+"""Check bodies read without pydantic when their parts were seen before.
 
-Agents send the same few subjects and estimates over and over; validating each body with
-pydantic (and building its Subject and Usage) was a few microseconds per request. A body
-seen before (same keys, same values of the same JSON types) is answered from here; any other
-body (new values, other fields, nested or unhashable values) goes through the model as
-before, so bad input keeps its exact problem document and nothing invalid is ever stored.
+A ``POST /v1/check`` body is ``{"subject": {...}, "estimate": {...}}`` in the common case.
+Agents send the same few subjects over and over, and often the same estimates; validating
+each body with pydantic (and building its Subject and Usage) was a few microseconds per
+request. Here the subject and the estimate are remembered *separately*, each by its exact
+JSON value (a flat object of strings and integers: ``true`` and ``1.0`` are not integers
+here, so they never pass for ``1``). A body whose subject was seen before and whose estimate
+is new validates the estimate alone. Anything else — other fields (``ttl``,
+``reservation_id``), nested or other-typed values, any value that fails validation — goes
+through the request model as before, so bad input keeps its exact problem document and
+nothing invalid is ever remembered.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from ..subject import Subject
 from ..usage import Usage
@@ -19,49 +25,69 @@ from . import models as m
 if TYPE_CHECKING:
     from .app import Server
 
-#: distinct bodies kept; the memo starts over when full (as the subject caches do)
-MAX_BODIES = 10_000
+#: distinct subjects (and estimates) kept; a memo starts over when full
+MAX_REMEMBERED = 10_000
 _SHAPE = frozenset({"subject", "estimate"})
-_NO_ESTIMATE: tuple[()] = ()
 
 
-def _flat(obj: Any) -> tuple[tuple[str, type, Any], ...]:
-    """A hashable key of a flat JSON object; the types are part of it (``true`` and ``1``
-    hash alike but validate differently). Raises TypeError on anything else."""
+def _key(obj: Any) -> tuple[tuple[str, Any], ...] | None:
+    """The memo key of a flat JSON object of strings and integers, else None."""
     if type(obj) is not dict:
-        raise TypeError("not an object")
-    return tuple((k, type(v), v) for k, v in obj.items())
+        return None
+    for value in obj.values():
+        kind = type(value)
+        if kind is not str and kind is not int:
+            return None
+    return tuple(obj.items())
 
 
 class CheckBodies:
-    """Validated ``(Subject, Usage, CheckRequest)`` of check bodies, by value."""
+    """Subjects and estimates of check bodies, validated once per distinct value."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self._seen: dict[Any, tuple[Subject, Usage, m.CheckRequest]] = {}
+        self._subjects: dict[Any, Subject] = {}
+        self._estimates: dict[Any, Usage] = {}
 
-    def key(self, data: Any) -> Any:
-        """The memo key of a parsed body, or None when it is not a plain subject+estimate."""
+    def read(self, data: Any) -> tuple[Subject, Usage] | None:
+        """The subject and estimate of a plain check body, or None: validate it with the
+        request model (a body with other fields, or whose parts do not validate alone)."""
         if type(data) is not dict or not data.keys() <= _SHAPE:
             return None
-        try:
-            estimate = data.get("estimate")
-            key = (_flat(data.get("subject")),
-                   _NO_ESTIMATE if estimate is None and "estimate" not in data
-                   else _flat(estimate))
-            hash(key)
-        except TypeError:
+        subject = self._subject(data.get("subject"))
+        if subject is None:
             return None
-        return key
+        if "estimate" not in data:
+            return subject, self.server.usage(m.CheckRequest.model_fields["estimate"].default)
+        usage = self._estimate(data["estimate"])
+        return None if usage is None else (subject, usage)
 
-    def get(self, key: Any) -> tuple[Subject, Usage, m.CheckRequest] | None:
-        return self._seen.get(key) if key is not None else None
+    def _subject(self, raw: Any) -> Subject | None:
+        key = _key(raw)
+        if key is None:
+            return None
+        found = self._subjects.get(key)
+        if found is None:
+            try:
+                found = self.server.subject(m.SubjectIn.model_validate(raw))
+            except (ValidationError, ValueError):  # the full model words the problem
+                return None
+            if len(self._subjects) >= MAX_REMEMBERED:
+                self._subjects.clear()
+            self._subjects[key] = found
+        return found
 
-    def remember(self, key: Any, req: m.CheckRequest) -> tuple[Subject, Usage]:
-        """The Subject and Usage of a validated request (kept under ``key`` if it has one)."""
-        subject, usage = self.server.subject(req.subject), self.server.usage(req.estimate)
-        if key is not None:
-            if len(self._seen) >= MAX_BODIES:
-                self._seen.clear()
-            self._seen[key] = (subject, usage, req)
-        return subject, usage
+    def _estimate(self, raw: Any) -> Usage | None:
+        key = _key(raw)
+        if key is None:
+            return None
+        found = self._estimates.get(key)
+        if found is None:
+            try:
+                found = self.server.usage(m.UsageIn.model_validate(raw))
+            except (ValidationError, ValueError):
+                return None
+            if len(self._estimates) >= MAX_REMEMBERED:
+                self._estimates.clear()
+            self._estimates[key] = found
+        return found

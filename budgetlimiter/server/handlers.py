@@ -185,13 +185,15 @@ class Api:
         http_status = wants_http_status(incoming, prefers)
         minimal = "return=minimal" in prefers
         data = parse_json(incoming.body)
-        key = self._bodies.key(data)
-        seen = self._bodies.get(key)
-        if seen is not None:
-            subject, usage, req = seen
+        plain = self._bodies.read(data)
+        rid: str | None = None
+        ttl: float | None = None
+        if plain is not None:
+            subject, usage = plain
         else:
             req = validate(data, m.CheckRequest)
-            subject, usage = self._bodies.remember(key, req)
+            subject, usage = self.s.subject(req.subject), self.s.usage(req.estimate)
+            rid, ttl = req.reservation_id, req.ttl
         require_org_of(incoming.token, subject.org)
         limiter = self.s.require_limiter()
         # the engine's flow driven directly: AsyncBudgetLimiter.check also yields to the loop
@@ -199,7 +201,7 @@ class Api:
         # a request here is a task of its own that ends with its answer, so that loop turn
         # was pure cost on the hot path (~5 us of a leased check)
         decision = await limiter.run(limiter.engine.check(
-            subject, usage, reservation_id=req.reservation_id, ttl=req.ttl))
+            subject, usage, reservation_id=rid, ttl=ttl))
         self.s.metrics.decision(decision)
         if decision.degraded:
             self.s.metrics.redis_errors.inc()
