@@ -176,11 +176,19 @@ class LeaseTable:
             if lease is None:
                 return None
             rem = lease.remaining
-            if now_ms >= lease.deadline_ms or any(r < w for r, w in zip(rem, want, strict=True)) \
-                    or any(want[m] == 0 and rem[m] <= 0 for m in lease.guarded):
+            # (plain loops: this runs on every leased check, and generators in any() were a
+            # measurable part of it)
+            left = [r - w for r, w in zip(rem, want, strict=True)]
+            fits = now_ms < lease.deadline_ms and min(left) >= 0
+            if fits:
+                for m in lease.guarded:
+                    if want[m] == 0 and rem[m] <= 0:
+                        fits = False
+                        break
+            if not fits:
                 self._retire(lease, now_ms)
                 return None
-            lease.remaining = [r - w for r, w in zip(rem, want, strict=True)]
+            lease.remaining = left
             lease.taken += 1
             rid = f"{lease.id}.{lease.taken}"
             lease.outstanding[rid] = want

@@ -174,15 +174,15 @@ class HotPath:
             return 499
         except Exception as exc:
             problem = problem_for(self.server, exc, rid)
-            headers = {**problem.headers, "X-Request-Id": rid}
-            answer = Answer(dumps(problem.body(rid)), problem.status, headers)
+            answer = Answer(dumps(problem.body(rid)), problem.status, problem.headers)
             media = b"application/problem+json"
         else:
             media = JSON_TYPE
-            answer.headers = {**(answer.headers or {}), "X-Request-Id": rid}
-        raw = [(b"content-length", str(len(answer.body)).encode()), (b"content-type", media)]
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in (answer.headers or {}).items()]
+        raw = [(b"content-length", str(len(answer.body)).encode()), (b"content-type", media),
+               (b"x-request-id", rid.encode("latin-1"))]
+        if answer.headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw})
         await send({"type": "http.response.body", "body": answer.body})
         return answer.status

@@ -81,11 +81,15 @@ class Gate:
         scope.setdefault("state", {})["request_id"] = rid
         status = [500]
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                MutableHeaders(scope=message)["X-Request-Id"] = rid
-            await send(message)
+        def send_with_id() -> Send:
+            """``send`` that records the status and adds the request id (the hot path
+            writes its own headers and needs none: built only for the other routes)."""
+            async def wrapped(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                    MutableHeaders(scope=message)["X-Request-Id"] = rid
+                await send(message)
+            return wrapped
 
         method: str = scope["method"]
         path: str = scope["path"]
@@ -101,7 +105,7 @@ class Gate:
                 elif not allowed(token, method):
                     problem = Problem("forbidden", f"token {token.name!r} is read-only")
                 if problem is not None:
-                    await problem.response(rid)(scope, receive, send_with_id)
+                    await problem.response(rid)(scope, receive, send_with_id())
                     return
                 assert token is not None
                 token_name = token.name
@@ -113,7 +117,7 @@ class Gate:
                 assert self.hot is not None
                 status[0] = await self.hot.serve(handler, scope, receive, send, rid)
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive, send_with_id())
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.http(route_label(path), method, status[0], elapsed)
