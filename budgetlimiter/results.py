@@ -28,6 +28,19 @@ def _usd_text(micros: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+def _usd_fresh(micros: int) -> str:
+    """:func:`_usd_text` for amounts that rarely repeat (what is taken, what remains): an lru
+    miss costs more than the formatting, and ``%`` formats a divmod pair faster than an
+    f-string of its unpacked parts."""
+    if micros >= 0:
+        return "%d.%06d" % divmod(micros, 1_000_000)  # noqa: UP031 (speed, see above)
+    return "-%d.%06d" % divmod(-micros, 1_000_000)  # noqa: UP031
+
+
+#: a metric's text without the enum's ``value`` descriptor (a full answer reads it per limit)
+_METRIC_TEXT: dict[Metric, str] = {m: m.value for m in Metric}
+
+
 def _money(metric: Metric, units: int) -> str | int:
     return _usd_text(units) if metric is Metric.COST else units
 
@@ -133,19 +146,20 @@ class LimitStatus:
         remaining = cap - taken if cap > taken else 0
         resets = self.resets_at
         used, reserved = self.used, self.reserved
-        if self.metric is Metric.COST:
-            t = _usd_text
+        metric = self.metric
+        if metric is Metric.COST:
+            t, f = _usd_text, _usd_fresh  # (limits, estimates and carries repeat; the rest not)
             return {
                 "scope": _text(self.scope), "kind": self.kind, "metric": "cost",
                 "period": self.period, "mode": self.mode, "limit": t(self.limit),
-                "burst": burst, "requested": t(self.requested), "taken": t(taken),
-                "used": None if used is None else t(used),
-                "reserved": None if reserved is None else t(reserved),
-                "remaining": t(remaining), "carry": t(self.carry), "percent": percent,
+                "burst": burst, "requested": t(self.requested), "taken": f(taken),
+                "used": None if used is None else f(used),
+                "reserved": None if reserved is None else f(reserved),
+                "remaining": f(remaining), "carry": t(self.carry), "percent": percent,
                 "resets_at": _iso(resets) if resets else None, "state": self.state,
             }
         return {
-            "scope": _text(self.scope), "kind": self.kind, "metric": self.metric.value,
+            "scope": _text(self.scope), "kind": self.kind, "metric": _METRIC_TEXT[metric],
             "period": self.period, "mode": self.mode, "limit": self.limit, "burst": burst,
             "requested": self.requested, "taken": taken, "used": used, "reserved": reserved,
             "remaining": remaining, "carry": self.carry, "percent": percent,
