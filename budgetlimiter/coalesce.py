@@ -16,6 +16,7 @@ import asyncio
 from typing import Any, cast
 
 import hiredis
+from redis.exceptions import DataError
 
 from .engine.calls import ScriptCall
 from .engine.scripts import Registry
@@ -113,17 +114,35 @@ class Coalescer:
                 self._connecting = True
                 self._track(asyncio.get_running_loop().create_task(self._connect()))
             return
-        # (hiredis's stubs type the argument as a 1-tuple; it takes any number of arguments)
-        scripts, pack = self.scripts, cast(Any, hiredis.pack_command)
         while self._queue and wire.busy < self.max_inflight:
             free = self.max_inflight - wire.busy
             size = min(self.max_batch, -(-len(self._queue) // free))
             batch = self._queue[:size]
             del self._queue[:size]
-            self.pipelines += 1
-            self.calls += size
-            wire.write([pack(("EVALSHA", scripts[c.script].sha, len(c.keys), *c.keys, *c.args))
-                        for c, _ in batch], [f for _, f in batch])
+            packed, futures = self._pack(batch)
+            if futures:
+                self.pipelines += 1
+                self.calls += len(futures)
+                wire.write(packed, futures)
+
+    def _pack(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]
+              ) -> tuple[list[bytes], list[asyncio.Future[Any]]]:
+        """The RESP bytes of each call; a call that cannot be packed (an argument of no
+        Redis type) fails alone, as redis-py's pipeline would fail it, instead of hanging."""
+        # (hiredis's stubs type the argument as a 1-tuple; it takes any number of arguments)
+        scripts, pack = self.scripts, cast(Any, hiredis.pack_command)
+        packed: list[bytes] = []
+        futures: list[asyncio.Future[Any]] = []
+        for call, fut in batch:
+            try:
+                packed.append(pack(("EVALSHA", scripts[call.script].sha, len(call.keys),
+                                    *call.keys, *call.args)))
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(DataError(f"cannot send {call.script}: {exc}"))
+                continue
+            futures.append(fut)
+        return packed, futures
 
     async def _connect(self) -> None:
         try:

@@ -13,7 +13,7 @@ import hiredis
 import pytest
 import redis.asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import DataError, NoScriptError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from budgetlimiter import AsyncBudgetLimiter, Subject, Usage, parse_policy
@@ -207,6 +207,25 @@ def test_registry_calls_go_out_as_evalsha(fresh_redis):
         with pytest.raises(Exception) as info:  # the script runs (and refuses the args)
             await co.run(call)
         assert not isinstance(info.value, NoScriptError)
+        co.close()
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_call_that_cannot_be_packed_fails_alone(fresh_redis):
+    """An argument Redis has no type for fails its own call at once; the others of the batch
+    are answered (nothing hangs)."""
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(fresh_redis.url, socket_timeout=2)
+        scripts = Registry.default()
+        co = Coalescer(client, scripts)
+        bad = ScriptCall("check", ["a"], [object()], lambda r: r, "acme", (), "x")
+        good = ScriptCall("check", ["a"], [1], lambda r: r, "acme", (), "y")
+        got = await asyncio.wait_for(asyncio.gather(co.submit(bad), co.submit(good),
+                                                    return_exceptions=True), 5)
+        assert isinstance(got[0], DataError), got
+        assert isinstance(got[1], Exception) and not isinstance(got[1], DataError)  # answered
         co.close()
         await client.aclose()
 
