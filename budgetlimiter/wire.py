@@ -69,7 +69,9 @@ async def open_wire(client: Any) -> Wire:
     await conn.connect()
     writer = getattr(conn, "_writer", None)
     transport = getattr(writer, "transport", None)
-    if transport is None or not hasattr(transport, "set_protocol"):
+    # bytes redis-py read past its handshake would belong to no command of ours
+    leftover = getattr(getattr(conn, "_reader", None), "_buffer", b"")
+    if transport is None or not hasattr(transport, "set_protocol") or leftover:
         await conn.disconnect()
         raise WireUnsupported(type(conn).__name__)
     kwargs: dict[str, Any] = {"protocolError": InvalidResponse, "replyError": _parse_error}

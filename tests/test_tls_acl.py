@@ -236,9 +236,11 @@ def test_a_wrong_password_is_not_an_outage_under_fail_open(tls_redis, client_kin
         bl.close()
 
 
-def test_asyncio_client_drives_its_own_connection_over_tls_with_the_acl_user(tls_redis):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_asyncio_client_drives_its_own_connection_over_tls_with_the_acl_user(tls_redis, loop):
     """The asyncio client's coalescer takes over a connection redis-py set up (TLS, client
-    certificate, ACL user): decisions and settlements go over it."""
+    certificate, ACL user): decisions and settlements go over it, on asyncio's loop and on
+    uvloop's (the sidecar's), whose TLS transports differ."""
     tls_redis.admin().flushall()
 
     async def main() -> None:
@@ -254,4 +256,9 @@ def test_asyncio_client_drives_its_own_connection_over_tls_with_the_acl_user(tls
         assert team.used == 100
         await bl.aclose()
 
-    asyncio.run(main())
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
