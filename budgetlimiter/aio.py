@@ -1,5 +1,5 @@
 """The asyncio client: drives the same engine flows as :class:`~budgetlimiter.BudgetLimiter`,
-awaiting redis-py's asyncio calls (coalesced into pipelines across tasks)."""
+its script calls coalesced into batches across tasks (:mod:`budgetlimiter.coalesce`)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,10 @@ class AsyncBudgetLimiter(ClientSurface):
     """The asyncio client (same arguments and operations as
     :class:`~budgetlimiter.BudgetLimiter`, awaited).
 
-    With ``coalesce`` (the default) concurrent calls from many tasks share pipelines over at
-    most ``max_inflight`` connections, ``max_batch`` calls per pipeline; see
-    :mod:`budgetlimiter.coalesce`.
+    With ``coalesce`` (the default) concurrent calls from many tasks are sent in batches of
+    at most ``max_batch`` calls, at most ``max_inflight`` batches on the wire at once, over
+    one connection the client drives itself (:mod:`budgetlimiter.wire`; redis-py's
+    pipelines for memory:// and Redis Cluster); see :mod:`budgetlimiter.coalesce`.
     """
 
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,

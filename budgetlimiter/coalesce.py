@@ -1,7 +1,7 @@
 """Auto-pipelining for the asyncio client.
 
-Calls made by many tasks in the same event-loop turn are written to Redis as one pipeline; while
-``max_inflight`` pipelines are on the wire, new calls wait and join the next batch. At low load
+Calls made by many tasks in the same event-loop turn are written to Redis as one batch; while
+``max_inflight`` batches are on the wire, new calls wait and join the next one. At low load
 a call goes out on the next loop iteration, alone (no timer, so no added latency). Each call
 gets its own reply or its own exception.
 
