@@ -163,3 +163,62 @@ def test_a_settle_that_is_the_first_call_of_a_skewed_client_is_corrected_and_app
         assert bl.scope_status("org:acme")[0].used == 1
     finally:
         bl.close()
+
+
+def test_a_call_that_reached_redis_late_is_planned_again_without_touching_the_clock(
+        monkeypatch):
+    """An overloaded process: the call waits 2 s between planning and Redis (more than the
+    1 s the clock check allows). Redis's time lies between the planning and the reply, so
+    the host's clock is right: the call is planned again with the time now, and no offset is
+    learnt (learning one from the late call would set -0.5 s and skew every later plan)."""
+    import uuid
+
+    from .faults import own_execute
+
+    freeze_redis_time(monkeypatch, REDIS_S + 1.5)
+    now = {"ms": REDIS_S * 1000}
+    bl = BudgetLimiter(parse_policy(TEN), f"memory://{uuid.uuid4().hex}", timeout=2.0,
+                       clock=lambda: now["ms"], max_clock_skew=1.0)
+    real = own_execute(bl)
+    delays = [2000]
+
+    def late(request):  # the first check waits 2 s in the process before it is sent
+        if delays and getattr(request, "script", "") == "check":
+            now["ms"] += delays.pop()
+        return real(request)
+
+    bl._execute = late
+    try:
+        d = bl.check(ALICE, Usage(1, 0))
+        assert d.allowed and not delays
+        assert bl.engine.clock_offset_ms == 0
+        assert d.reservation is not None
+        assert d.reservation.created_ms == REDIS_S * 1000 + 2000  # planned again, not skewed
+    finally:
+        bl.close()
+
+
+def test_a_clock_off_is_still_corrected_when_its_call_was_also_late(monkeypatch):
+    """Late and off: Redis's time is outside planning..reply, so the offset is learnt."""
+    import uuid
+
+    from .faults import own_execute
+
+    freeze_redis_time(monkeypatch, REDIS_S + 0.5)
+    now = {"ms": REDIS_S * 1000 - 600_000}  # ten minutes behind
+    bl = BudgetLimiter(parse_policy(TEN), f"memory://{uuid.uuid4().hex}", timeout=2.0,
+                       clock=lambda: now["ms"], max_clock_skew=1.0)
+    real = own_execute(bl)
+    delays = [2000]
+
+    def late(request):
+        if delays and getattr(request, "script", "") == "check":
+            now["ms"] += delays.pop()
+        return real(request)
+
+    bl._execute = late
+    try:
+        assert bl.check(ALICE, Usage(1, 0)).allowed
+        assert bl.engine.clock_offset_ms == 600_000 - 2000 + 500
+    finally:
+        bl.close()

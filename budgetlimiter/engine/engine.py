@@ -94,6 +94,7 @@ class Engine:
         self._sweep_sampler: Callable[[], bool] | None = None
         #: sends requests through the circuit breaker; keeps the clock and its offset
         self.io = Transport(clock or transport.system_clock_ms)
+        self.io.tolerance_ms = self._tolerance_ms
         self.planners = self._planners(as_policy(policy))
         #: exhausted budgets answered in-process (None: off); see :mod:`.denycache`
         self.deny_cache = DenyCache(deny_cache_ttl) if deny_cache_ttl else None
@@ -216,7 +217,7 @@ class Engine:
             if skewed(reply):  # (the replanning closure is built on this rare path only)
                 call, reply = yield from self.io.corrected(reply, lambda t: core.plan_check(
                     subject, est, t, reservation_id=reservation_id, ttl_seconds=ttl,
-                    dry_run=dry_run))
+                    dry_run=dry_run), now)
         except UNAVAILABLE as exc:
             return self._outage_decision(call, subject, est, dry_run, exc)
         if self.queue:  # Redis answered: replay what an outage left (apart from this call)
@@ -258,7 +259,7 @@ class Engine:
         replies = yield from self.io.pipeline(calls)
         off = [i for i, r in enumerate(replies) if skewed(r)]
         if off:
-            self.io.learn_offset(replies[off[0]])
+            self.io.judge(replies[off[0]], now)
             now = self.now()
             for i in off:
                 calls[i] = core.plan_check(pairs[i][0], pairs[i][1], now, ttl_seconds=ttl)

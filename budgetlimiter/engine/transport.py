@@ -45,6 +45,8 @@ class Transport:
         self._clock = clock
         #: what to add to ``clock`` to get Redis's time (learnt when a script says it is off)
         self.clock_offset_ms = 0
+        #: how far a script lets the planned time be from Redis's (ms; -1: not checked)
+        self.tolerance_ms = -1
         self.breaker = CircuitBreaker()
 
     def now(self) -> int:
@@ -57,6 +59,22 @@ class Transport:
         log.warning("this host's clock is %+d ms off Redis's; planning with Redis's time",
                     offset)
         self.clock_offset_ms = offset
+
+    def judge(self, reply: Any, planned_ms: int) -> None:
+        """A script found the time a call was planned with (``planned_ms``) off Redis's by
+        more than the tolerance. When Redis's time lies between the planning and now (give
+        or take the tolerance), the call was late — it waited in a busy event loop or on a
+        slow network — and this host's clock is right: the caller plans again, the offset
+        stays. Otherwise the clock is off, and the offset is learnt. (Learning from a late
+        call would set an offset of minus the reply's delay and skew every later plan.)"""
+        redis_ms = int(reply[1])
+        tolerance = max(0, self.tolerance_ms)
+        if planned_ms - tolerance <= redis_ms <= self.now() + tolerance:
+            log.warning("a call reached Redis %d ms after it was planned (more than the %d ms "
+                        "the clock check allows): planning it again", redis_ms - planned_ms,
+                        tolerance)
+            return
+        self.learn_offset(reply)
 
     # sending ---------------------------------------------------------------------------
     def send(self, request: Request) -> Flow[Any]:
@@ -91,22 +109,26 @@ class Transport:
     def run(self, call: ScriptCall,
             replan: Callable[[int], ScriptCall]) -> Flow[tuple[ScriptCall, Any]]:
         """A script call whose script checks the clock (see :meth:`corrected`)."""
+        planned = self.now()  # (the call was planned a moment ago, with this clock)
         reply = yield from self.send(call)
         if skewed(reply):
-            return (yield from self.corrected(reply, replan))
+            return (yield from self.corrected(reply, replan, planned))
         return call, reply
 
-    def corrected(self, reply: Any,
-                  replan: Callable[[int], ScriptCall]) -> Flow[tuple[ScriptCall, Any]]:
-        """A script said this host's clock is off: learn the offset from Redis's time and
-        send the call planned again (the normal case never gets here: one round trip)."""
+    def corrected(self, reply: Any, replan: Callable[[int], ScriptCall],
+                  planned_ms: int) -> Flow[tuple[ScriptCall, Any]]:
+        """A script said the call's time is off Redis's (see :meth:`judge`): correct the
+        clock if it is off, and send the call planned again (the normal case never gets
+        here: one round trip)."""
         for _ in range(2):
-            self.learn_offset(reply)
-            call = replan(self.now())
+            self.judge(reply, planned_ms)
+            planned_ms = self.now()
+            call = replan(planned_ms)
             reply = yield from self.send(call)
             if not skewed(reply):
                 return call, reply
-        raise ClockSkew("this host's clock keeps disagreeing with Redis's")
+        raise ClockSkew("this host's clock keeps disagreeing with Redis's, or calls reach "
+                        "Redis later than the clock check allows (an overloaded process)")
 
     def pipeline(self, calls: list[ScriptCall]) -> Flow[list[Any]]:
         """Calls in one round trip; those whose script was missing are sent again once."""
