@@ -65,6 +65,9 @@ async def main():
         limiter = AsyncBudgetLimiter(load_policy(policy_path), url,
                                      max_inflight=1 if mode == "pipe1" else 4)
         service = await serve_grpc(limiter, port=int(port))  # kept: a collected server stops
+    import gc  # both servers, as `serve` does once started (its gc_freeze)
+    gc.collect()
+    gc.freeze()
     print("ready", flush=True)
     await asyncio.Event().wait()
 

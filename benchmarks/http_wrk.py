@@ -1,7 +1,9 @@
 """The HTTP sidecar under ``wrk``: ``budgetlimiter serve`` against a bare Starlette endpoint.
 
 Both servers run in their own process on the same uvicorn settings as ``serve`` (uvloop and
-httptools when installed, one worker, no access log, no server header); the load is ``wrk``
+httptools when installed, one worker, no access log, no server header), and both move their
+startup objects into the collector's permanent generation (``gc.freeze()``, as ``serve``
+does); the load is ``wrk``
 (Debian package ``wrk``) with 64 connections and a Lua script that POSTs JSON bodies, one
 server after the other in the same run. The bare endpoint parses the same JSON body as the
 check and answers a small JSON (``{"allowed": true, "reservation_id": ...}``): the ceiling
@@ -66,6 +68,9 @@ async def check(request: Request) -> Response:
 app = Starlette(routes=[Route("/v1/check", check, methods=["POST"]),
                         Route("/healthz", lambda r: Response("{}"), methods=["GET"])])
 port, loop, http = sys.argv[1:4]
+import gc  # as `serve` does once started (its gc_freeze): the same collector settings
+gc.collect()
+gc.freeze()
 uvicorn.run(app, host="127.0.0.1", port=int(port), log_config=None, access_log=False,
             loop=loop, http=http, ws="none", server_header=False, timeout_graceful_shutdown=30)
 """

@@ -133,3 +133,30 @@ def test_a_remembered_check_body_never_lets_a_look_alike_invalid_body_through(
     assert client.post("/v1/check", json=good).json()["allowed"]
     assert client.post("/v1/check", json={"subject": ALICE}).json()["allowed"]
     assert client.post("/v1/check", json={"subject": ALICE, "estimate": {}}).json()["allowed"]
+
+
+def test_a_sidecar_that_owns_its_process_freezes_its_startup_objects_for_the_collector(
+        fresh_redis: RedisServer, tmp_path: Path) -> None:
+    """``serve`` sets ``gc_freeze``: after start everything alive is in the collector's
+    permanent generation (full collections no longer walk the policy, models and caches:
+    the sidecar's p99 under load, README Throughput); an embedded app leaves it alone."""
+    import gc
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    gc.unfreeze()
+    embedded = LiveServer(create_app(ServerConfig(redis_url=fresh_redis.url,
+                                                  policy_path=str(path)))).start()
+    try:
+        assert gc.get_freeze_count() == 0
+    finally:
+        embedded.stop()
+    owned = LiveServer(create_app(ServerConfig(redis_url=fresh_redis.url, policy_path=str(path),
+                                               gc_freeze=True))).start()
+    try:
+        assert gc.get_freeze_count() > 0
+        with httpx.Client(base_url=owned.url, timeout=10) as c:
+            assert c.post("/v1/check", json={"subject": ALICE}).json()["allowed"]
+    finally:
+        owned.stop()
+        gc.unfreeze()  # (the test process is not a sidecar)

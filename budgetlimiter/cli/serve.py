@@ -88,7 +88,7 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
             webhooks=webhooks, webhook_secret_env=webhook_secret_env,
             gauge_scopes=gauge_scopes, gauge_min_percent=gauge_percent,
             gauge_max_budgets=gauge_max, otel=otel,
-            lease_calls=lease_calls, lease_seconds=lease_seconds,
+            lease_calls=lease_calls, lease_seconds=lease_seconds, gc_freeze=True,
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

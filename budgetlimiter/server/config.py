@@ -122,6 +122,11 @@ class ServerConfig:
     #: ``serve --leases CALLS[,SECONDS]``: checks admitted from in-process slices (0 = off)
     lease_calls: int = 0
     lease_seconds: float = 1.0
+    #: once started, move everything alive into the garbage collector's permanent generation
+    #: (``gc.freeze()``): the process's own long-lived objects (policy, models, caches) are
+    #: then never scanned again. ``serve`` turns it on (it owns its process); an app embedded
+    #: in another program leaves that program's collector alone.
+    gc_freeze: bool = False
 
     @property
     def lease_config(self) -> LeaseConfig | None:
