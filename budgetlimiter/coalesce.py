@@ -34,8 +34,19 @@ async def send_pipeline(redis: Any, scripts: Registry, calls: list[ScriptCall]) 
     return replies
 
 
+Waiting = tuple[ScriptCall, "asyncio.Future[Any]"]
+
+
+def _fail(waiting: list[Waiting], exc: BaseException) -> None:
+    """Every call of ``waiting`` learns ``exc`` (a connection error hits them all)."""
+    for _, fut in waiting:
+        if not fut.done():
+            fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+
+
 class Coalescer:
-    """Batches concurrent script calls into pipelines over a few connections."""
+    """Batches concurrent script calls: at most ``max_inflight`` batches of ``max_batch``
+    calls on the wire, over the driven connection or redis-py pipelines."""
 
     def __init__(self, redis: Any, scripts: Registry, *, max_batch: int = 128,
                  max_inflight: int = 4) -> None:
@@ -43,8 +54,8 @@ class Coalescer:
         self.scripts = scripts
         self.max_batch = max_batch
         self.max_inflight = max_inflight
-        self._queue: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
-        self._inflight = 0
+        self._queue: list[Waiting] = []
+        self._inflight = 0  #: redis-py pipelines on the wire (the driven connection counts its own)
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         #: counters for metrics: pipelines sent and calls carried
@@ -56,13 +67,34 @@ class Coalescer:
         self._connecting = False
 
     def submit(self, call: ScriptCall) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        """Queue ``call``; the future gets its reply (or its error)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((call, fut))
-        if not self._scheduled and self._inflight < self.max_inflight:
-            self._scheduled = True
-            loop.call_soon(self._drain)
+        self._schedule()
         return fut
+
+    def _schedule(self, _answered: int = 0) -> None:
+        """Drain on the next loop turn if calls wait and a batch may go out (also called
+        when a batch is answered)."""
+        if self._queue and not self._scheduled and self._busy() < self.max_inflight:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _busy(self) -> int:
+        wire = self._wire
+        return wire.busy if self._use_wire and wire is not None else self._inflight
+
+    def _next_batch(self) -> list[Waiting]:
+        """What is waiting, spread over the free slots: Redis then runs one batch while this
+        process reads the replies of another, instead of each waiting for the other with one
+        big batch."""
+        free = self.max_inflight - self._busy()
+        size = min(self.max_batch, -(-len(self._queue) // free))
+        batch = self._queue[:size]
+        del self._queue[:size]
+        self.pipelines += 1
+        self.calls += size
+        return batch
 
     def _drain(self) -> None:
         self._scheduled = False
@@ -70,26 +102,15 @@ class Coalescer:
             self._drain_to_wire()
             return
         while self._queue and self._inflight < self.max_inflight:
-            # Spread what is waiting over the free connections: Redis then runs one pipeline
-            # while this process reads the replies of another, instead of each waiting for
-            # the other with one big pipeline.
-            free = self.max_inflight - self._inflight
-            size = min(self.max_batch, -(-len(self._queue) // free))
-            batch = self._queue[:size]
-            del self._queue[:size]
+            batch = self._next_batch()
             self._inflight += 1
             self._track(asyncio.get_running_loop().create_task(self._send(batch)))
 
-    async def _send(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
-        calls = [c for c, _ in batch]
-        self.pipelines += 1
-        self.calls += len(calls)
+    async def _send(self, batch: list[Waiting]) -> None:
         try:
-            replies = await send_pipeline(self.redis, self.scripts, calls)
-        except BaseException as exc:  # connection errors hit every call of the batch
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            replies = await send_pipeline(self.redis, self.scripts, [c for c, _ in batch])
+        except BaseException as exc:
+            _fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
         else:
@@ -102,9 +123,7 @@ class Coalescer:
                     fut.set_result(reply)
         finally:
             self._inflight -= 1
-            if self._queue and not self._scheduled:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._drain)
+            self._schedule()
 
     # the connection driven directly ---------------------------------------------------
     def _drain_to_wire(self) -> None:
@@ -115,18 +134,11 @@ class Coalescer:
                 self._track(asyncio.get_running_loop().create_task(self._connect()))
             return
         while self._queue and wire.busy < self.max_inflight:
-            free = self.max_inflight - wire.busy
-            size = min(self.max_batch, -(-len(self._queue) // free))
-            batch = self._queue[:size]
-            del self._queue[:size]
-            packed, futures = self._pack(batch)
+            packed, futures = self._pack(self._next_batch())
             if futures:
-                self.pipelines += 1
-                self.calls += len(futures)
                 wire.write(packed, futures)
 
-    def _pack(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]
-              ) -> tuple[list[bytes], list[asyncio.Future[Any]]]:
+    def _pack(self, batch: list[Waiting]) -> tuple[list[bytes], list[asyncio.Future[Any]]]:
         """The RESP bytes of each call; a call that cannot be packed (an argument of no
         Redis type) fails alone, as redis-py's pipeline would fail it, instead of hanging."""
         # (hiredis's stubs type the argument as a 1-tuple; it takes any number of arguments)
@@ -151,22 +163,15 @@ class Coalescer:
             self._use_wire = False
         except BaseException as exc:  # Redis unreachable: every waiting call learns it
             queue, self._queue = self._queue, []
-            for _, fut in queue:
-                if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            _fail(queue, exc)
             if not isinstance(exc, Exception):
                 raise
         else:
-            wire.on_batch_done = self._batch_done
+            wire.on_batch_done = self._schedule
             self._wire = wire
         finally:
             self._connecting = False
-            self._batch_done(0)
-
-    def _batch_done(self, _count: int) -> None:
-        if self._queue and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._drain)
+            self._schedule()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -182,6 +187,3 @@ class Coalescer:
         if self._wire is not None:
             self._wire.close()
             self._wire = None
-
-    async def run(self, call: ScriptCall) -> Any:
-        return await self.submit(call)

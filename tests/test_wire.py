@@ -205,7 +205,7 @@ def test_registry_calls_go_out_as_evalsha(fresh_redis):
             c.script_load(scripts["check"].source)
         call = ScriptCall("check", ["a"], [1], lambda r: r, "acme", (), "x")
         with pytest.raises(Exception) as info:  # the script runs (and refuses the args)
-            await co.run(call)
+            await co.submit(call)
         assert not isinstance(info.value, NoScriptError)
         co.close()
         await client.aclose()

@@ -14,7 +14,8 @@ nothing invalid is ever remembered.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 #: distinct subjects (and estimates) kept; a memo starts over when full
 MAX_REMEMBERED = 10_000
 _SHAPE = frozenset({"subject", "estimate"})
+T = TypeVar("T")
 
 
 def _key(obj: Any) -> tuple[tuple[str, Any], ...] | None:
@@ -63,31 +65,27 @@ class CheckBodies:
         return None if usage is None else (subject, usage)
 
     def _subject(self, raw: Any) -> Subject | None:
-        key = _key(raw)
-        if key is None:
-            return None
-        found = self._subjects.get(key)
-        if found is None:
-            try:
-                found = self.server.subject(m.SubjectIn.model_validate(raw))
-            except (ValidationError, ValueError):  # the full model words the problem
-                return None
-            if len(self._subjects) >= MAX_REMEMBERED:
-                self._subjects.clear()
-            self._subjects[key] = found
-        return found
+        return _remember(self._subjects, raw,
+                         lambda: self.server.subject(m.SubjectIn.model_validate(raw)))
 
     def _estimate(self, raw: Any) -> Usage | None:
-        key = _key(raw)
-        if key is None:
+        return _remember(self._estimates, raw,
+                         lambda: self.server.usage(m.UsageIn.model_validate(raw)))
+
+
+def _remember(memo: dict[Any, T], raw: Any, build: Callable[[], T]) -> T | None:
+    """``memo``'s value for the flat object ``raw``, built (validated) on its first sight;
+    None when ``raw`` is not flat or fails validation (the full model words the problem)."""
+    key = _key(raw)
+    if key is None:
+        return None
+    found = memo.get(key)
+    if found is None:
+        try:
+            found = build()
+        except (ValidationError, ValueError):
             return None
-        found = self._estimates.get(key)
-        if found is None:
-            try:
-                found = self.server.usage(m.UsageIn.model_validate(raw))
-            except (ValidationError, ValueError):
-                return None
-            if len(self._estimates) >= MAX_REMEMBERED:
-                self._estimates.clear()
-            self._estimates[key] = found
-        return found
+        if len(memo) >= MAX_REMEMBERED:
+            memo.clear()
+        memo[key] = found
+    return found

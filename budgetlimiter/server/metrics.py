@@ -28,6 +28,14 @@ def _unit(metric: str, units: int) -> float:
     return units / MICROS_PER_USD if metric == "cost" else float(units)
 
 
+def _counter(name: str, doc: str, labels: list[str],
+             counts: dict[tuple[str, str, str], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, count in list(counts.items()):  # (a copy: the loop may count meanwhile)
+        family.add_metric(values, count)
+    return family
+
+
 class HotCounts:
     """The per-request metrics (HTTP requests and their latency, check decisions) as plain
     dicts of counts, turned into metric families when the registry is read (``/metrics``, the
@@ -57,18 +65,11 @@ class HotCounts:
         return []  # (registered without collecting at once)
 
     def collect(self) -> Iterator[Metric]:
-        decisions = CounterMetricFamily(
-            "budgetlimiter_decisions", "Check decisions by outcome and blocking scope level.",
-            labels=["outcome", "level", "kind"])
-        for labels, count in list(self.decisions.items()):
-            decisions.add_metric(labels, count)
-        yield decisions
-        requests = CounterMetricFamily(
-            "budgetlimiter_http_requests", "HTTP requests by route, method and status.",
-            labels=["route", "method", "status"])
-        for labels, count in list(self.requests.items()):
-            requests.add_metric(labels, count)
-        yield requests
+        yield _counter("budgetlimiter_decisions",
+                       "Check decisions by outcome and blocking scope level.",
+                       ["outcome", "level", "kind"], self.decisions)
+        yield _counter("budgetlimiter_http_requests", "HTTP requests by route, method and status.",
+                       ["route", "method", "status"], self.requests)
         latency = HistogramMetricFamily(
             "budgetlimiter_http_request_duration_seconds", "HTTP request latency.",
             labels=["route", "method"])
