@@ -61,7 +61,7 @@ def test_a_lone_call_goes_out_at_once_alone() -> None:
     async def main() -> None:
         redis = FakeRedis()
         co = Coalescer(redis, Registry.default())
-        assert await co.run(call("a")) == "a"
+        assert await co.submit(call("a")) == "a"
         assert redis.batches == [1]
 
     run(main())
@@ -71,7 +71,7 @@ def test_concurrent_calls_are_spread_over_the_connections_and_bounded() -> None:
     async def main() -> None:
         redis = FakeRedis()
         co = Coalescer(redis, Registry.default(), max_batch=10, max_inflight=4)
-        replies = await asyncio.gather(*(co.run(call(f"c{i}")) for i in range(64)))
+        replies = await asyncio.gather(*(co.submit(call(f"c{i}")) for i in range(64)))
         assert replies == [f"c{i}" for i in range(64)]  # each call gets its own reply
         assert sum(redis.batches) == 64 and max(redis.batches) <= 10
         # the first wave uses every connection instead of one big pipeline
@@ -85,7 +85,7 @@ def test_spreading_without_a_cap_splits_evenly() -> None:
     async def main() -> None:
         redis = FakeRedis()
         co = Coalescer(redis, Registry.default(), max_batch=128, max_inflight=4)
-        await asyncio.gather(*(co.run(call(f"c{i}")) for i in range(64)))
+        await asyncio.gather(*(co.submit(call(f"c{i}")) for i in range(64)))
         assert redis.batches == [16, 16, 16, 16]
 
     run(main())
@@ -95,13 +95,13 @@ def test_errors_stay_with_their_call() -> None:
     async def main() -> None:
         redis = FakeRedis()
         co = Coalescer(redis, Registry.default(), max_batch=4, max_inflight=2)
-        results = await asyncio.gather(*(co.run(call("bad" if i == 3 else f"c{i}"))
+        results = await asyncio.gather(*(co.submit(call("bad" if i == 3 else f"c{i}"))
                                          for i in range(8)), return_exceptions=True)
         assert isinstance(results[3], ResponseError)
         assert [r for i, r in enumerate(results) if i != 3] == \
             [f"c{i}" for i in range(8) if i != 3]
         redis.fail_next = True  # a broken connection fails its own batch only
-        results = await asyncio.gather(*(co.run(call(f"d{i}")) for i in range(8)),
+        results = await asyncio.gather(*(co.submit(call(f"d{i}")) for i in range(8)),
                                        return_exceptions=True)
         failed = [r for r in results if isinstance(r, RedisConnectionError)]
         assert len(failed) == 4 and results.count("d4") + results.count("d0") == 1
