@@ -108,7 +108,7 @@ ENTRIES: list[Entry] = [
     # (request-time check of 4 budgets, reserve under a fresh request id); each server in
     # its own process, measured back to back in the same run (benchmarks/envoy.py)
     Entry("envoy", False, lambda c: envoy.run(c.url, c.seconds, 64),
-          lambda quick: ["envoy-bare-64", "envoy-64", "envoy-64-pipe1"]),
+          lambda quick: ["envoy-bare-64", "envoy-64", "envoy-64-window0"]),
     # the sidecar under wrk (64 connections, Lua POST bodies): the real `budgetlimiter serve`
     # against a bare Starlette endpoint on the same uvicorn settings, in the same run; check
     # (full and Prefer: return=minimal), check:batch, commit, release, and serve --leases

@@ -6,7 +6,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ORG = "bench"
 TEAM = "eng"
@@ -129,13 +131,13 @@ async def time_async(result: Result, op: Callable[[], Awaitable[object]], concur
     return finish(result, lat, len(lat) - failed, elapsed)
 
 
-def run_loop(coro: Awaitable[Result]) -> Result:
+def run_loop(coro: Awaitable[T]) -> T:
     """Run a coroutine on uvloop when installed (asyncio otherwise)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is in the dev environment
         return asyncio.run(coro)  # type: ignore[arg-type]
-    out: Result = uvloop.run(coro)  # type: ignore[arg-type]
+    out: T = uvloop.run(coro)  # type: ignore[arg-type]
     return out
 
 

@@ -21,9 +21,11 @@ so that request carries no request id (the no-request-id path: check, then relea
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -34,13 +36,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from .common import AGENT, ORG, TEAM, USER, Result, loop_name, policy_dict, run_loop, time_async
+from .common import (
+    AGENT,
+    ORG,
+    TEAM,
+    USER,
+    WARMUP_S,
+    Result,
+    finish,
+    loop_name,
+    policy_dict,
+    run_loop,
+)
 
 _SERVE = """
-import asyncio, sys
+import asyncio, json, signal, sys
 mode, url, policy_path, port = sys.argv[1:5]
 
 async def main():
@@ -59,17 +73,22 @@ async def main():
         await server.start()
     else:
         from budgetlimiter import AsyncBudgetLimiter, load_policy
+        from budgetlimiter.cli.serve import SERVE_PIPELINE_WINDOW
         from budgetlimiter.envoy import serve_grpc
-        # "pipe1": one pipeline on the wire at a time, so calls that gRPC hands over one per
-        # loop turn wait for it and share the next one (an option of the embedding program)
-        limiter = AsyncBudgetLimiter(load_policy(policy_path), url,
-                                     max_inflight=1 if mode == "pipe1" else 4)
+        # as `serve` runs it (its pipeline window), or "window0": every call written alone
+        limiter = AsyncBudgetLimiter(load_policy(policy_path), url, pipeline_window=0.0
+                                     if mode == "window0" else SERVE_PIPELINE_WINDOW)
         service = await serve_grpc(limiter, port=int(port))  # kept: a collected server stops
     import gc  # both servers, as `serve` does once started (its gc_freeze)
     gc.collect()
     gc.freeze()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
-    await asyncio.Event().wait()
+    await stop.wait()
+    if mode != "bare":  # how many calls each write to Redis carried
+        co = limiter.coalescer
+        print(json.dumps({"calls": co.calls, "writes": co.pipelines}), flush=True)
 
 try:
     import uvloop
@@ -108,7 +127,29 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _load(pid: int, port: int, seconds: float, concurrency: int, result: Result) -> Result:
+#: the three servers run side by side and the load moves between them in slices of this many
+#: seconds: a shared machine's speed drifts over seconds (seen here: the bare row alone varied
+#: 4,500-6,300 calls/s from one run to the next), and each server then meets every phase
+SLICE_S = 0.5
+
+
+class _Target:
+    """One running server and what the load measured on it so far."""
+
+    def __init__(self, result: Result, proc: subprocess.Popen[str], port: int) -> None:
+        self.result, self.proc, self.port = result, proc, port
+        self.latencies: list[int] = []
+        self.elapsed = 0.0
+        self.calls = 0  #: warm-up included (the CPU counts cover it too)
+        self.server_cpu = 0.0
+        self.client_cpu = 0.0
+        self.errors = 0
+        self.refused = 0
+
+
+async def _load(targets: list[_Target], seconds: float, concurrency: int) -> None:
+    """``concurrency`` tasks on one channel per server, in turns of SLICE_S seconds each,
+    ``seconds`` per server in all (after a warm-up of each)."""
     import grpc
     from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
     from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -116,66 +157,102 @@ async def _load(pid: int, port: int, seconds: float, concurrency: int, result: R
     entry = ratelimit_pb2.RateLimitDescriptor.Entry
     fixed = [entry(key="org", value=ORG), entry(key="team", value=TEAM),
              entry(key="user", value=USER), entry(key="model", value=AGENT)]
-    ids = itertools.count()
     # request ids unique across runs too: Redis keeps reservations of earlier runs, and a
     # request id checked twice is refused (as the service documents)
     tag = os.urandom(4).hex()
-    errors = 0
-    cpu_before, client_before = _cpu_seconds(pid), time.process_time()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+    ids = itertools.count()
+    perf = time.perf_counter_ns
+    ok_code = rls_pb2.RateLimitResponse.OK
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{t.port}") for t in targets]
+    try:
+        async def turn(t: _Target, stub: Any, span: float, measured: bool) -> None:
+            until = perf() + int(span * 1e9)
 
-        async def call() -> bool:
-            nonlocal errors
-            rid = entry(key="request_id", value=f"{result.name}-{tag}-{next(ids)}")
-            request = rls_pb2.RateLimitRequest(domain="budgetlimiter", descriptors=[
-                ratelimit_pb2.RateLimitDescriptor(entries=[*fixed, rid])])
-            try:
-                reply = await stub.ShouldRateLimit(request, timeout=10)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                return False
-            return bool(reply.overall_code == rls_pb2.RateLimitResponse.OK)
+            async def worker() -> None:
+                while (t0 := perf()) < until:
+                    rid = entry(key="request_id", value=f"{tag}-{next(ids)}")
+                    request = rls_pb2.RateLimitRequest(domain="budgetlimiter", descriptors=[
+                        ratelimit_pb2.RateLimitDescriptor(entries=[*fixed, rid])])
+                    t.calls += 1
+                    try:
+                        reply = await stub.ShouldRateLimit(request, timeout=10)
+                    except grpc.aio.AioRpcError:
+                        t.errors += 1
+                        continue
+                    if measured:
+                        t.latencies.append(perf() - t0)
+                        t.refused += reply.overall_code != ok_code
 
-        await time_async(result, call, concurrency, seconds)
-    cpu_after, client_after = _cpu_seconds(pid), time.process_time()
-    calls = next(ids)  # warm-up included
-    if cpu_before is not None and cpu_after is not None and calls:
-        result.extra["server_cpu_us_per_call"] = round((cpu_after - cpu_before) / calls * 1e6, 1)
-    if calls:  # the load generator's own cost: near the server's, it shares the bottleneck
-        result.extra["client_cpu_us_per_call"] = round((client_after - client_before) / calls
-                                                       * 1e6, 1)
-    result.extra["errors"] = errors
-    return result
+            cpu, client, start = _cpu_seconds(t.proc.pid), time.process_time(), perf()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            after = _cpu_seconds(t.proc.pid)
+            if measured:
+                t.elapsed += (perf() - start) / 1e9
+            if cpu is not None and after is not None:
+                t.server_cpu += after - cpu
+            t.client_cpu += time.process_time() - client
+
+        stubs = [rls_pb2_grpc.RateLimitServiceStub(c) for c in channels]
+        for t, stub in zip(targets, stubs, strict=True):
+            await turn(t, stub, WARMUP_S, measured=False)
+        for _ in range(max(1, math.ceil(seconds / SLICE_S))):
+            for t, stub in zip(targets, stubs, strict=True):
+                await turn(t, stub, SLICE_S, measured=True)
+    finally:
+        for c in channels:
+            await c.close()
+    for t in targets:
+        r = t.result
+        finish(r, t.latencies, len(t.latencies) - t.refused, t.elapsed)
+        r.extra["not_admitted"] = t.refused
+        r.extra["errors"] = t.errors
+        if t.calls:
+            r.extra["server_cpu_us_per_call"] = round(t.server_cpu / t.calls * 1e6, 1)
+            # the load generator's own cost: near the server's, it shares the bottleneck
+            r.extra["client_cpu_us_per_call"] = round(t.client_cpu / t.calls * 1e6, 1)
 
 
 def run(url: str, seconds: float, concurrency: int = 64) -> list[Result]:
-    """``envoy-bare-<n>``, ``envoy-<n>`` and ``envoy-<n>-pipe1``: the same load against the
-    bare servicer, the service as ``serve`` runs it, and the service on a limiter with one
-    pipeline on the wire at a time (``max_inflight=1``)."""
-    names = (f"envoy-bare-{concurrency}", f"envoy-{concurrency}", f"envoy-{concurrency}-pipe1")
+    """``envoy-bare-<n>``, ``envoy-<n>`` and ``envoy-<n>-window0``: the same load against the
+    bare servicer, the service as ``serve`` runs it (its 2 ms pipeline window), and the
+    service with the window off (every Redis call written on its own); the three servers run
+    side by side and take the load in turns (SLICE_S)."""
+    names = (f"envoy-bare-{concurrency}", f"envoy-{concurrency}", f"envoy-{concurrency}-window0")
     if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("envoy") is None:
         return [Result(n, "envoy", skipped="needs the envoy extra (grpcio, xds-protos)")
                 for n in names]
-    results = []
+    targets: list[_Target] = []
     with tempfile.TemporaryDirectory(prefix="bl-bench-envoy-") as tmp:
         path = Path(tmp) / "policy.yaml"
         path.write_text(yaml.safe_dump(policy_dict(), sort_keys=False), encoding="utf-8")
-        for mode, name in zip(("bare", "budget", "pipe1"), names, strict=True):
-            note = (f"ShouldRateLimit, {concurrency} tasks on one grpc.aio channel, server in "
-                    f"its own process, {loop_name()}; ")
-            note += ("bare servicer answering OK" if mode == "bare" else
-                     "request-time check of 4 budgets, reserve under a fresh request id")
-            if mode == "pipe1":
-                note += ", limiter with max_inflight=1"
-            proc, port = _start(mode, url, str(path))
-            try:
-                result = Result(name, "envoy", note=note)
-                results.append(run_loop(_load(proc.pid, port, seconds, concurrency, result)))
-            finally:
-                proc.terminate()
-                proc.wait(10)
-    return results
+        try:
+            for mode, name in zip(("bare", "budget", "window0"), names, strict=True):
+                note = (f"ShouldRateLimit, {concurrency} tasks on one grpc.aio channel, server "
+                        f"in its own process, {loop_name()}, servers loaded in turns of "
+                        f"{SLICE_S} s; ")
+                note += ("bare servicer answering OK" if mode == "bare" else
+                         "request-time check of 4 budgets, reserve under a fresh request id")
+                if mode == "window0":
+                    note += ", pipeline window off"
+                proc, port = _start(mode, url, str(path))
+                targets.append(_Target(Result(name, "envoy", note=note), proc, port))
+            run_loop(_load(targets, seconds, concurrency))
+        finally:
+            for t in targets:
+                _stop(t.proc, t.result)
+    return [t.result for t in targets]
+
+
+def _stop(proc: subprocess.Popen[str], result: Result) -> None:
+    """Stop a server; the service's last line says how many calls each Redis write carried."""
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    for line in out.splitlines():
+        if line.startswith("{"):
+            stats = json.loads(line)
+            if stats["writes"]:
+                result.extra["calls_per_redis_write"] = round(stats["calls"] / stats["writes"],
+                                                              2)
 
 
 def _grpc_body() -> bytes:
@@ -249,12 +326,15 @@ def run_h2load(url: str, seconds: float, concurrency: int = 64) -> list[Result]:
                         (after - before) / calls * 1e6, 1)
                 results.append(result)
             finally:
-                proc.terminate()
-                proc.wait(10)
+                _stop(proc, result)
     return results
 
 
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.1f} ms"
 
 
 def ratio_line(results: list[Result]) -> str:
@@ -262,21 +342,26 @@ def ratio_line(results: list[Result]) -> str:
     by = {r.name: r for r in results}
     bare = next((r for n, r in by.items() if n.startswith("envoy-bare-")), None)
     ours = next((r for n, r in by.items()
-                 if not n.startswith("envoy-bare-") and not n.endswith("-pipe1")), None)
-    pipe1 = next((r for n, r in by.items() if n.endswith("-pipe1")), None)
+                 if not n.startswith("envoy-bare-") and not n.endswith("-window0")), None)
+    window0 = next((r for n, r in by.items() if n.endswith("-window0")), None)
     if bare is None or ours is None or not bare.rate or not ours.rate:
         return "envoy ratio: not measured"
     line = (f"{ours.name} / {bare.name} = {ours.rate / bare.rate:.2f}x (goal >= 0.6x): "
-            f"{ours.rate:,.0f} vs {bare.rate:,.0f} calls/s")
+            f"{ours.rate:,.0f} vs {bare.rate:,.0f} calls/s, p50 {_ms(ours.p50_us)} vs "
+            f"{_ms(bare.p50_us)}, p99 {_ms(ours.p99_us)} vs {_ms(bare.p99_us)}")
+    if "calls_per_redis_write" in ours.extra:
+        line += f"; {ours.extra['calls_per_redis_write']} calls per Redis write"
     cpu = [r.extra.get(k) for r in (ours, bare)
            for k in ("server_cpu_us_per_call", "client_cpu_us_per_call")]
     if None not in cpu:
         line += (f"; CPU per call: server {cpu[0]} vs {cpu[2]} us, load generator "
                  f"{cpu[1]} vs {cpu[3]} us")
-    if pipe1 is not None and pipe1.rate:
-        line += (f"\n{pipe1.name} / {bare.name} = {pipe1.rate / bare.rate:.2f}x: "
-                 f"{pipe1.rate:,.0f} calls/s, server CPU "
-                 f"{pipe1.extra.get('server_cpu_us_per_call')} us per call")
+    if window0 is not None and window0.rate:
+        line += (f"\n{window0.name} / {bare.name} = {window0.rate / bare.rate:.2f}x: "
+                 f"{window0.rate:,.0f} calls/s, p50 {_ms(window0.p50_us)}, p99 "
+                 f"{_ms(window0.p99_us)}, server CPU "
+                 f"{window0.extra.get('server_cpu_us_per_call')} us per call, "
+                 f"{window0.extra.get('calls_per_redis_write')} calls per Redis write")
     return line
 
 

@@ -47,6 +47,9 @@ class AsyncBudgetLimiter(ClientSurface):
     at most ``max_batch`` calls, at most ``max_inflight`` batches on the wire at once, over
     one connection the client drives itself (:mod:`budgetlimiter.wire`; redis-py's
     pipelines for memory:// and Redis Cluster); see :mod:`budgetlimiter.coalesce`.
+    ``pipeline_window`` (seconds, 0 = off) lets a call wait up to that long, while the
+    process is busy, for others to share its write: fewer writes and reads per call for this
+    process and for Redis, at the price of that wait (``serve`` uses 2 ms).
     """
 
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,
@@ -54,12 +57,14 @@ class AsyncBudgetLimiter(ClientSurface):
                  timeout: float = DEFAULT_ASYNC_TIMEOUT, cluster: bool | None = None,
                  deny_cache_ttl: float | None = 5.0, leases: LeaseConfig | None = None,
                  outage_queue: bool = True, max_clock_skew: float | None = UNSET,
-                 coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4) -> None:
+                 coalesce: bool = True, max_batch: int = 128, max_inflight: int = 4,
+                 pipeline_window: float = 0.0) -> None:
         super().__init__(policy, redis, connect_async, timeout=timeout, prefix=prefix, clock=clock,
                          cluster=cluster, deny_cache_ttl=deny_cache_ttl, leases=leases,
                          outage_queue=outage_queue, max_clock_skew=max_clock_skew)
         self.coalescer = Coalescer(self.redis, self._scripts, max_batch=max_batch,
-                                   max_inflight=max_inflight) if coalesce else None
+                                   max_inflight=max_inflight,
+                                   pipeline_window=pipeline_window) if coalesce else None
         #: exclusive flows running, by key (a second one with that key waits for the first)
         self._exclusive: dict[Hashable, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()

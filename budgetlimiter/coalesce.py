@@ -13,6 +13,9 @@ reads); otherwise (fakeredis, a cluster) over redis-py pipelines.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -44,16 +47,55 @@ def _fail(waiting: list[Waiting], exc: BaseException) -> None:
             fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
 
 
+class Company:
+    """Whether a call should wait for others to share its batch (the pipeline window).
+
+    Waiting pays only when both hold: this process is busy — its CPU time over the wall time
+    of the last ``period`` seconds, all threads (gRPC's poller too), at least ``on`` of one
+    core, and idle again only below ``off`` (hysteresis, so that it does not flap) — and
+    calls overlap: lately a call was submitted while others were queued or on the wire. A
+    lone caller that waits for each answer before its next call never overlaps, so it never
+    waits for company that cannot come. Sampled at most once per period (one
+    clock_gettime of the process CPU time)."""
+
+    def __init__(self, period: float = 0.02, on: float = 0.5, off: float = 0.3,
+                 cpu: Callable[[], float] = time.process_time) -> None:
+        self.period, self.on, self.off = period, on, off
+        self.busy = False
+        self.overlap = False  #: a call overlapped others in this period
+        self._overlapped = False  #: ... in the previous one
+        self._read_cpu = cpu
+        self._since = time.monotonic()
+        self._cpu = cpu()
+
+    def worth_waiting(self, now: float) -> bool:
+        """Busy and overlapping (sampled again once ``period`` has passed)."""
+        elapsed = now - self._since
+        if elapsed >= self.period:
+            cpu = self._read_cpu()
+            share = (cpu - self._cpu) / elapsed
+            self._since, self._cpu = now, cpu
+            self.busy = share >= (self.off if self.busy else self.on)
+            self._overlapped, self.overlap = self.overlap, False
+        return self.busy and (self.overlap or self._overlapped)
+
+
 class Coalescer:
     """Batches concurrent script calls: at most ``max_inflight`` batches of ``max_batch``
     calls on the wire, over the driven connection or redis-py pipelines."""
 
     def __init__(self, redis: Any, scripts: Registry, *, max_batch: int = 128,
-                 max_inflight: int = 4) -> None:
+                 max_inflight: int = 4, pipeline_window: float = 0.0) -> None:
         self.redis = redis
         self.scripts = scripts
         self.max_batch = max_batch
         self.max_inflight = max_inflight
+        if not 0 <= pipeline_window <= 1:
+            raise ValueError(f"pipeline_window must be 0..1 seconds, got {pipeline_window!r}")
+        self.window = pipeline_window
+        self._last_sent = -math.inf  #: monotonic time the last batch went out
+        self._timer: asyncio.TimerHandle | None = None
+        self.company = Company()
         self._queue: list[Waiting] = []
         self._inflight = 0  #: redis-py pipelines on the wire (the driven connection counts its own)
         self._scheduled = False
@@ -69,26 +111,42 @@ class Coalescer:
     def submit(self, call: ScriptCall) -> asyncio.Future[Any]:
         """Queue ``call``; the future gets its reply (or its error)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((call, fut))
+        queue = self._queue
+        if queue or self._on_wire():
+            self.company.overlap = True
+        queue.append((call, fut))
+        if self._timer is not None and len(queue) >= self.max_batch:
+            self._timer.cancel()  # a full batch does not wait out the window
+            self._timer = None
+            self._scheduled = False
         self._schedule()
         return fut
 
     def _schedule(self, _answered: int = 0) -> None:
         """Drain on the next loop turn if calls wait and a batch may go out (also called
-        when a batch is answered)."""
-        if self._queue and not self._scheduled and self._busy() < self.max_inflight:
+        when a batch is answered); with a window, not before ``window`` seconds after the
+        last batch left, unless a full batch waits."""
+        if self._queue and not self._scheduled and self._on_wire() < self.max_inflight:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._drain)
+            loop = asyncio.get_running_loop()
+            if self.window and len(self._queue) < self.max_batch:
+                now = time.monotonic()
+                wait = self._last_sent + self.window - now
+                if wait > 0 and self.company.worth_waiting(now):
+                    self._timer = loop.call_later(wait, self._drain)
+                    return
+            loop.call_soon(self._drain)
 
-    def _busy(self) -> int:
+    def _on_wire(self) -> int:
         wire = self._wire
         return wire.busy if self._use_wire and wire is not None else self._inflight
 
     def _next_batch(self) -> list[Waiting]:
         """What is waiting, spread over the free slots: Redis then runs one batch while this
         process reads the replies of another, instead of each waiting for the other with one
-        big batch."""
-        free = self.max_inflight - self._busy()
+        big batch. With a pipeline window, all of it: the window gathered it to share one
+        write."""
+        free = 1 if self.window else self.max_inflight - self._on_wire()
         size = min(self.max_batch, -(-len(self._queue) // free))
         batch = self._queue[:size]
         del self._queue[:size]
@@ -98,6 +156,9 @@ class Coalescer:
 
     def _drain(self) -> None:
         self._scheduled = False
+        self._timer = None
+        if self.window:
+            self._last_sent = time.monotonic()
         if self._use_wire:
             self._drain_to_wire()
             return

@@ -10,6 +10,10 @@ import click
 from .context import Context, check_redis_url, open_store
 from .durable import webhook_options
 
+#: the sidecar's pipeline window (seconds): while it is busy, a decision waits at most this
+#: long for others to share its Redis write (README, "Pipeline window")
+SERVE_PIPELINE_WINDOW = 0.008
+
 
 def _fast(module: str, fast: str, fallback: str) -> str:
     return fast if importlib.util.find_spec(module) is not None else fallback
@@ -36,6 +40,10 @@ def _fast(module: str, fast: str, fallback: str) -> str:
 @click.option("--leases", envvar="BUDGETLIMITER_LEASES", default=None, metavar="CALLS[,SECONDS]",
               help="Admit checks from in-process slices of CALLS estimates, kept SECONDS "
               "(default 1); SIGTERM hands them back. Off by default (see README, Leases).")
+@click.option("--pipeline-window", envvar="BUDGETLIMITER_PIPELINE_WINDOW", type=float,
+              default=SERVE_PIPELINE_WINDOW * 1000, show_default=True, metavar="MS",
+              help="While the sidecar is busy, a Redis call waits up to MS milliseconds for "
+              "others to share its write (more checks per core; 0 = every call at once).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @click.option("--no-reconcile", is_flag=True,
@@ -62,7 +70,7 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
           log_level: str, no_reconcile: bool, reconcile_interval: float,
           reconcile_lease: float, webhooks: tuple[str, ...], webhook_secret_env: str,
           gauge_scopes: tuple[str, ...], gauge_percent: float, gauge_max: int,
-          otel: bool, leases: str | None) -> None:
+          otel: bool, leases: str | None, pipeline_window: float) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
@@ -89,6 +97,7 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
             gauge_scopes=gauge_scopes, gauge_min_percent=gauge_percent,
             gauge_max_budgets=gauge_max, otel=otel,
             lease_calls=lease_calls, lease_seconds=lease_seconds, gc_freeze=True,
+            pipeline_window=pipeline_window / 1000,
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

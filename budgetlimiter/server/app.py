@@ -125,7 +125,8 @@ class Server:
                 policy = load_policy(Path(self.config.policy_path))
             self.limiter = AsyncBudgetLimiter(policy, self.config.redis_url,
                                               timeout=self.config.redis_timeout,
-                                              clock=self._clock, leases=self.config.lease_config)
+                                              clock=self._clock, leases=self.config.lease_config,
+                                              pipeline_window=self.config.pipeline_window)
         self._mtime = self._policy_mtime()
         loop = asyncio.get_running_loop()
         if self.config.policy_path and hasattr(signal, "SIGHUP"):

@@ -87,6 +87,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: the longest window accepted: beyond it the wait costs more than the batch saves
+MAX_PIPELINE_WINDOW = 0.05
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything :func:`budgetlimiter.server.create_app` and ``budgetlimiter serve`` need."""
@@ -127,6 +131,10 @@ class ServerConfig:
     #: then never scanned again. ``serve`` turns it on (it owns its process); an app embedded
     #: in another program leaves that program's collector alone.
     gc_freeze: bool = False
+    #: seconds a Redis call may wait for others to share its write while the process is
+    #: busy (:class:`~budgetlimiter.aio.AsyncBudgetLimiter`'s ``pipeline_window``); ``serve``
+    #: sets 2 ms (``--pipeline-window``)
+    pipeline_window: float = 0.0
 
     @property
     def lease_config(self) -> LeaseConfig | None:
@@ -160,6 +168,9 @@ class ServerConfig:
                 raise ConfigError(f"gauge scope {text[:120]!r}: {why}")
         if self.gauge_max_budgets < 0:
             raise ConfigError(f"gauge max budgets must be >= 0, got {self.gauge_max_budgets}")
+        if not 0 <= self.pipeline_window <= MAX_PIPELINE_WINDOW:
+            raise ConfigError(f"pipeline window must be 0..{MAX_PIPELINE_WINDOW * 1000:g} ms, "
+                              f"got {self.pipeline_window * 1000:g} ms")
         if self.max_body < 1024:
             raise ConfigError(f"max body must be at least 1024 bytes, got {self.max_body}")
         if self.reconcile_interval <= 0 or self.reconcile_lease < 0:

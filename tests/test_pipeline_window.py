@@ -1,0 +1,197 @@
+"""The pipeline window (``AsyncBudgetLimiter(pipeline_window=...)``, ``serve
+--pipeline-window``): while the process is busy and calls overlap, a call waits up to the
+window for others to share its Redis write; otherwise every call goes out at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from budgetlimiter import AsyncBudgetLimiter, Subject, Usage, parse_policy
+from budgetlimiter.cli import main as cli
+from budgetlimiter.coalesce import Coalescer, Company
+from budgetlimiter.engine.scripts import Registry
+from budgetlimiter.server import ConfigError, ServerConfig
+
+from .test_coalesce import FakeRedis, call
+
+
+class BusyClock:
+    """A process CPU clock that runs as fast as the wall clock (fully busy) or stands still."""
+
+    def __init__(self, busy: bool) -> None:
+        self.busy = busy
+        self.base = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.base if self.busy else 0.0
+
+
+def coalescer(window: float, busy: bool, **kwargs: Any) -> tuple[Coalescer, FakeRedis]:
+    redis = FakeRedis()
+    co = Coalescer(redis, Registry(), pipeline_window=window, **kwargs)
+    co.company = Company(period=0.005, cpu=BusyClock(busy))
+    return co, redis
+
+
+async def staggered(co: Coalescer, count: int, gap: float) -> tuple[list[Any], list[float]]:
+    """``count`` callers, one every ``gap`` seconds; their replies and waits."""
+    waits: list[float] = []
+
+    async def one(i: int) -> Any:
+        await asyncio.sleep(i * gap)
+        started = time.monotonic()
+        reply = await co.submit(call(f"c{i}"))
+        waits.append(time.monotonic() - started)
+        return reply
+
+    replies = await asyncio.gather(*(one(i) for i in range(count)))
+    return replies, waits
+
+
+def test_overlapping_calls_of_a_busy_process_share_writes_and_wait_at_most_the_window() -> None:
+    async def main() -> None:
+        co, redis = coalescer(0.05, busy=True)
+        await co.submit(call("warm"))  # the first call: nothing overlapped yet, goes at once
+        await asyncio.sleep(0.01)  # a CPU sample sees the busy process
+        # one caller every 0.5 ms while a write takes 1 ms: each finds others on the wire
+        replies, waits = await staggered(co, 10, 0.0005)
+        assert replies == [f"c{i}" for i in range(10)]  # each its own reply
+        assert len(redis.batches) <= 1 + 3, redis.batches  # ten calls in a few writes
+        assert max(redis.batches) >= 5
+        assert max(waits) < 0.05 + 0.03  # the window (and a loop turn), not more
+    asyncio.run(main())
+
+
+def test_an_idle_process_sends_every_call_at_once() -> None:
+    async def main() -> None:
+        co, redis = coalescer(0.2, busy=False)
+        await co.submit(call("warm"))
+        await asyncio.sleep(0.01)
+        _, waits = await staggered(co, 10, 0.0005)  # overlapping, but nobody is busy
+        assert len(redis.batches) > 3  # no gathering beyond what a loop turn brings
+        assert max(waits) < 0.05  # nobody waited out the 200 ms window
+    asyncio.run(main())
+
+
+def test_a_lone_caller_never_waits_for_company_that_cannot_come() -> None:
+    async def main() -> None:
+        co, redis = coalescer(0.05, busy=True)
+        started = time.monotonic()
+        for i in range(20):  # each call waits for its answer before the next
+            assert await co.submit(call(f"c{i}")) == f"c{i}"
+        assert redis.batches == [1] * 20
+        assert time.monotonic() - started < 0.5  # 20 windows would take 1 s
+    asyncio.run(main())
+
+
+def test_a_full_batch_leaves_before_the_window_ends() -> None:
+    async def main() -> None:
+        co, redis = coalescer(0.5, busy=True, max_batch=8)
+        await co.submit(call("warm"))
+        await asyncio.sleep(0.01)
+        co.company.overlap = True  # as if other callers were around
+        first = asyncio.ensure_future(co.submit(call("first")))  # waits: warm left < 0.5 s ago
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        rest = await asyncio.gather(*(co.submit(call(f"c{i}")) for i in range(7)))
+        assert await first == "first" and rest == [f"c{i}" for i in range(7)]
+        assert time.monotonic() - started < 0.1
+        assert redis.batches == [1, 8]
+    asyncio.run(main())
+
+
+def test_the_window_is_off_by_default_and_bounded() -> None:
+    assert Coalescer(FakeRedis(), Registry()).window == 0.0
+    for bad in (-0.001, 1.5):
+        with pytest.raises(ValueError, match="pipeline_window"):
+            Coalescer(FakeRedis(), Registry(), pipeline_window=bad)
+    with pytest.raises(ConfigError, match="pipeline window"):
+        ServerConfig(pipeline_window=0.2).validate()
+    assert ServerConfig(pipeline_window=0.002).validate().pipeline_window == 0.002
+
+
+def test_serve_refuses_a_window_out_of_range_by_name(tmp_path: Any) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\norgs: {acme: {limits: []}}\n")
+    result = CliRunner().invoke(cli, ["--policy", str(policy), "serve",
+                                      "--pipeline-window", "-1"])
+    assert result.exit_code == 2
+    assert "pipeline window" in result.output
+
+
+def test_company_turns_busy_above_half_a_core_and_idle_below_a_third() -> None:
+    used = [0.0]
+    company = Company(period=0.01, cpu=lambda: used[0])
+    company.overlap = True
+
+    def period(share: float) -> bool:
+        time.sleep(0.011)
+        used[0] += share * 0.011 * 1.05  # (sleep may overshoot a little; share is a floor)
+        return company.worth_waiting(time.monotonic())
+
+    assert period(0.4) is False  # below "on"
+    company.overlap = True
+    assert period(0.9) is True
+    company.overlap = True
+    assert period(0.4) is True  # between the thresholds: stays busy
+    company.overlap = True
+    assert period(0.05) is False
+
+
+POLICY = parse_policy("""
+version: 1
+orgs:
+  acme:
+    limits: [{metric: invocations, period: day, amount: 1000000}]
+""")
+
+
+async def callers(limiter: AsyncBudgetLimiter, window_busy: bool) -> int:
+    """20 callers, each 5 checks and commits with a millisecond between them; the writes."""
+    assert limiter.coalescer is not None
+    limiter.coalescer.company = Company(period=0.005, cpu=BusyClock(window_busy))
+    alice = Subject("acme", "gpt-4o", user="alice")
+    await limiter.check(alice, Usage(), reservation_id="warm")  # scripts, connection
+    await asyncio.sleep(0.01)
+    before = limiter.coalescer.pipelines
+
+    async def one(caller: int) -> None:
+        await asyncio.sleep(caller * 0.0003)
+        for k in range(5):
+            decision = await limiter.check(alice, Usage(), reservation_id=f"r{caller}-{k}")
+            assert decision.allowed and decision.reservation is not None
+            await asyncio.sleep(0.001)
+            await limiter.commit(decision.reservation, Usage())
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(one(i) for i in range(20)))
+    org = next(s for s in await limiter.status(alice) if s.scope.team is None
+               and s.scope.user is None and s.scope.agent is None)
+    assert (org.used, org.reserved) == (100, 1)  # each counted once (+ the warm check)
+    return limiter.coalescer.pipelines - before
+
+
+@pytest.mark.redis
+def test_a_busy_client_shares_writes_on_a_real_redis_and_counts_exactly(fresh_redis: Any) -> None:
+    async def main() -> tuple[int, int]:
+        writes = []
+        for window in (0.0, 0.02):
+            await_flush = AsyncBudgetLimiter(POLICY, fresh_redis.url)
+            await await_flush.redis.flushdb()
+            await await_flush.aclose()
+            limiter = AsyncBudgetLimiter(POLICY, fresh_redis.url, pipeline_window=window)
+            try:
+                writes.append(await callers(limiter, window_busy=True))
+            finally:
+                await limiter.aclose()
+        return writes[0], writes[1]
+
+    without, within = asyncio.run(main())
+    # 200 calls; without the window each loop turn's calls share a write, with it a busy
+    # process gathers 20 ms of them
+    assert within < without / 2, (without, within)
