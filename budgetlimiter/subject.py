@@ -34,6 +34,8 @@ def validate_id(kind: str, value: object) -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidId(
             f"{kind} id is {len(value)} characters long; the maximum is {MAX_ID_LENGTH}")
+    if value.isascii() and value.isprintable():  # (most ids: no control character possible)
+        return value
     for ch in value:
         cat = unicodedata.category(ch)
         if cat == "Cc":
