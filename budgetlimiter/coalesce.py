@@ -239,12 +239,18 @@ class Coalescer:
         task.add_done_callback(self._tasks.discard)
 
     def in_flight(self) -> list[asyncio.Future[Any]]:
-        """The pipelines (or calls on the driven connection) not answered yet."""
+        """The pipelines (or calls on the driven connection) not answered yet, and the calls
+        still gathering in a pipeline window."""
         wire = self._wire
-        return [*self._tasks, *(wire.pending if wire is not None else ())]
+        return [*self._tasks, *(wire.pending if wire is not None else ()),
+                *(fut for _, fut in self._queue)]
 
     def close(self) -> None:
         """Close the driven connection (calls still on it fail with ``ConnectionError``)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._scheduled = False
         if self._wire is not None:
             self._wire.close()
             self._wire = None

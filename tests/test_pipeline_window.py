@@ -195,3 +195,22 @@ def test_a_busy_client_shares_writes_on_a_real_redis_and_counts_exactly(fresh_re
     # 200 calls; without the window each loop turn's calls share a write, with it a busy
     # process gathers 20 ms of them
     assert within < without / 2, (without, within)
+
+
+@pytest.mark.redis
+def test_closing_waits_for_the_calls_gathering_in_the_window(fresh_redis: Any) -> None:
+    async def main() -> None:
+        limiter = AsyncBudgetLimiter(POLICY, fresh_redis.url, pipeline_window=0.3)
+        assert limiter.coalescer is not None
+        alice = Subject("acme", "gpt-4o", user="alice")
+        await limiter.check(alice, Usage())
+        limiter.coalescer.company = Company(period=0.005, cpu=BusyClock(True))
+        await asyncio.sleep(0.01)
+        limiter.coalescer.company.overlap = True  # as if other callers were around
+        pending = asyncio.ensure_future(limiter.check(alice, Usage()))
+        await asyncio.sleep(0.01)
+        assert not pending.done()  # gathering: the first call left less than 0.3 s ago
+        await limiter.aclose()
+        assert (await pending).allowed  # answered, not dropped by the close
+        assert limiter.coalescer._wire is None  # and no connection opened after it
+    asyncio.run(main())
