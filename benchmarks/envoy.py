@@ -147,8 +147,10 @@ class _Target:
         self.refused = 0
 
 
-async def _load(targets: list[_Target], seconds: float, concurrency: int) -> None:
-    """``concurrency`` tasks on one channel per server, in turns of SLICE_S seconds each,
+async def _load(targets: list[_Target], seconds: float, concurrency: int,
+                rate: float | None = None) -> None:
+    """``concurrency`` tasks on one channel per server (or, with ``rate``, calls started at
+    that many per second whatever the answers do), in turns of SLICE_S seconds each,
     ``seconds`` per server in all (after a warm-up of each)."""
     import grpc
     from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -165,26 +167,44 @@ async def _load(targets: list[_Target], seconds: float, concurrency: int) -> Non
     ok_code = rls_pb2.RateLimitResponse.OK
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{t.port}") for t in targets]
     try:
-        async def turn(t: _Target, stub: Any, span: float, measured: bool) -> None:
-            until = perf() + int(span * 1e9)
+        async def one(t: _Target, stub: Any, measured: bool, t0: int) -> None:
+            rid = entry(key="request_id", value=f"{tag}-{next(ids)}")
+            request = rls_pb2.RateLimitRequest(domain="budgetlimiter", descriptors=[
+                ratelimit_pb2.RateLimitDescriptor(entries=[*fixed, rid])])
+            t.calls += 1
+            try:
+                reply = await stub.ShouldRateLimit(request, timeout=10)
+            except grpc.aio.AioRpcError:
+                t.errors += 1
+                return
+            if measured:
+                t.latencies.append(perf() - t0)
+                t.refused += reply.overall_code != ok_code
 
+        async def closed(t: _Target, stub: Any, until: int, measured: bool) -> None:
             async def worker() -> None:
                 while (t0 := perf()) < until:
-                    rid = entry(key="request_id", value=f"{tag}-{next(ids)}")
-                    request = rls_pb2.RateLimitRequest(domain="budgetlimiter", descriptors=[
-                        ratelimit_pb2.RateLimitDescriptor(entries=[*fixed, rid])])
-                    t.calls += 1
-                    try:
-                        reply = await stub.ShouldRateLimit(request, timeout=10)
-                    except grpc.aio.AioRpcError:
-                        t.errors += 1
-                        continue
-                    if measured:
-                        t.latencies.append(perf() - t0)
-                        t.refused += reply.overall_code != ok_code
+                    await one(t, stub, measured, t0)
 
-            cpu, client, start = _cpu_seconds(t.proc.pid), time.process_time(), perf()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        async def open_(t: _Target, stub: Any, until: int, measured: bool) -> None:
+            # calls start on a fixed schedule whatever the answers do; latency counts from the
+            # scheduled start (a late start is the server's delay too)
+            assert rate is not None
+            step, due, calls = int(1e9 / rate), perf(), []
+            while due < until:
+                ahead = due - perf()
+                if ahead > 0:
+                    await asyncio.sleep(ahead / 1e9)
+                calls.append(asyncio.ensure_future(one(t, stub, measured, due)))
+                due += step
+            await asyncio.gather(*calls)
+
+        async def turn(t: _Target, stub: Any, span: float, measured: bool) -> None:
+            until = perf() + int(span * 1e9)
+            cpu, client, start = _cpu_seconds(t.proc.pid), time.process_time(), perf()
+            await (closed if rate is None else open_)(t, stub, until, measured)
             after = _cpu_seconds(t.proc.pid)
             if measured:
                 t.elapsed += (perf() - start) / 1e9
@@ -212,12 +232,15 @@ async def _load(targets: list[_Target], seconds: float, concurrency: int) -> Non
             r.extra["client_cpu_us_per_call"] = round(t.client_cpu / t.calls * 1e6, 1)
 
 
-def run(url: str, seconds: float, concurrency: int = 64) -> list[Result]:
+def run(url: str, seconds: float, concurrency: int = 64,
+        rate: float | None = None) -> list[Result]:
     """``envoy-bare-<n>``, ``envoy-<n>`` and ``envoy-<n>-window0``: the same load against the
     bare servicer, the service as ``serve`` runs it (its 2 ms pipeline window), and the
     service with the window off (every Redis call written on its own); the three servers run
-    side by side and take the load in turns (SLICE_S)."""
-    names = (f"envoy-bare-{concurrency}", f"envoy-{concurrency}", f"envoy-{concurrency}-window0")
+    side by side and take the load in turns (SLICE_S). With ``rate``: calls started at that
+    many per second instead (``envoy-open-<rate>...``), for the latency below saturation."""
+    load = f"{concurrency}" if rate is None else f"open-{rate:g}"
+    names = (f"envoy-bare-{load}", f"envoy-{load}", f"envoy-{load}-window0")
     if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("envoy") is None:
         return [Result(n, "envoy", skipped="needs the envoy extra (grpcio, xds-protos)")
                 for n in names]
@@ -227,16 +250,17 @@ def run(url: str, seconds: float, concurrency: int = 64) -> list[Result]:
         path.write_text(yaml.safe_dump(policy_dict(), sort_keys=False), encoding="utf-8")
         try:
             for mode, name in zip(("bare", "budget", "window0"), names, strict=True):
-                note = (f"ShouldRateLimit, {concurrency} tasks on one grpc.aio channel, server "
-                        f"in its own process, {loop_name()}, servers loaded in turns of "
-                        f"{SLICE_S} s; ")
+                how = (f"{concurrency} tasks" if rate is None else
+                       f"{rate:g} calls/s started on schedule")
+                note = (f"ShouldRateLimit, {how} on one grpc.aio channel, server in its own "
+                        f"process, {loop_name()}, servers loaded in turns of {SLICE_S} s; ")
                 note += ("bare servicer answering OK" if mode == "bare" else
                          "request-time check of 4 budgets, reserve under a fresh request id")
                 if mode == "window0":
                     note += ", pipeline window off"
                 proc, port = _start(mode, url, str(path))
                 targets.append(_Target(Result(name, "envoy", note=note), proc, port))
-            run_loop(_load(targets, seconds, concurrency))
+            run_loop(_load(targets, seconds, concurrency, rate))
         finally:
             for t in targets:
                 _stop(t.proc, t.result)
@@ -372,12 +396,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--h2load", action="store_true",
                         help="also drive both servers with h2load (no request id)")
+    parser.add_argument("--open", default="", metavar="RATE[,RATE...]",
+                        help="also start calls at these rates (per second) whatever the answers "
+                        "do, and compare latencies below saturation")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     results = run(args.redis_url, args.seconds, args.concurrency)
     for r in results:
         print(json.dumps(r.as_dict()))
     print(ratio_line(results), f"({time.perf_counter() - started:.1f} s)")
+    for rate in (float(x) for x in args.open.split(",") if x.strip()):
+        rows = run(args.redis_url, args.seconds, args.concurrency, rate)
+        for r in rows:
+            print(json.dumps(r.as_dict()))
+        print(f"{rate:g} calls/s: " + ", ".join(
+            f"{r.name} p50 {_ms(r.p50_us)} p99 {_ms(r.p99_us)} "
+            f"({r.rate:,.0f}/s, {r.extra.get('calls_per_redis_write', '-')} calls per write)"
+            for r in rows))
     if args.h2load:
         fast = run_h2load(args.redis_url, args.seconds, args.concurrency)
         for r in fast:
