@@ -76,8 +76,9 @@ async def main():
         from budgetlimiter.cli.serve import SERVE_PIPELINE_WINDOW
         from budgetlimiter.envoy import serve_grpc
         # as `serve` runs it (its pipeline window), or "window0": every call written alone
-        limiter = AsyncBudgetLimiter(load_policy(policy_path), url, pipeline_window=0.0
-                                     if mode == "window0" else SERVE_PIPELINE_WINDOW)
+        window = float(sys.argv[5]) if len(sys.argv) > 5 else SERVE_PIPELINE_WINDOW
+        limiter = AsyncBudgetLimiter(load_policy(policy_path), url,
+                                     pipeline_window=0.0 if mode == "window0" else window)
         service = await serve_grpc(limiter, port=int(port))  # kept: a collected server stops
     import gc  # both servers, as `serve` does once started (its gc_freeze)
     gc.collect()
@@ -104,9 +105,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(mode: str, url: str, policy_path: str) -> tuple[subprocess.Popen[str], int]:
+def _start(mode: str, url: str, policy_path: str,
+           window: float | None = None) -> tuple[subprocess.Popen[str], int]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE, mode, url, policy_path, str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, mode, url, policy_path, str(port),
+                             *([] if window is None else [str(window)])],
                             stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.stdout is not None
@@ -233,12 +236,13 @@ async def _load(targets: list[_Target], seconds: float, concurrency: int,
 
 
 def run(url: str, seconds: float, concurrency: int = 64,
-        rate: float | None = None) -> list[Result]:
+        rate: float | None = None, window: float | None = None) -> list[Result]:
     """``envoy-bare-<n>``, ``envoy-<n>`` and ``envoy-<n>-window0``: the same load against the
     bare servicer, the service as ``serve`` runs it (its 2 ms pipeline window), and the
     service with the window off (every Redis call written on its own); the three servers run
     side by side and take the load in turns (SLICE_S). With ``rate``: calls started at that
-    many per second instead (``envoy-open-<rate>...``), for the latency below saturation."""
+    many per second instead (``envoy-open-<rate>...``), for the latency below saturation;
+    ``window``: the service row's pipeline window in seconds instead of ``serve``'s."""
     load = f"{concurrency}" if rate is None else f"open-{rate:g}"
     names = (f"envoy-bare-{load}", f"envoy-{load}", f"envoy-{load}-window0")
     if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("envoy") is None:
@@ -258,7 +262,9 @@ def run(url: str, seconds: float, concurrency: int = 64,
                          "request-time check of 4 budgets, reserve under a fresh request id")
                 if mode == "window0":
                     note += ", pipeline window off"
-                proc, port = _start(mode, url, str(path))
+                if mode == "budget" and window is not None:
+                    note += f", pipeline window {window * 1000:g} ms"
+                proc, port = _start(mode, url, str(path), window)
                 targets.append(_Target(Result(name, "envoy", note=note), proc, port))
             run_loop(_load(targets, seconds, concurrency, rate))
         finally:
@@ -396,17 +402,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--h2load", action="store_true",
                         help="also drive both servers with h2load (no request id)")
+    parser.add_argument("--window", type=float, default=None, metavar="MS",
+                        help="the service's pipeline window (default: serve's)")
     parser.add_argument("--open", default="", metavar="RATE[,RATE...]",
                         help="also start calls at these rates (per second) whatever the answers "
                         "do, and compare latencies below saturation")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = run(args.redis_url, args.seconds, args.concurrency)
+    window = None if args.window is None else args.window / 1000
+    results = run(args.redis_url, args.seconds, args.concurrency, window=window)
     for r in results:
         print(json.dumps(r.as_dict()))
     print(ratio_line(results), f"({time.perf_counter() - started:.1f} s)")
     for rate in (float(x) for x in args.open.split(",") if x.strip()):
-        rows = run(args.redis_url, args.seconds, args.concurrency, rate)
+        rows = run(args.redis_url, args.seconds, args.concurrency, rate, window)
         for r in rows:
             print(json.dumps(r.as_dict()))
         print(f"{rate:g} calls/s: " + ", ".join(

@@ -96,7 +96,10 @@ class Coalescer:
             raise ValueError(f"pipeline_window must be 0..1 seconds, got {pipeline_window!r}")
         self.window = pipeline_window
         self._last_sent = -math.inf  #: monotonic time the last batch went out
-        self._timer: asyncio.TimerHandle | None = None
+        #: the window's next look at the queue (a loop turn away), while it gathers
+        self._timer: asyncio.Handle | None = None
+        self._until = 0.0  #: monotonic time the gathering window ends
+        self._polled = 0.0  #: monotonic time of the window's last look (0: none yet)
         self.company = Company()
         self._queue: list[Waiting] = []
         self._inflight = 0  #: redis-py pipelines on the wire (the driven connection counts its own)
@@ -135,9 +138,24 @@ class Coalescer:
                 now = time.monotonic()
                 wait = self._last_sent + self.window - now
                 if wait > 0 and self.company.worth_waiting(now):
-                    self._timer = loop.call_later(wait, self._drain)
+                    self._until, self._polled = now + wait, 0.0
+                    self._timer = loop.call_soon(self._gather)
                     return
             loop.call_soon(self._drain)
+
+    def _gather(self) -> None:
+        """One loop turn of a pipeline window: send when the window is over or a full batch
+        waits — or at the first look, when the turn that brought the first call brought
+        others too: calls then come in bursts (an HTTP server reading many requests at
+        once, many tasks of one program), each burst already shares a write, and waiting
+        for the next one would only add latency. gRPC hands calls over one per turn."""
+        now = time.monotonic()
+        if (now >= self._until or len(self._queue) >= self.max_batch
+                or (self._polled == 0.0 and len(self._queue) > 1)):
+            self._drain()
+            return
+        self._polled = now
+        self._timer = asyncio.get_running_loop().call_soon(self._gather)
 
     def _on_wire(self) -> int:
         wire = self._wire
