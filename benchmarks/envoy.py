@@ -89,7 +89,8 @@ async def main():
     await stop.wait()
     if mode != "bare":  # how many calls each write to Redis carried
         co = limiter.coalescer
-        print(json.dumps({"calls": co.calls, "writes": co.pipelines}), flush=True)
+        print(json.dumps({"calls": co.calls, "writes": co.pipelines, "windows": co.windows}),
+              flush=True)
 
 try:
     import uvloop
@@ -283,6 +284,7 @@ def _stop(proc: subprocess.Popen[str], result: Result) -> None:
             if stats["writes"]:
                 result.extra["calls_per_redis_write"] = round(stats["calls"] / stats["writes"],
                                                               2)
+                result.extra["pipeline_windows"] = stats["windows"]
 
 
 def _grpc_body() -> bytes:
@@ -420,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r.as_dict()))
         print(f"{rate:g} calls/s: " + ", ".join(
             f"{r.name} p50 {_ms(r.p50_us)} p99 {_ms(r.p99_us)} "
-            f"({r.rate:,.0f}/s, {r.extra.get('calls_per_redis_write', '-')} calls per write)"
+            f"({r.rate:,.0f}/s, {r.extra.get('calls_per_redis_write', '-')} calls per write, "
+            f"{r.extra.get('pipeline_windows', '-')} windows)"
             for r in rows))
     if args.h2load:
         fast = run_h2load(args.redis_url, args.seconds, args.concurrency)

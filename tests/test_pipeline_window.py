@@ -146,22 +146,23 @@ def test_serve_refuses_a_window_out_of_range_by_name(tmp_path: Any) -> None:
     assert "pipeline window" in result.output
 
 
-def test_company_turns_busy_near_a_full_core_and_idle_again_below_six_tenths() -> None:
+def test_company_turns_busy_near_a_full_core_and_idle_again_below_seven_tenths() -> None:
     used = [0.0]
     company = Company(period=0.01, cpu=lambda: used[0])
+    clock = [company._since]
 
     def period(share: float, overlap: bool = True) -> bool:
         company.overlap = company.overlap or overlap
-        time.sleep(0.011)
-        used[0] += share * 0.011 * 1.02  # (sleep may overshoot a little; share is a floor)
-        return company.worth_waiting(time.monotonic())
+        clock[0] += 0.01
+        used[0] += share * 0.01
+        return company.worth_waiting(clock[0])
 
-    assert period(0.5) is False  # half a core: not the bottleneck, nobody waits
+    assert period(0.8) is False  # not yet near saturation: nobody waits
     assert period(1.0) is True
-    assert period(0.7) is True  # between the thresholds: stays busy (the window saves CPU)
+    assert period(0.8) is True  # between the thresholds: stays busy (the window saves CPU)
     assert period(0.3) is False
     assert period(1.0) is True
-    assert company.worth_waiting(time.monotonic()) is True  # within the period: unchanged
+    assert company.worth_waiting(clock[0] + 0.001) is True  # within the period: unchanged
     assert period(1.0, overlap=False) is False  # nothing overlapped lately: a lone caller
 
 
