@@ -105,8 +105,9 @@ ENTRIES: list[Entry] = [
           _one("sidecar-64")),
     # Envoy's rate limit service: ShouldRateLimit from a grpc.aio client with 64 tasks on one
     # channel, against a bare grpc.aio servicer answering OK and against budgetlimiter's
-    # (request-time check of 4 budgets, reserve under a fresh request id); each server in
-    # its own process, measured back to back in the same run (benchmarks/envoy.py)
+    # (request-time check of 4 budgets, reserve under a fresh request id), with serve's
+    # pipeline window and without; each server in its own process, the three side by side,
+    # loaded in turns of 0.5 s (benchmarks/envoy.py)
     Entry("envoy", False, lambda c: envoy.run(c.url, c.seconds, 64),
           lambda quick: ["envoy-bare-64", "envoy-64", "envoy-64-window0"]),
     # the sidecar under wrk (64 connections, Lua POST bodies): the real `budgetlimiter serve`

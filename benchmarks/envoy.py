@@ -1,15 +1,19 @@
 """Envoy rate limit service benchmark: ``ShouldRateLimit`` at fixed concurrency over gRPC.
 
-Two servers, one load generator, same run: ``envoy-bare-64`` is a bare grpc.aio servicer that
-answers OK without doing anything (the ceiling grpc.aio itself sets on this machine);
+Three servers, one load generator, same run: ``envoy-bare-64`` is a bare grpc.aio servicer
+that answers OK without doing anything (the ceiling grpc.aio itself sets on this machine);
 ``envoy-64`` is budgetlimiter's service (``budgetlimiter.envoy.serve_grpc`` on an
-AsyncBudgetLimiter): each call is a request-time check of the 4-budget benchmark subject
-(org, org agent, team, user) that reserves the estimate under a fresh request id. Each server
+AsyncBudgetLimiter with ``serve``'s pipeline window): each call is a request-time check of the
+4-budget benchmark subject (org, org agent, team, user) that reserves the estimate under a
+fresh request id; ``envoy-64-window0`` is the same service with the window off. Each server
 runs in its own process (uvloop when installed) so that the load generator does not share its
-interpreter; the load is a grpc.aio client in this process with ``concurrency`` tasks on one
-channel. Runnable on its own::
+interpreter; the three run side by side and the load moves between them in turns of
+``SLICE_S`` seconds, so that a shared machine's drifting speed meets each of them alike. The
+load is a grpc.aio client in this process with ``concurrency`` tasks on one channel, or with
+``--open RATES`` calls started on a fixed schedule (latency below saturation). Runnable on its
+own::
 
-    python -m benchmarks.envoy redis://127.0.0.1:6379/0 --seconds 3
+    python -m benchmarks.envoy redis://127.0.0.1:6379/0 --seconds 3 [--window MS] [--open 1000]
 
 The Python client costs about as much CPU per call as the bare servicer, so on two cores it
 shares the bottleneck of the bare row. ``--h2load`` adds two rows driven by h2load (C, from

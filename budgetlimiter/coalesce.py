@@ -5,6 +5,11 @@ Calls made by many tasks in the same event-loop turn are written to Redis as one
 a call goes out on the next loop iteration, alone (no timer, so no added latency). Each call
 gets its own reply or its own exception.
 
+A pipeline window (``pipeline_window`` seconds, off by default; ``serve`` uses 2 ms) also
+gathers calls that arrive one per loop turn, as grpc.aio hands them over: while the process
+is near saturation and calls overlap (:class:`Company`), a call waits until ``window``
+after the previous write left, so that those arriving meanwhile share its write.
+
 For a plain or Sentinel-managed ``redis.asyncio.Redis`` the batches go over one connection the
 coalescer drives itself (:mod:`budgetlimiter.wire`: redis-py connects it, hiredis packs and
 reads); otherwise (fakeredis, a cluster) over redis-py pipelines.
