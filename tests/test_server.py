@@ -5,6 +5,7 @@ readiness."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,12 @@ def test_metrics(start: Start) -> None:
     assert 'budgetlimiter_reservations_outstanding{org="acme"} 1.0' in text
     assert "budgetlimiter_http_request_duration_seconds_bucket" in text
     assert "budgetlimiter_redis_errors_total 0.0" in text
+    # the client's batching, read at scrape time: calls, the writes that carried them, and
+    # the pipeline windows opened (none: this sidecar is far from busy)
+    calls = float(re.search(r"^budgetlimiter_redis_script_calls_total (\S+)$", text, re.M)[1])
+    writes = float(re.search(r"^budgetlimiter_redis_writes_total (\S+)$", text, re.M)[1])
+    assert calls >= 2 and 1 <= writes <= calls
+    assert "budgetlimiter_pipeline_windows_total 0.0" in text
 
 
 # ---------------------------------------------------------------------- security

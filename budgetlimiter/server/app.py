@@ -127,6 +127,7 @@ class Server:
                                               timeout=self.config.redis_timeout,
                                               clock=self._clock, leases=self.config.lease_config,
                                               pipeline_window=self.config.pipeline_window)
+        self.metrics.hot.coalescer = self.limiter.coalescer
         self._mtime = self._policy_mtime()
         loop = asyncio.get_running_loop()
         if self.config.policy_path and hasattr(signal, "SIGHUP"):

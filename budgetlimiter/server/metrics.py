@@ -48,6 +48,8 @@ class HotCounts:
         #: per (route, method): requests per bucket (the last: above every bound), and the sum
         self.latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
         self.decisions: dict[tuple[str, str, str], int] = {}
+        #: the asyncio client's batcher (its own counts, read at scrape time), once started
+        self.coalescer: Any = None
 
     def http(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, str(status))
@@ -80,6 +82,16 @@ class HotCounts:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
             latency.add_metric([route, method], buckets, total[0])
         yield latency
+        co = self.coalescer
+        if co is not None:  # calls per write = the first over the second
+            for name, doc, value in (
+                    ("budgetlimiter_redis_script_calls", "Script calls sent to Redis.", co.calls),
+                    ("budgetlimiter_redis_writes",
+                     "Writes (batches of script calls) sent to Redis.", co.pipelines),
+                    ("budgetlimiter_pipeline_windows",
+                     "Pipeline windows opened (calls held to share a write; see "
+                     "--pipeline-window).", co.windows)):
+                yield CounterMetricFamily(name, doc, value=value)
 
 
 class Metrics:
