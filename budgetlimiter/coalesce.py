@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
 from .engine.calls import ScriptCall
@@ -121,18 +122,22 @@ class Coalescer:
         self._wire: Wire | None = None
         self._use_wire = can_take_over(redis)
         self._connecting = False
+        self._closed = False
 
     def submit(self, call: ScriptCall) -> asyncio.Future[Any]:
         """Queue ``call``; the future gets its reply (or its error)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            fut.set_exception(RedisConnectionError("the client is closed"))
+            return fut
         queue = self._queue
         if queue or self._on_wire():
             self.company.overlap = True
         queue.append((call, fut))
         if self._timer is not None and len(queue) >= self.max_batch:
             self._timer.cancel()  # a full batch does not wait out the window
-            self._timer = None
-            self._scheduled = False
+            self._timer = asyncio.get_running_loop().call_soon(self._drain, True)
+            return fut
         self._schedule()
         return fut
 
@@ -140,7 +145,8 @@ class Coalescer:
         """Drain on the next loop turn if calls wait and a batch may go out (also called
         when a batch is answered); with a window, not before ``window`` seconds after the
         last batch left, unless a full batch waits."""
-        if self._queue and not self._scheduled and self._on_wire() < self.max_inflight:
+        if (self._queue and not self._scheduled and not self._closed
+                and self._on_wire() < self.max_inflight):
             self._scheduled = True
             loop = asyncio.get_running_loop()
             if self.window and len(self._queue) < self.max_batch:
@@ -162,20 +168,20 @@ class Coalescer:
         costs no CPU that would make the process look busier than it is)."""
         wait = self._until - time.monotonic()
         if wait <= 0 or len(self._queue) > 1:
-            self._drain()
+            self._drain(gathered=True)
             return
-        self._timer = asyncio.get_running_loop().call_later(wait, self._drain)
+        self._timer = asyncio.get_running_loop().call_later(wait, self._drain, True)
 
     def _on_wire(self) -> int:
         wire = self._wire
         return wire.busy if self._use_wire and wire is not None else self._inflight
 
-    def _next_batch(self) -> list[Waiting]:
+    def _next_batch(self, gathered: bool = False) -> list[Waiting]:
         """What is waiting, spread over the free slots: Redis then runs one batch while this
         process reads the replies of another, instead of each waiting for the other with one
-        big batch. With a pipeline window, all of it: the window gathered it to share one
-        write."""
-        free = 1 if self.window else self.max_inflight - self._on_wire()
+        big batch. After a pipeline window (``gathered``), all of it: the window gathered it
+        to share one write."""
+        free = 1 if gathered else self.max_inflight - self._on_wire()
         size = min(self.max_batch, -(-len(self._queue) // free))
         batch = self._queue[:size]
         del self._queue[:size]
@@ -183,17 +189,18 @@ class Coalescer:
         self.calls += size
         return batch
 
-    def _drain(self) -> None:
+    def _drain(self, gathered: bool = False) -> None:
         self._scheduled = False
         self._timer = None
-        if self.window:
-            self._last_sent = time.monotonic()
+        if not self._queue or self._closed:  # (failed meanwhile: nothing to send)
+            return
         if self._use_wire:
-            self._drain_to_wire()
+            self._drain_to_wire(gathered)
             return
         while self._queue and self._inflight < self.max_inflight:
-            batch = self._next_batch()
+            batch = self._next_batch(gathered)
             self._inflight += 1
+            self._last_sent = time.monotonic()
             self._track(asyncio.get_running_loop().create_task(self._send(batch)))
 
     async def _send(self, batch: list[Waiting]) -> None:
@@ -216,7 +223,7 @@ class Coalescer:
             self._schedule()
 
     # the connection driven directly ---------------------------------------------------
-    def _drain_to_wire(self) -> None:
+    def _drain_to_wire(self, gathered: bool = False) -> None:
         wire = self._wire
         if wire is None or wire.closed is not None:
             if not self._connecting:
@@ -224,9 +231,10 @@ class Coalescer:
                 self._track(asyncio.get_running_loop().create_task(self._connect()))
             return
         while self._queue and wire.busy < self.max_inflight:
-            packed, futures = self._pack(self._next_batch())
+            packed, futures = self._pack(self._next_batch(gathered))
             if futures:
                 wire.write(packed, futures)
+                self._last_sent = time.monotonic()
 
     def _pack(self, batch: list[Waiting]) -> tuple[list[bytes], list[asyncio.Future[Any]]]:
         """The RESP bytes of each call; a call that cannot be packed (an argument of no
@@ -275,11 +283,16 @@ class Coalescer:
                 *(fut for _, fut in self._queue)]
 
     def close(self) -> None:
-        """Close the driven connection (calls still on it fail with ``ConnectionError``)."""
+        """Close the driven connection: calls still on it, or still waiting to be sent, fail
+        with ``ConnectionError``, and so does every later call (none opens a connection
+        again)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
             self._scheduled = False
+        queue, self._queue = self._queue, []
+        _fail(queue, RedisConnectionError("the client is closed"))
         if self._wire is not None:
             self._wire.close()
             self._wire = None

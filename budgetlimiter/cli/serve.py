@@ -12,7 +12,7 @@ from .durable import webhook_options
 
 #: the sidecar's pipeline window (seconds): while it is busy, a decision waits at most this
 #: long for others to share its Redis write (README, "Pipeline window")
-SERVE_PIPELINE_WINDOW = 0.008
+SERVE_PIPELINE_WINDOW = 0.002
 
 
 def _fast(module: str, fast: str, fallback: str) -> str:
