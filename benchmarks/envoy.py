@@ -243,7 +243,7 @@ async def _load(targets: list[_Target], seconds: float, concurrency: int,
 def run(url: str, seconds: float, concurrency: int = 64,
         rate: float | None = None, window: float | None = None) -> list[Result]:
     """``envoy-bare-<n>``, ``envoy-<n>`` and ``envoy-<n>-window0``: the same load against the
-    bare servicer, the service as ``serve`` runs it (its 2 ms pipeline window), and the
+    bare servicer, the service as ``serve`` runs it (its 4 ms pipeline window), and the
     service with the window off (every Redis call written on its own); the three servers run
     side by side and take the load in turns (SLICE_S). With ``rate``: calls started at that
     many per second instead (``envoy-open-<rate>...``), for the latency below saturation;

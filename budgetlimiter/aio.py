@@ -49,7 +49,7 @@ class AsyncBudgetLimiter(ClientSurface):
     pipelines for memory:// and Redis Cluster); see :mod:`budgetlimiter.coalesce`.
     ``pipeline_window`` (seconds, 0 = off) lets a call wait up to that long, while the
     process is busy, for others to share its write: fewer writes and reads per call for this
-    process and for Redis, at the price of that wait (``serve`` uses 2 ms).
+    process and for Redis, at the price of that wait (``serve --grpc-port`` uses 4 ms).
     """
 
     def __init__(self, policy: Policy | str | Path, redis: str | Any = "memory://", *,

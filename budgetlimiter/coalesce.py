@@ -5,7 +5,7 @@ Calls made by many tasks in the same event-loop turn are written to Redis as one
 a call goes out on the next loop iteration, alone (no timer, so no added latency). Each call
 gets its own reply or its own exception.
 
-A pipeline window (``pipeline_window`` seconds, off by default; ``serve`` uses 2 ms) also
+A pipeline window (``pipeline_window`` seconds, off by default; ``serve --grpc-port`` 4 ms) also
 gathers calls that arrive one per loop turn, as grpc.aio hands them over: while the process
 is near saturation and calls overlap (:class:`Company`), a call waits until ``window``
 after the previous write left, so that those arriving meanwhile share its write.
@@ -67,7 +67,7 @@ class Company:
     most once per period (one clock_gettime of the process CPU time); the period is short so
     that a burst of load is met within a few tens of milliseconds, and the thresholds high so
     that the noise of short samples below saturation rarely switches it on (at 1,500 gRPC
-    calls/s, two thirds of this machine's capacity: 20 windows in 5 s)."""
+    calls/s, two thirds of this machine's capacity: 20-135 windows in 5 s)."""
 
     def __init__(self, period: float = 0.02, on: float = 0.9, off: float = 0.7,
                  cpu: Callable[[], float] = time.process_time) -> None:

@@ -518,6 +518,11 @@ def test_serve_command_options(policy_file: Path, monkeypatch: pytest.MonkeyPatc
     assert (seen["loop"], seen["http"]) == ("uvloop", "httptools")
     server = seen["app"].state.server
     assert [t.name for t in server.config.tokens] == ["writer"]
+    assert server.config.pipeline_window == 0.0  # HTTP alone: its requests come in bursts
+    for args, window in ((["--grpc-port", "0"], 0.004), (["--grpc-port", "0",
+                         "--pipeline-window", "0"], 0.0), (["--pipeline-window", "2.5"], 0.0025)):
+        assert CliRunner().invoke(serve, args, obj=obj, env=env).exit_code == 0
+        assert seen["app"].state.server.config.pipeline_window == window, args
     broken = policy_file.parent / "broken.yaml"
     broken.write_text("orgs: [")
     bad = Context("memory://", "sqlite://", str(broken), "table")

@@ -10,9 +10,10 @@ import click
 from .context import Context, check_redis_url, open_store
 from .durable import webhook_options
 
-#: the sidecar's pipeline window (seconds): while it is busy, a decision waits at most this
-#: long for others to share its Redis write (README, "Pipeline window")
-SERVE_PIPELINE_WINDOW = 0.002
+#: the sidecar's pipeline window (seconds) when it serves gRPC: while it is near saturation, a
+#: decision waits at most this long for others to share its Redis write (README, "Pipeline
+#: window")
+SERVE_PIPELINE_WINDOW = 0.004
 
 
 def _fast(module: str, fast: str, fallback: str) -> str:
@@ -41,9 +42,12 @@ def _fast(module: str, fast: str, fallback: str) -> str:
               help="Admit checks from in-process slices of CALLS estimates, kept SECONDS "
               "(default 1); SIGTERM hands them back. Off by default (see README, Leases).")
 @click.option("--pipeline-window", envvar="BUDGETLIMITER_PIPELINE_WINDOW", type=float,
-              default=SERVE_PIPELINE_WINDOW * 1000, show_default=True, metavar="MS",
-              help="While the sidecar is busy, a Redis call waits up to MS milliseconds for "
-              "others to share its write (more checks per core; 0 = every call at once).")
+              default=None, metavar="MS",
+              help="While the sidecar is near saturation, a Redis call waits up to MS "
+              "milliseconds for others to share its write (default "
+              f"{SERVE_PIPELINE_WINDOW * 1000:g} with --grpc-port, whose calls arrive one at a "
+              "time; else 0: HTTP requests "
+              "arrive in bursts that share writes already).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @click.option("--no-reconcile", is_flag=True,
@@ -70,7 +74,7 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
           log_level: str, no_reconcile: bool, reconcile_interval: float,
           reconcile_lease: float, webhooks: tuple[str, ...], webhook_secret_env: str,
           gauge_scopes: tuple[str, ...], gauge_percent: float, gauge_max: int,
-          otel: bool, leases: str | None, pipeline_window: float) -> None:
+          otel: bool, leases: str | None, pipeline_window: float | None) -> None:
     """Run the HTTP sidecar (JSON API, /metrics, /healthz, /readyz; SIGHUP reloads the policy).
 
     Redis, database and policy come from the global --redis/--db/--policy options
@@ -97,7 +101,8 @@ def serve(obj: Context, host: str, port: int, workers: int, tokens: tuple[str, .
             gauge_scopes=gauge_scopes, gauge_min_percent=gauge_percent,
             gauge_max_budgets=gauge_max, otel=otel,
             lease_calls=lease_calls, lease_seconds=lease_seconds, gc_freeze=True,
-            pipeline_window=pipeline_window / 1000,
+            pipeline_window=(pipeline_window / 1000 if pipeline_window is not None
+                             else SERVE_PIPELINE_WINDOW if grpc_port is not None else 0.0),
         ).validate()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

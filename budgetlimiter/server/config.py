@@ -133,7 +133,7 @@ class ServerConfig:
     gc_freeze: bool = False
     #: seconds a Redis call may wait for others to share its write while the process is
     #: busy (:class:`~budgetlimiter.aio.AsyncBudgetLimiter`'s ``pipeline_window``); ``serve``
-    #: sets 2 ms (``--pipeline-window``)
+    #: sets 4 ms with ``--grpc-port`` (``--pipeline-window``)
     pipeline_window: float = 0.0
 
     @property
