@@ -67,7 +67,9 @@ class Company:
     most once per period (one clock_gettime of the process CPU time); the period is short so
     that a burst of load is met within a few tens of milliseconds, and the thresholds high so
     that the noise of short samples below saturation rarely switches it on (at 1,500 gRPC
-    calls/s, two thirds of this machine's capacity: 20-135 windows in 5 s)."""
+    calls/s, two thirds of this machine's capacity: 20-135 windows in 5 s). A program whose
+    other threads burn CPU counts as busy too, even when its event loop is not the
+    bottleneck: the window is off unless asked for, for that reason."""
 
     def __init__(self, period: float = 0.02, on: float = 0.9, off: float = 0.7,
                  cpu: Callable[[], float] = time.process_time) -> None:
