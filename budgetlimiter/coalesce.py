@@ -110,7 +110,6 @@ class Coalescer:
         #: the window's first look at the queue (a loop turn away), then its end, while it
         #: gathers
         self._timer: asyncio.Handle | None = None
-        self._until = 0.0  #: monotonic time the gathering window ends
         self.company = Company()
         self._queue: list[Waiting] = []
         self._inflight = 0  #: redis-py pipelines on the wire (the driven connection counts its own)
@@ -133,7 +132,7 @@ class Coalescer:
             fut.set_exception(RedisConnectionError("the client is closed"))
             return fut
         queue = self._queue
-        if queue or self._on_wire():
+        if self.window and (queue or self._on_wire()):
             self.company.overlap = True
         queue.append((call, fut))
         if self._timer is not None and len(queue) >= self.max_batch:
@@ -155,20 +154,19 @@ class Coalescer:
                 now = time.monotonic()
                 wait = self._last_sent + self.window - now
                 if wait > 0 and self.company.worth_waiting(now):
-                    self._until = now + wait
                     self.windows += 1
-                    self._timer = loop.call_soon(self._first_look)
+                    self._timer = loop.call_soon(self._first_look, now + wait)
                     return
             loop.call_soon(self._drain)
 
-    def _first_look(self) -> None:
+    def _first_look(self, until: float) -> None:
         """The loop turn after a window opened: if the turn that brought the first call
         brought others too, send now — calls then come in bursts (an HTTP server reading many
         requests at once, many tasks of one program), each burst already shares a write, and
         waiting for the next would only add latency. gRPC hands calls over one per turn:
         those wait for the window's end (a timer: the loop sleeps meanwhile, so the wait
         costs no CPU that would make the process look busier than it is)."""
-        wait = self._until - time.monotonic()
+        wait = until - time.monotonic()
         if wait <= 0 or len(self._queue) > 1:
             self._drain(gathered=True)
             return

@@ -41,6 +41,16 @@ def coalescer(window: float, busy: bool, **kwargs: Any) -> tuple[Coalescer, Fake
     return co, redis
 
 
+async def warmed(window: float, busy: bool, **kwargs: Any) -> tuple[Coalescer, FakeRedis]:
+    """A coalescer that sent one call a moment ago (so a window can open) and sees other
+    callers around (overlap)."""
+    co, redis = coalescer(window, busy, **kwargs)
+    await co.submit(call("warm"))  # the first call: nothing overlapped yet, goes at once
+    await asyncio.sleep(0.01)  # a CPU sample sees the process busy (or not)
+    co.company.overlap = True  # as if other callers were around
+    return co, redis
+
+
 async def staggered(co: Coalescer, count: int, gap: float = 0.0
                     ) -> tuple[list[Any], list[float]]:
     """``count`` callers, one every ``gap`` seconds (0: one per loop turn, as grpc.aio hands
@@ -64,10 +74,7 @@ async def staggered(co: Coalescer, count: int, gap: float = 0.0
 
 def test_calls_trickling_into_a_busy_process_share_writes_and_wait_at_most_the_window() -> None:
     async def main() -> None:
-        co, redis = coalescer(0.2, busy=True)
-        await co.submit(call("warm"))  # the first call: nothing overlapped yet, goes at once
-        await asyncio.sleep(0.01)  # a CPU sample sees the busy process
-        co.company.overlap = True  # as if other callers were around
+        co, redis = await warmed(0.2, busy=True)
         replies, waits = await staggered(co, 10)  # one per loop turn
         assert replies == [f"c{i}" for i in range(10)]  # each its own reply
         assert redis.batches == [1, 10], redis.batches  # ten calls in one write
@@ -77,10 +84,7 @@ def test_calls_trickling_into_a_busy_process_share_writes_and_wait_at_most_the_w
 
 def test_a_burst_goes_out_at_once_inside_the_window() -> None:
     async def main() -> None:
-        co, redis = coalescer(0.5, busy=True)
-        await co.submit(call("warm"))
-        await asyncio.sleep(0.01)
-        co.company.overlap = True
+        co, redis = await warmed(0.5, busy=True)
         started = time.monotonic()
         # 64 callers in one loop turn (an HTTP server reading 64 requests, 64 tasks): the
         # next turn brings nobody, so waiting would only add latency
@@ -93,10 +97,7 @@ def test_a_burst_goes_out_at_once_inside_the_window() -> None:
 
 def test_an_idle_process_sends_every_call_at_once() -> None:
     async def main() -> None:
-        co, redis = coalescer(0.2, busy=False)
-        await co.submit(call("warm"))
-        await asyncio.sleep(0.01)
-        co.company.overlap = True
+        co, redis = await warmed(0.2, busy=False)
         _, waits = await staggered(co, 10)  # trickling in, but nobody is busy
         assert len(redis.batches) > 3  # no gathering beyond what a loop turn brings
         assert max(waits) < 0.15  # nobody waited out the 200 ms window
@@ -116,10 +117,7 @@ def test_a_lone_caller_never_waits_for_company_that_cannot_come() -> None:
 
 def test_a_full_batch_leaves_before_the_window_ends() -> None:
     async def main() -> None:
-        co, redis = coalescer(0.5, busy=True, max_batch=8)
-        await co.submit(call("warm"))
-        await asyncio.sleep(0.01)
-        co.company.overlap = True  # as if other callers were around
+        co, redis = await warmed(0.5, busy=True, max_batch=8)
         first = asyncio.ensure_future(co.submit(call("first")))  # waits: warm left < 0.5 s ago
         await asyncio.sleep(0.01)
         started = time.monotonic()
@@ -132,10 +130,7 @@ def test_a_full_batch_leaves_before_the_window_ends() -> None:
 
 def test_closing_fails_what_still_gathers_and_every_later_call() -> None:
     async def main() -> None:
-        co, redis = coalescer(0.5, busy=True)
-        await co.submit(call("warm"))
-        await asyncio.sleep(0.01)
-        co.company.overlap = True
+        co, redis = await warmed(0.5, busy=True)
         gathering = co.submit(call("late"))  # e.g. a request still being handled at shutdown
         await asyncio.sleep(0.01)
         assert not gathering.done()

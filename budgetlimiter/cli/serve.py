@@ -46,8 +46,7 @@ def _fast(module: str, fast: str, fallback: str) -> str:
               help="While the sidecar is near saturation, a Redis call waits up to MS "
               "milliseconds for others to share its write (default "
               f"{SERVE_PIPELINE_WINDOW * 1000:g} with --grpc-port, whose calls arrive one at a "
-              "time; else 0: HTTP requests "
-              "arrive in bursts that share writes already).")
+              "time; else 0: HTTP requests arrive in bursts that share writes already).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @click.option("--no-reconcile", is_flag=True,

@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
+from ..coalesce import Coalescer
 from ..results import Decision
 from ..usage import MICROS_PER_USD
 from .forecasts import GaugeSnapshot
@@ -49,7 +50,7 @@ class HotCounts:
         self.latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
         self.decisions: dict[tuple[str, str, str], int] = {}
         #: the asyncio client's batcher (its own counts, read at scrape time), once started
-        self.coalescer: Any = None
+        self.coalescer: Coalescer | None = None
 
     def http(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, str(status))
