@@ -12,6 +12,8 @@ note):
 
 - ``http-bare-64``: the bare Starlette endpoint;
 - ``http-check-64``: ``POST /v1/check``, 4-budget policy, full answer;
+- ``http-check-window4-64``: the same with ``serve --pipeline-window 4`` (the window
+  ``serve --grpc-port`` turns on; off for HTTP alone);
 - ``http-check-min-64``: the same with ``Prefer: return=minimal``;
 - ``http-batch-64``: ``POST /v1/check:batch`` of 10 checks (rate is requests/s);
 - ``http-commit-64`` / ``http-release-64``: settle reservations made before the run;
